@@ -1,0 +1,99 @@
+"""`build_app(settings)`: the only wiring. Resources live in `cleanup_ctx`, torn down in reverse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import db, migrate
+from gateway.health import Readiness
+from gateway.keys import (
+    KEYSTORE,
+    LEDGER,
+    PIPELINE,
+    POOL,
+    PRICES,
+    READINESS,
+    SETTINGS,
+    UPSTREAMS,
+)
+from gateway.keystore import KeyStore
+from gateway.ledger import Ledger
+from gateway.middlewares import add_request_id, error_middleware
+from gateway.pipeline.runner import ProxyPipeline
+from gateway.pipeline.validate import Limits
+from gateway.pricing import PriceTable
+from gateway.providers.base import Upstream
+from gateway.providers.openai import OpenAIAdapter
+from gateway.routes import setup_routes
+from gateway.settings import Settings
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=settings.server.max_body_bytes)
+    app[SETTINGS] = settings
+    app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
+    app.cleanup_ctx.extend([_database, _upstreams, _keystore, _ledger, _pipeline])
+    app.on_response_prepare.append(add_request_id)
+    setup_routes(app)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS].database
+    dsn, embedded = await db.resolve_dsn(settings)
+    try:
+        if settings.migrate_on_start:
+            conn = await db.connect(dsn, settings)
+            try:
+                await migrate.migrate(conn, settings.migrations_dir)
+            finally:
+                await conn.close()
+        app[POOL] = await db.create_pool(dsn, settings)
+        app[KEYSTORE] = KeyStore(app[POOL], dsn, ttl_s=app[SETTINGS].auth.key_cache_ttl_s,
+                                 connect_timeout_s=settings.connect_timeout_s)
+        yield
+        await app[POOL].close()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _upstreams(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    upstreams = {"openai": Upstream(OpenAIAdapter(settings.provider("openai")),
+                                    settings.provider("openai"))}
+    for upstream in upstreams.values():
+        await upstream.start()
+    app[UPSTREAMS] = upstreams
+    yield
+    for upstream in upstreams.values():
+        await upstream.close()
+
+
+async def _keystore(app: web.Application) -> AsyncIterator[None]:
+    await app[KEYSTORE].start()
+    yield
+    await app[KEYSTORE].close()
+
+
+async def _ledger(app: web.Application) -> AsyncIterator[None]:
+    ledger = Ledger(app[POOL], app[SETTINGS].ledger)
+    await ledger.start()
+    app[LEDGER] = ledger
+    yield
+    await ledger.close(deadline_s=app[SETTINGS].server.shutdown_timeout_s)
+
+
+async def _pipeline(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    limits = Limits(max_body_bytes=settings.server.max_body_bytes,
+                    max_messages=settings.validation.max_messages,
+                    max_content_chars=settings.validation.max_content_chars)
+    app[PIPELINE] = ProxyPipeline(keys=app[KEYSTORE], limits=limits, upstreams=app[UPSTREAMS],
+                                  prices=app[PRICES], ledger=app[LEDGER])
+    app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE])
+    yield
+    app[READINESS].draining = True

@@ -1,0 +1,82 @@
+"""Demo mode for `make run`: a local fake provider when no key is set, a demo project and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from gateway import projects
+from gateway.settings import Settings
+
+DEMO_PROJECT = "demo"
+OFFICIAL_OPENAI = "https://api.openai.com/v1"
+
+
+async def with_demo_defaults(settings: Settings) -> tuple[Settings, web.AppRunner | None]:
+    """Point OpenAI at an in-process fake upstream when no provider key is configured."""
+    openai = settings.provider("openai")
+    runner = None
+    if not openai.api_key and openai.base_url.rstrip("/") == OFFICIAL_OPENAI:
+        from gateway.testing.fake_upstream import start_fake_upstream
+
+        runner, base_url = await start_fake_upstream()
+        openai = dataclasses.replace(openai, base_url=base_url)
+    auth = settings.auth
+    if not auth.admin_token:
+        auth = dataclasses.replace(auth, admin_token=secrets.token_urlsafe(24))
+    providers = {**settings.providers, "openai": openai}
+    return dataclasses.replace(settings, providers=providers, auth=auth), runner
+
+
+async def ensure_demo_key(pool: asyncpg.Pool, data_dir: Path) -> str:
+    """The demo project's key, kept in `data_dir/demo-key` so it survives restarts."""
+    key_file = data_dir / "demo-key"
+    async with pool.acquire() as conn:
+        key = _read_key(key_file)
+        if key:
+            prefix = projects.split_key(key)
+            found = await projects.find_key(conn, prefix) if prefix else None
+            if found is not None and not found[2] and found[1] == projects.hash_key(key):
+                return key
+        project_id = await conn.fetchval("SELECT id FROM projects WHERE name = $1", DEMO_PROJECT)
+        if project_id is None:
+            row = await projects.create_project(
+                conn, {"name": DEMO_PROJECT, "team": "demo", "plan": "pro",
+                       "metadata": {"created_by": "gateway serve --demo"}})
+            project_id = row["id"]
+        _, key = await projects.issue_key(conn, project_id, "demo")
+    _write_key(key_file, key)
+    return key
+
+
+def _read_key(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _write_key(path: Path, key: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+
+
+def banner(url: str, key: str, admin_token: str, upstream: str) -> str:
+    return f"""
+  AI cost gateway is running at {url}
+  provider upstream: {upstream}
+  demo project key:  {key}
+  admin token:       {admin_token}
+
+  Try it:
+    curl {url}/v1/chat/completions -H "Authorization: Bearer {key}" \\
+      -H "Content-Type: application/json" \\
+      -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+"""

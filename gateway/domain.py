@@ -1,0 +1,84 @@
+"""Plain dataclasses the pipeline stages pass to each other (never the aiohttp request)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+PLANS = ("free", "pro", "team", "enterprise")
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: int
+    name: str
+    team: str | None
+    plan: str
+    monthly_budget_usd: Decimal | None
+    allowed_providers: frozenset[str]
+    allowed_models: frozenset[str]
+    enabled: bool
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key that authenticated and the project it belongs to."""
+
+    key_id: int
+    key_prefix: str
+    project: Project
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat request, in the OpenAI wire shape the upstream expects."""
+
+    entry: str  # "openai" (/v1/chat/completions) or "native" (/api/proxy/chat)
+    provider: str
+    model: str
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool  # the client itself asked for the usage chunk
+    max_output_tokens: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call; input_tokens includes cached_input_tokens, as OpenAI bills."""
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    source: str = "provider"  # "provider" (reported by the upstream) or "none" (not known)
+
+
+NO_USAGE = Usage(source="none")
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One row of the usage ledger: one per proxied request, success or not."""
+
+    request_id: uuid.UUID
+    project_id: int
+    api_key_id: int
+    provider: str
+    model: str
+    endpoint: str
+    status: int
+    streamed: bool
+    usage: Usage
+    cost_usd: Decimal
+    priced_by_fallback: bool
+    price_model: str | None
+    overhead_ms: float
+    upstream_ms: float | None
+    error_code: str | None
+    metadata: dict[str, Any]
+    started_at: datetime
+    finished_at: datetime

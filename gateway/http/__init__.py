@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: parse the route, call the domain, render the result."""

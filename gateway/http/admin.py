@@ -1,0 +1,90 @@
+"""Admin API (Bearer `GATEWAY_ADMIN_TOKEN`): projects, keys and budgets."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from gateway import projects
+from gateway.errors import BadRequest, Forbidden, Unauthorized
+from gateway.http.json import int_param, json_response, read_json
+from gateway.keys import POOL, SETTINGS
+
+
+def require_admin(request: web.Request) -> None:
+    token = request.app[SETTINGS].auth.admin_token
+    if not token:
+        raise Forbidden("the admin API is disabled: set GATEWAY_ADMIN_TOKEN to enable it",
+                        code="admin_disabled")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                              token.encode()):
+        raise Unauthorized("admin token required: send 'Authorization: Bearer <admin token>'",
+                           code="invalid_admin_token")
+
+
+async def create_project(request: web.Request) -> web.Response:
+    require_admin(request)
+    fields = projects.parse_project_fields(await read_json(request), partial=False)
+    async with request.app[POOL].acquire() as conn:
+        row = await projects.create_project(conn, fields)
+    return json_response(projects.render_project(row), status=201)
+
+
+async def list_projects(request: web.Request) -> web.Response:
+    require_admin(request)
+    async with request.app[POOL].acquire() as conn:
+        rows = await projects.list_projects(conn)
+    return json_response({"projects": [projects.render_project(r) for r in rows]})
+
+
+async def get_project(request: web.Request) -> web.Response:
+    require_admin(request)
+    async with request.app[POOL].acquire() as conn:
+        row = await projects.get_project(conn, int_param(request, "id"))
+    return json_response(projects.render_project(row))
+
+
+async def update_project(request: web.Request) -> web.Response:
+    require_admin(request)
+    fields = projects.parse_project_fields(await read_json(request), partial=True)
+    async with request.app[POOL].acquire() as conn:
+        row = await projects.update_project(conn, int_param(request, "id"), fields)
+    return json_response(projects.render_project(row))
+
+
+async def set_budget(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"monthly_budget_usd"}:
+        raise BadRequest("body must be {\"monthly_budget_usd\": <USD or null>}")
+    fields = projects.parse_project_fields(body, partial=True)
+    async with request.app[POOL].acquire() as conn:
+        row = await projects.update_project(conn, int_param(request, "id"), fields)
+    return json_response(projects.render_project(row))
+
+
+async def issue_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await read_json(request, required=False)
+    name = body.get("name", "") if isinstance(body, dict) else None
+    if not isinstance(name, str) or len(name) > 200:
+        raise BadRequest("name must be a string of at most 200 characters")
+    async with request.app[POOL].acquire() as conn:
+        row, key = await projects.issue_key(conn, int_param(request, "id"), name)
+    return json_response({**dict(row), "key": key}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    require_admin(request)
+    async with request.app[POOL].acquire() as conn:
+        rows = await projects.list_keys(conn, int_param(request, "id"))
+    return json_response({"keys": [dict(r) for r in rows]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    async with request.app[POOL].acquire() as conn:
+        row = await projects.revoke_key(conn, int_param(request, "id"))
+    return json_response(dict(row))

@@ -1,0 +1,41 @@
+"""JSON in and out for the API handlers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import BadRequest, NotFound
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)  # money is exact in the database; JSON numbers are for display
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, default=_default), status=status,
+                        content_type="application/json")
+
+
+async def read_json(request: web.Request, *, required: bool = True) -> Any:
+    body = await request.read()
+    if not body:
+        if required:
+            raise BadRequest("request body is empty; expected a JSON object")
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def int_param(request: web.Request, name: str) -> int:
+    value = request.match_info[name]
+    if not value.isdigit():
+        raise NotFound(f"{name} {value!r} does not exist")
+    return int(value)

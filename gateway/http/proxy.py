@@ -1,0 +1,98 @@
+"""Proxy handlers: `POST /v1/chat/completions` and `POST /api/proxy/chat`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS
+from gateway.pipeline.exchange import CLIENT_CLOSED, Exchange
+from gateway.pricing import format_usd
+
+COST_HEADER = "X-AI-Cost-Gateway-Cost"
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "openai")
+
+
+async def proxy_chat(request: web.Request) -> web.StreamResponse:
+    return await _proxy(request, "native")
+
+
+async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
+    pipeline = request.app[PIPELINE]
+    ex = Exchange(request[REQUEST_ID], request.path)
+    try:
+        chat = await pipeline.admit(ex, request.headers, lambda: _read(request), entry)
+        if not chat.stream:
+            body = await pipeline.complete(ex, chat)
+            return web.Response(body=body, content_type="application/json",
+                                headers={COST_HEADER: format_usd(ex.cost)})
+        return await _relay(request, ex, pipeline.stream(ex, chat))
+    except GatewayError as exc:
+        ex.fail(exc.status, exc.code)
+        raise
+    except asyncio.CancelledError:
+        ex.fail(CLIENT_CLOSED, "client_closed")
+        raise
+    except Exception:
+        ex.fail(500, "internal_error")
+        raise
+    finally:
+        await pipeline.finish(ex)
+
+
+async def _read(request: web.Request) -> bytes:
+    limit = request.app[SETTINGS].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body is {request.content_length} bytes; the limit is {limit}",
+            details={"limit_bytes": limit})
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes",
+                              details={"limit_bytes": limit}) from None
+
+
+async def _relay(request: web.Request, ex: Exchange,
+                 chunks: AsyncIterator[bytes]) -> web.StreamResponse:
+    """Write SSE chunks as they come; a failure after the first byte ends with an error event."""
+    try:
+        first = await anext(chunks)  # may raise: nothing is sent yet, a plain error answers
+    except StopAsyncIteration:
+        first = b""
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    try:
+        await response.prepare(request)
+        await response.write(first)
+        async for data in chunks:
+            await response.write(data)
+    except GatewayError as exc:
+        ex.fail(exc.status, exc.code)
+        error = {"message": exc.message, "type": exc.openai_type, "code": exc.code}
+        await _write_quietly(response, b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+    except ConnectionResetError:  # the client went away mid-stream
+        ex.fail(CLIENT_CLOSED, "client_closed")
+        return response
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    await _write_quietly(response, None)
+    return response
+
+
+async def _write_quietly(response: web.StreamResponse, data: bytes | None) -> None:
+    try:
+        if data is None:
+            await response.write_eof()
+        else:
+            await response.write(data)
+    except ConnectionResetError:
+        pass

@@ -1,0 +1,31 @@
+"""Every typed application and request key, in one place (no module globals elsewhere)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiohttp import web
+
+from gateway.keystore import KeyStore
+from gateway.ledger import Ledger
+from gateway.pricing import PriceTable
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.health import Readiness
+    from gateway.pipeline.runner import ProxyPipeline
+    from gateway.providers.base import Upstream
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+KEYSTORE = web.AppKey("keystore", KeyStore)
+LEDGER = web.AppKey("ledger", Ledger)
+PRICES = web.AppKey("prices", PriceTable)
+UPSTREAMS: web.AppKey[Mapping[str, Upstream]] = web.AppKey("upstreams")
+PIPELINE: web.AppKey[ProxyPipeline] = web.AppKey("pipeline")
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+
+REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

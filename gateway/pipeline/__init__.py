@@ -1,0 +1,1 @@
+"""The request pipeline: one module per stage, run in order by `ProxyPipeline`."""

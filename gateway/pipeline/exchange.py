@@ -1,0 +1,40 @@
+"""`Exchange`: what one proxied request has learned so far, stage by stage."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from gateway.domain import NO_USAGE, ChatRequest, Principal, Usage
+from gateway.pricing import Quote
+
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: uuid.UUID
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    principal: Principal | None = None
+    chat: ChatRequest | None = None
+    status: int = 200
+    error_code: str | None = None
+    usage: Usage = NO_USAGE
+    quote: Quote | None = None
+    upstream_model: str | None = None
+    upstream_s: float = 0.0  # time spent waiting on the upstream
+    metadata: dict[str, Any] = field(default_factory=dict)
+    guards_admitted: int = 0
+
+    def fail(self, status: int, code: str) -> None:
+        self.status, self.error_code = status, code
+
+    @property
+    def cost(self) -> Decimal:
+        return self.quote.cost if self.quote is not None else Decimal(0)

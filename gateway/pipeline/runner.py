@@ -1,0 +1,124 @@
+"""`ProxyPipeline` runs the stages of DESIGN.md in order for one request.
+
+    admit:     authenticate -> validate -> authorize -> guards (idempotency, rate limit, budget)
+    complete / stream:  forward -> meter -> price
+    finish:    settle the guards -> record          (always, from the handler's `finally`)
+
+Guards are the slot for the admission stages that hold something for the duration of a call
+(an idempotency claim, rate-limit tokens, a budget reservation): each is admitted in order
+and settled in reverse, in `finish`, whatever happened in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+import structlog
+
+from gateway.domain import ChatRequest
+from gateway.keystore import KeyStore
+from gateway.ledger import Ledger
+from gateway.pipeline import validate
+from gateway.pipeline.authenticate import authenticate
+from gateway.pipeline.authorize import authorize
+from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.forward import read_body, send, upstream_errors
+from gateway.pipeline.meter import DONE, StreamMeter, usage_from_body
+from gateway.pipeline.price import price
+from gateway.pipeline.record import record
+from gateway.pricing import PriceTable, format_usd
+from gateway.providers.base import Upstream
+
+METADATA_HEADER = "X-AI-Cost-Gateway-Metadata"
+
+log = structlog.get_logger(__name__)
+
+
+class Guard(Protocol):
+    """An admission stage that reserves something before forwarding and settles it after."""
+
+    async def admit(self, exchange: Exchange) -> None: ...
+
+    async def settle(self, exchange: Exchange) -> None: ...
+
+
+class ProxyPipeline:
+    def __init__(self, *, keys: KeyStore, limits: validate.Limits,
+                 upstreams: Mapping[str, Upstream], prices: PriceTable, ledger: Ledger,
+                 guards: Sequence[Guard] = ()) -> None:
+        self.keys = keys
+        self.limits = limits
+        self.upstreams = upstreams
+        self.providers = frozenset(upstreams)
+        self.prices = prices
+        self.ledger = ledger
+        self.guards = tuple(guards)
+
+    async def admit(self, ex: Exchange, headers: Mapping[str, str],
+                    read: Callable[[], Awaitable[bytes]], entry: str) -> ChatRequest:
+        ex.principal = await authenticate(self.keys, headers)
+        body = validate.parse_json_object(await read(), self.limits)
+        if entry == "native":
+            chat = validate.validate_native(body, self.limits, self.providers)
+        else:
+            chat = validate.validate_openai(body, self.limits)
+        ex.chat = chat
+        extra = validate.parse_metadata_header(headers.get(METADATA_HEADER))
+        ex.metadata = {**chat.metadata, **extra} if extra else chat.metadata
+        authorize(ex.principal.project, chat)
+        for guard in self.guards:
+            await guard.admit(ex)
+            ex.guards_admitted += 1
+        return chat
+
+    async def complete(self, ex: Exchange, chat: ChatRequest) -> bytes:
+        """A non-streamed call: the upstream body, relayed byte for byte."""
+        upstream = self.upstreams[chat.provider]
+        call = upstream.adapter.build_call(chat)
+        started = time.perf_counter()
+        try:
+            body = await read_body(upstream, await send(upstream, call))
+        finally:
+            ex.upstream_s = time.perf_counter() - started
+        ex.usage, ex.upstream_model = usage_from_body(upstream.adapter, body)
+        price(ex, self.prices)
+        return body
+
+    async def stream(self, ex: Exchange, chat: ChatRequest) -> AsyncIterator[bytes]:
+        """A streamed call: SSE bytes as they arrive, then the cost line and `[DONE]`.
+
+        The first chunk is yielded only once the first event is known to be valid, so the
+        caller can still answer a clean 502 before any byte is sent.
+        """
+        upstream = self.upstreams[chat.provider]
+        call = upstream.adapter.build_call(chat)
+        meter = StreamMeter(upstream.adapter, keep_usage_event=chat.include_usage)
+        started = time.perf_counter()
+        response = await send(upstream, call)
+        try:
+            with upstream_errors(upstream):
+                async for chunk in response.content.iter_any():
+                    out = meter.feed(chunk)
+                    if out:
+                        yield out
+            ex.usage, ex.upstream_model = meter.usage, meter.model
+            price(ex, self.prices)
+            cost = f": x-ai-cost-gateway-cost {format_usd(ex.cost)}\n\n".encode()
+            yield meter.flush() + cost + (DONE if meter.done else b"")
+        finally:
+            ex.upstream_s = time.perf_counter() - started
+            ex.usage, ex.upstream_model = meter.usage, meter.model
+            response.close()  # cancels the upstream call if the stream did not finish
+
+    async def finish(self, ex: Exchange) -> None:
+        """Settle every guard, price what was used, and queue the usage row. Never raises."""
+        if ex.quote is None and ex.chat is not None:
+            price(ex, self.prices)
+        for guard in reversed(self.guards[:ex.guards_admitted]):
+            try:
+                await guard.settle(ex)
+            except Exception:  # one guard failing must not keep the others or the row
+                log.exception("guard_settle_failed", guard=type(guard).__name__)
+        record(ex, self.ledger)

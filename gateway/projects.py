@@ -1,0 +1,251 @@
+"""Teams, projects and API keys in PostgreSQL: the one store behind the admin API and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import asyncpg
+
+from gateway.domain import PLANS, Project
+from gateway.errors import BadRequest, Conflict, NotFound
+
+KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+KEY_PREFIX_LENGTH = 10
+
+_PROJECT_COLUMNS = """
+    p.id, p.name, t.name AS team, p.plan, p.monthly_budget_usd, p.allowed_providers,
+    p.allowed_models, p.enabled, p.metadata, p.created_at, p.updated_at"""
+_PROJECT_SELECT = f"SELECT {_PROJECT_COLUMNS} FROM projects p LEFT JOIN teams t ON t.id = p.team_id"
+_KEY_COLUMNS = "id, project_id, prefix, name, created_at, revoked_at"
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh key `gw_<prefix>_<secret>` and its prefix; the secret has 192 random bits."""
+    prefix = "".join(secrets.choice(KEY_PREFIX_ALPHABET) for _ in range(KEY_PREFIX_LENGTH))
+    return f"gw_{prefix}_{secrets.token_urlsafe(24)}", prefix
+
+
+def split_key(key: str) -> str | None:
+    """The prefix of a well-formed key, else None."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != "gw" or len(parts[1]) != KEY_PREFIX_LENGTH or not parts[2]:
+        return None
+    return parts[1]
+
+
+def project_from_row(row: asyncpg.Record | dict[str, Any]) -> Project:
+    return Project(
+        id=row["id"], name=row["name"], team=row["team"], plan=row["plan"],
+        monthly_budget_usd=row["monthly_budget_usd"],
+        allowed_providers=frozenset(row["allowed_providers"]),
+        allowed_models=frozenset(row["allowed_models"]),
+        enabled=row["enabled"], metadata=row["metadata"],
+    )
+
+
+def render_project(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out["allowed_providers"] = list(row["allowed_providers"])
+    out["allowed_models"] = list(row["allowed_models"])
+    return out
+
+
+# -- body validation -------------------------------------------------------------------------
+
+def parse_project_fields(body: Any, *, partial: bool) -> dict[str, Any]:
+    """Check an admin project body; answer only the fields it sets."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    allowed = {"name", "team", "plan", "monthly_budget_usd", "allowed_providers",
+               "allowed_models", "enabled", "metadata"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown project field(s): {', '.join(unknown)}",
+                         details={"allowed": sorted(allowed)})
+    if not partial and "name" not in body:
+        raise BadRequest("name is required", details={"field": "name"})
+    fields: dict[str, Any] = {}
+    for key, value in body.items():
+        fields[key] = _PARSERS[key](key, value)
+    return fields
+
+
+def _fail(key: str, expected: str, value: Any) -> BadRequest:
+    return BadRequest(f"{key} must be {expected}", details={"field": key, "value": value})
+
+
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value.strip()) <= 200:
+        raise _fail(key, "a string of 1 to 200 characters", value)
+    return value.strip()
+
+
+def _team(key: str, value: Any) -> str | None:
+    return None if value is None else _name(key, value)
+
+
+def _plan(key: str, value: Any) -> str:
+    if value not in PLANS:
+        raise _fail(key, f"one of {', '.join(PLANS)}", value)
+    return str(value)
+
+
+def _budget(key: str, value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _fail(key, "a non-negative number of USD or null", value)
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise _fail(key, "a non-negative number of USD or null", value) from None
+    if not amount.is_finite() or amount < 0:
+        raise _fail(key, "a non-negative number of USD or null", value)
+    return amount
+
+
+def _names(key: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(key, "a list of non-empty strings", value)
+    return sorted(set(value))
+
+
+def _enabled(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, "true or false", value)
+    return value
+
+
+def _metadata(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(key, "a JSON object", value)
+    return value
+
+
+_PARSERS = {
+    "name": _name, "team": _team, "plan": _plan, "monthly_budget_usd": _budget,
+    "allowed_providers": _names, "allowed_models": _names, "enabled": _enabled,
+    "metadata": _metadata,
+}
+
+
+# -- store -----------------------------------------------------------------------------------
+
+async def _team_id(conn: asyncpg.Connection, team: str | None) -> int | None:
+    if team is None:
+        return None
+    team_id: int = await conn.fetchval(
+        """WITH ins AS (INSERT INTO teams (name) VALUES ($1) ON CONFLICT (name) DO NOTHING
+                        RETURNING id)
+           SELECT id FROM ins UNION ALL SELECT id FROM teams WHERE name = $1 LIMIT 1""", team)
+    return team_id
+
+
+async def create_project(conn: asyncpg.Connection, fields: dict[str, Any]) -> asyncpg.Record:
+    async with conn.transaction():
+        team_id = await _team_id(conn, fields.get("team"))
+        try:
+            project_id = await conn.fetchval(
+                """INSERT INTO projects (name, team_id, plan, monthly_budget_usd,
+                       allowed_providers, allowed_models, enabled, metadata)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+                fields["name"], team_id, fields.get("plan", "free"),
+                fields.get("monthly_budget_usd"), fields.get("allowed_providers", []),
+                fields.get("allowed_models", []), fields.get("enabled", True),
+                fields.get("metadata", {}))
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a project named {fields['name']!r} already exists",
+                           details={"field": "name"}) from None
+        return await get_project(conn, project_id)
+
+
+async def get_project(conn: asyncpg.Connection, project_id: int) -> asyncpg.Record:
+    row = await conn.fetchrow(f"{_PROJECT_SELECT} WHERE p.id = $1", project_id)
+    if row is None:
+        raise NotFound(f"project {project_id} does not exist")
+    return row
+
+
+async def list_projects(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return list(await conn.fetch(f"{_PROJECT_SELECT} ORDER BY p.id"))
+
+
+async def update_project(conn: asyncpg.Connection, project_id: int,
+                         fields: dict[str, Any]) -> asyncpg.Record:
+    async with conn.transaction():
+        await get_project(conn, project_id)
+        columns = dict(fields)
+        if "team" in columns:
+            columns["team_id"] = await _team_id(conn, columns.pop("team"))
+        if columns:
+            names = list(columns)
+            assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
+            try:
+                await conn.execute(
+                    f"UPDATE projects SET {assignments}, updated_at = now() WHERE id = $1",
+                    project_id, *(columns[n] for n in names))
+            except asyncpg.UniqueViolationError:
+                raise Conflict(f"a project named {fields.get('name')!r} already exists",
+                               details={"field": "name"}) from None
+        return await get_project(conn, project_id)
+
+
+async def issue_key(conn: asyncpg.Connection, project_id: int,
+                    name: str = "") -> tuple[asyncpg.Record, str]:
+    """Create a key; the plain key is answered here once and never stored."""
+    await get_project(conn, project_id)
+    for _ in range(5):
+        key, prefix = new_key()
+        try:
+            row = await conn.fetchrow(
+                f"""INSERT INTO api_keys (project_id, prefix, key_hash, name)
+                    VALUES ($1, $2, $3, $4) RETURNING {_KEY_COLUMNS}""",
+                project_id, prefix, hash_key(key), name)
+        except asyncpg.UniqueViolationError:
+            continue  # prefix collision: astronomically rare, draw again
+        return row, key
+    raise RuntimeError("could not draw a unique key prefix")
+
+
+async def list_keys(conn: asyncpg.Connection,
+                    project_id: int | None = None) -> list[asyncpg.Record]:
+    if project_id is None:
+        return list(await conn.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY id"))
+    await get_project(conn, project_id)
+    return list(await conn.fetch(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE project_id = $1 ORDER BY id", project_id))
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: int) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"""UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+            RETURNING {_KEY_COLUMNS}""", key_id)
+    if row is None:
+        raise NotFound(f"key {key_id} does not exist")
+    return row
+
+
+async def find_key(conn: asyncpg.Connection,
+                   prefix: str) -> tuple[int, bytes, bool, Project] | None:
+    """The key with this prefix: (id, hash, revoked, project), for authentication."""
+    row = await conn.fetchrow(
+        f"""SELECT k.id AS key_id, k.key_hash, k.revoked_at IS NOT NULL AS revoked,
+                   {_PROJECT_COLUMNS}
+            FROM api_keys k JOIN projects p ON p.id = k.project_id
+            LEFT JOIN teams t ON t.id = p.team_id
+            WHERE k.prefix = $1""", prefix)
+    if row is None:
+        return None
+    return row["key_id"], bytes(row["key_hash"]), row["revoked"], project_from_row(row)

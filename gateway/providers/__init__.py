@@ -1,0 +1,1 @@
+"""Provider adapters: one file per provider behind the `ProviderAdapter` protocol."""

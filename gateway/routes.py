@@ -1,0 +1,24 @@
+"""The URL table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.http import admin, health, proxy
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", proxy.chat_completions)
+    app.router.add_post("/api/proxy/chat", proxy.proxy_chat)
+
+    app.router.add_get("/api/health/live", health.live)
+    app.router.add_get("/api/health/ready", health.ready)
+
+    app.router.add_post("/api/admin/projects", admin.create_project)
+    app.router.add_get("/api/admin/projects", admin.list_projects)
+    app.router.add_get("/api/admin/projects/{id}", admin.get_project)
+    app.router.add_patch("/api/admin/projects/{id}", admin.update_project)
+    app.router.add_put("/api/admin/projects/{id}/budget", admin.set_budget)
+    app.router.add_post("/api/admin/projects/{id}/keys", admin.issue_key)
+    app.router.add_get("/api/admin/projects/{id}/keys", admin.list_keys)
+    app.router.add_delete("/api/admin/keys/{id}", admin.revoke_key)

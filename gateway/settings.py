@@ -1,0 +1,262 @@
+"""Settings: `config/gateway.toml` plus environment overrides, parsed once into frozen values.
+
+Every value is validated at start-up; a wrong one raises `SettingsError` naming the key and
+what is allowed. Nothing reads the environment after `load_settings` returns.
+
+Environment overrides:
+- `GATEWAY_<SECTION>_<KEY>` for any key, e.g. `GATEWAY_SERVER_PORT=9000`;
+- the contract's short names: `GATEWAY_DATABASE_URL`, `GATEWAY_DATA_DIR`, `GATEWAY_ADMIN_TOKEN`;
+- `<PROVIDER>_API_KEY` and `<PROVIDER>_BASE_URL` for each provider (`OPENAI_API_KEY`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _opt(default: Any, *, choices: tuple[Any, ...] = (), minimum: float | None = None,
+         maximum: float | None = None, secret: bool = False) -> Any:
+    meta = {"choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = _opt("127.0.0.1")
+    port: int = _opt(8080, minimum=0, maximum=65535)
+    max_body_bytes: int = _opt(1_048_576, minimum=1024)
+    shutdown_timeout_s: float = _opt(20.0, minimum=0)
+    public_url: str = _opt("")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = _opt("", secret=True)
+    data_dir: Path = _opt(Path(".data"))
+    pool_min_size: int = _opt(2, minimum=1)
+    pool_max_size: int = _opt(10, minimum=1)
+    migrate_on_start: bool = _opt(True)
+    migrations_dir: Path = _opt(PROJECT_ROOT / "migrations")
+    connect_timeout_s: float = _opt(5.0, minimum=0.1)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    admin_token: str = _opt("", secret=True)
+    key_cache_ttl_s: float = _opt(300.0, minimum=0)
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    max_messages: int = _opt(100, minimum=1)
+    max_content_chars: int = _opt(32_000, minimum=1)
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    base_url: str = _opt("https://api.openai.com/v1")
+    api_key: str = _opt("", secret=True)
+    connect_timeout_s: float = _opt(5.0, minimum=0.01)
+    first_byte_timeout_s: float = _opt(60.0, minimum=0.01)
+    total_timeout_s: float = _opt(600.0, minimum=0.01)
+    max_connections: int = _opt(256, minimum=1)
+
+
+@dataclass(frozen=True)
+class PricingSettings:
+    file: Path = _opt(PROJECT_ROOT / "config" / "prices.toml")
+    fallback: str = _opt("provider_max", choices=("provider_max", "fixed"))
+    fallback_input: Decimal = _opt(Decimal("15"), minimum=0)
+    fallback_cached_input: Decimal = _opt(Decimal("15"), minimum=0)
+    fallback_output: Decimal = _opt(Decimal("60"), minimum=0)
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    batch_size: int = _opt(500, minimum=1)
+    flush_interval_s: float = _opt(0.2, minimum=0.001)
+    max_pending: int = _opt(100_000, minimum=1)
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = _opt("info", choices=("debug", "info", "warning", "error"))
+    format: str = _opt("json", choices=("json", "console"))
+    requests: bool = _opt(False)
+
+
+KNOWN_PROVIDERS = ("openai",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers[name]
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "auth": AuthSettings,
+    "validation": ValidationSettings,
+    "pricing": PricingSettings,
+    "ledger": LedgerSettings,
+    "logging": LoggingSettings,
+}
+_ENV_ALIASES = {
+    "GATEWAY_DATABASE_URL": ("database", "url"),
+    "GATEWAY_DATA_DIR": ("database", "data_dir"),
+    "GATEWAY_ADMIN_TOKEN": ("auth", "admin_token"),
+}
+
+T = TypeVar("T")
+
+
+def load_settings(config_path: Path | str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply environment overrides, validate, freeze."""
+    env = os.environ if environ is None else environ
+    path = Path(config_path or env.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    elif config_path is not None or "GATEWAY_CONFIG" in env:
+        raise SettingsError(f"config file {path} does not exist")
+    return settings_from_mapping(raw, env)
+
+
+def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    allowed = {*_SECTIONS, "providers"}
+    for key in raw:
+        if key not in allowed:
+            raise SettingsError(f"unknown section [{key}]; allowed: {', '.join(sorted(allowed))}")
+    _apply_env(raw, env)
+    sections: dict[str, Any] = {
+        name: _build(cls, name, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    providers_raw = raw.get("providers", {})
+    if not isinstance(providers_raw, Mapping):
+        raise SettingsError("[providers] must be a table of provider tables")
+    providers = {}
+    for name in sorted({*KNOWN_PROVIDERS, *providers_raw}):
+        if name not in KNOWN_PROVIDERS:
+            raise SettingsError(
+                f"unknown provider [providers.{name}]; allowed: {', '.join(KNOWN_PROVIDERS)}")
+        providers[name] = _build(ProviderSettings, f"providers.{name}", providers_raw.get(name, {}))
+    settings = Settings(**sections, providers=providers)
+    if settings.database.pool_min_size > settings.database.pool_max_size:
+        raise SettingsError("database.pool_min_size must not exceed database.pool_max_size")
+    return settings
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        target = _ENV_ALIASES.get(name)
+        if target is None and name.startswith("GATEWAY_"):
+            target = _split_env_name(name[len("GATEWAY_"):])
+        if target is not None:
+            raw.setdefault(target[0], {})[target[1]] = value
+    providers = raw.setdefault("providers", {})
+    for provider in KNOWN_PROVIDERS:
+        for suffix, key in (("API_KEY", "api_key"), ("BASE_URL", "base_url")):
+            override = env.get(f"{provider.upper()}_{suffix}")
+            if override:
+                providers.setdefault(provider, {})[key] = override
+
+
+def _split_env_name(rest: str) -> tuple[str, str] | None:
+    lowered = rest.lower()
+    for section, cls in _SECTIONS.items():
+        if lowered.startswith(section + "_"):
+            key = lowered[len(section) + 1:]
+            if key in {f.name for f in dataclasses.fields(cls)}:
+                return section, key
+    return None
+
+
+def _build(cls: type[T], section: str, values: Any) -> T:
+    if not isinstance(values, Mapping):
+        raise SettingsError(f"[{section}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in values:
+        if key not in fields:
+            raise SettingsError(
+                f"unknown setting {section}.{key}; allowed: {', '.join(sorted(fields))}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        f = fields[name]
+        kwargs[name] = _check(f"{section}.{name}", _coerce(f"{section}.{name}", hints[name], value),
+                              f.metadata)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, Decimal) and value != int(value)):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is Decimal:
+            return Decimal(str(value))
+        if kind is Path:
+            return Path(str(value))
+        if isinstance(value, str):
+            return value
+        raise ValueError
+    except (ValueError, TypeError, InvalidOperation):
+        name = getattr(kind, "__name__", str(kind))
+        if kind is bool:
+            name = "boolean (true/false)"
+        raise SettingsError(f"{key}: expected {name}, got {value!r}") from None
+
+
+def _check(key: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    choices = meta.get("choices") or ()
+    if choices and value not in choices:
+        raise SettingsError(f"{key}: {value!r} is not allowed; allowed: {', '.join(choices)}")
+    minimum, maximum = meta.get("minimum"), meta.get("maximum")
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{key}: {value!r} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{key}: {value!r} is above the maximum {maximum}")
+    return value

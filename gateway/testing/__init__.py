@@ -1,0 +1,1 @@
+"""Test helpers shipped with the gateway (fake upstreams for tests, bench and demo)."""
