@@ -225,7 +225,8 @@ async def serve(settings: Settings, *, demo_mode: bool = False) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("gateway_draining")
-        app[READINESS].draining = True
+        app[READINESS].draining = True  # readiness answers 503 from here on
+        await asyncio.sleep(settings.server.drain_delay_s)  # let load balancers notice
     finally:
         await runner.cleanup()
         if fake is not None:

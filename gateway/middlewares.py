@@ -51,7 +51,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         elif exc.status == 413:
             limit = request.app[SETTINGS].server.max_body_bytes
             message = f"request body is too large; the limit is {limit} bytes"
-        kind = "invalid_request_error" if exc.status < 500 else "api_error"
+        kind = "not_found_error" if exc.status == 404 else (
+            "invalid_request_error" if exc.status < 500 else "api_error")
         return _render(request, exc.status, code, message, kind, {}, {})
     except Exception:
         log.exception("unhandled_error", path=request.path)

@@ -40,6 +40,7 @@ class ServerSettings:
     port: int = _opt(8080, minimum=0, maximum=65535)
     max_body_bytes: int = _opt(1_048_576, minimum=1024)
     shutdown_timeout_s: float = _opt(20.0, minimum=0)
+    drain_delay_s: float = _opt(0.0, minimum=0)
     public_url: str = _opt("")
 
 

@@ -1,0 +1,204 @@
+"""Shared fixtures: a real PostgreSQL database, a real fake upstream, a real gateway app.
+
+PostgreSQL comes from `GATEWAY_TEST_DATABASE_URL` (default: the local server at
+127.0.0.1:5432, database `test`). Off CI, an unreachable server is replaced by an embedded
+one (pgserver); on CI (`CI=true`) it is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway import migrate
+from gateway.app import build_app
+from gateway.db import init_connection
+from gateway.keys import POOL
+from gateway.settings import Settings, settings_from_mapping
+from gateway.testing.fake_upstream import STATE, FakeUpstreamState, start_fake_upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+ADMIN_TOKEN = "test-admin-token"
+TABLES = "usage_records, api_keys, projects, teams"
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _reachable(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    dsn = os.environ.get("GATEWAY_TEST_DATABASE_URL", DEFAULT_TEST_DSN)
+    if asyncio.run(_reachable(dsn)):
+        yield dsn
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is required on CI and {dsn} is unreachable", pytrace=False)
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="gateway-test-pg-") as tmp:
+        server = pgserver.get_server(tmp, cleanup_mode="stop")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server_dsn: str) -> Iterator[str]:
+    """A fresh database for this test session, migrated once, dropped at the end."""
+    name = f"gw_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(pg_server_dsn)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        conn = await asyncpg.connect(with_database(pg_server_dsn, name))
+        await migrate.migrate(conn, ROOT / "migrations")
+        await conn.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(pg_server_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    asyncio.run(create())
+    try:
+        yield with_database(pg_server_dsn, name)
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, emptied before each test."""
+    conn = await asyncpg.connect(database_url)
+    await init_connection(conn)
+    await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    yield conn
+    await conn.close()
+
+
+@dataclass
+class FakeUpstream:
+    url: str  # base URL including /v1
+    state: FakeUpstreamState
+    runner: web.AppRunner
+
+    def script(self, *behaviours: dict[str, Any]) -> None:
+        self.state.script.extend(behaviours)
+
+
+@pytest.fixture
+async def fake_upstream() -> AsyncIterator[FakeUpstream]:
+    runner, url = await start_fake_upstream()
+    yield FakeUpstream(url, runner.app[STATE], runner)
+    await runner.cleanup()
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(database_url: str, fake_upstream: FakeUpstream) -> SettingsFactory:
+    """Settings for a test gateway; keyword overrides are `section={key: value}` tables."""
+
+    def make(**sections: dict[str, Any]) -> Settings:
+        raw: dict[str, Any] = {
+            "database": {"url": database_url, "migrate_on_start": False, "pool_min_size": 1,
+                         "pool_max_size": 4},
+            "auth": {"admin_token": ADMIN_TOKEN},
+            "ledger": {"flush_interval_s": 0.02},
+            "logging": {"level": "warning"},
+            "providers": {"openai": {"base_url": fake_upstream.url}},
+        }
+        for name, values in sections.items():
+            if name == "providers":
+                for provider, table in values.items():
+                    raw["providers"].setdefault(provider, {}).update(table)
+            else:
+                raw.setdefault(name, {}).update(values)
+        return settings_from_mapping(raw, {})
+
+    return make
+
+
+GatewayFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def make_gateway(aiohttp_client: Any, make_settings: SettingsFactory,
+                       db: asyncpg.Connection) -> GatewayFactory:
+    async def make(**sections: dict[str, Any]) -> TestClient:
+        client: TestClient = await aiohttp_client(build_app(make_settings(**sections)))
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> TestClient:
+    return await make_gateway()
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def create_project(client: TestClient, **fields: Any) -> tuple[dict[str, Any], str]:
+    """A project (via the admin API) and a fresh key for it."""
+    body = {"name": f"project-{uuid.uuid4().hex[:8]}", **fields}
+    resp = await client.post("/api/admin/projects", json=body, headers=admin_headers())
+    assert resp.status == 201, await resp.text()
+    project = await resp.json()
+    resp = await client.post(f"/api/admin/projects/{project['id']}/keys", json={},
+                             headers=admin_headers())
+    assert resp.status == 201, await resp.text()
+    return project, (await resp.json())["key"]
+
+
+async def wait_for_rows(client: TestClient, count: int, *, timeout: float = 5.0) -> list[Any]:
+    """Usage rows, once at least `count` have been flushed (bounded wait)."""
+    pool = client.app[POOL]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        rows = await pool.fetch("SELECT * FROM usage_records ORDER BY started_at")
+        if len(rows) >= count or loop.time() > deadline:
+            return list(rows)
+        await asyncio.sleep(0.02)
+
+
+def chat_body(**extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini",
+            "messages": [{"role": "system", "content": "You are terse."},
+                         {"role": "user", "content": "Say hello"}], **extra}
+
+
+def replace_provider(settings: Settings, **changes: Any) -> Settings:
+    openai = dataclasses.replace(settings.provider("openai"), **changes)
+    return dataclasses.replace(settings, providers={**settings.providers, "openai": openai})
