@@ -140,7 +140,8 @@ def _price(name: str, entry: Any) -> Price:
     amounts = {}
     for key in ("input", "cached_input", "output"):
         value = entry.get(key, entry["input"])
-        if isinstance(value, bool) or not isinstance(value, Decimal | int) or value < 0:
+        if (isinstance(value, bool) or not isinstance(value, Decimal | int)
+                or not Decimal(value).is_finite() or value < 0):
             raise PriceTableError(f"models.{name!r}.{key} must be a non-negative number")
         amounts[key] = Decimal(value)
     max_output = entry.get("max_output_tokens")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import admin, health, proxy
+from gateway.http import admin, docs, health, proxy
 
 
 def setup_routes(app: web.Application) -> None:
@@ -13,6 +13,7 @@ def setup_routes(app: web.Application) -> None:
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)
+    app.router.add_get("/api/openapi.json", docs.openapi_handler())
 
     app.router.add_post("/api/admin/projects", admin.create_project)
     app.router.add_get("/api/admin/projects", admin.list_projects)

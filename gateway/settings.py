@@ -12,12 +12,14 @@ Environment overrides:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar, get_type_hints
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
@@ -153,24 +155,26 @@ def load_settings(config_path: Path | str | None = None,
 
 
 def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     allowed = {*_SECTIONS, "providers"}
-    for key in raw:
+    for key, value in raw.items():
         if key not in allowed:
             raise SettingsError(f"unknown section [{key}]; allowed: {', '.join(sorted(allowed))}")
+        if not isinstance(value, Mapping):
+            raise SettingsError(f"[{key}] must be a table")
+    raw = {k: dict(v) for k, v in raw.items()}
+    raw["providers"] = {k: (dict(v) if isinstance(v, Mapping) else v)
+                        for k, v in raw.get("providers", {}).items()}
     _apply_env(raw, env)
     sections: dict[str, Any] = {
         name: _build(cls, name, raw.get(name, {})) for name, cls in _SECTIONS.items()}
-    providers_raw = raw.get("providers", {})
-    if not isinstance(providers_raw, Mapping):
-        raise SettingsError("[providers] must be a table of provider tables")
+    providers_raw = raw["providers"]
     providers = {}
     for name in sorted({*KNOWN_PROVIDERS, *providers_raw}):
         if name not in KNOWN_PROVIDERS:
             raise SettingsError(
                 f"unknown provider [providers.{name}]; allowed: {', '.join(KNOWN_PROVIDERS)}")
         providers[name] = _build(ProviderSettings, f"providers.{name}", providers_raw.get(name, {}))
-    settings = Settings(**sections, providers=providers)
+    settings = Settings(**sections, providers=MappingProxyType(providers))
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise SettingsError("database.pool_min_size must not exceed database.pool_max_size")
     return settings
@@ -188,7 +192,10 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         for suffix, key in (("API_KEY", "api_key"), ("BASE_URL", "base_url")):
             override = env.get(f"{provider.upper()}_{suffix}")
             if override:
-                providers.setdefault(provider, {})[key] = override
+                table = providers.setdefault(provider, {})
+                if not isinstance(table, dict):
+                    raise SettingsError(f"[providers.{provider}] must be a table")
+                table[key] = override
 
 
 def _split_env_name(rest: str) -> tuple[str, str] | None:
@@ -234,17 +241,21 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                 raise ValueError
             return int(value)
         if kind is float:
-            if isinstance(value, bool):
+            number = float(value)
+            if isinstance(value, bool) or not math.isfinite(number):
                 raise ValueError
-            return float(value)
+            return number
         if kind is Decimal:
-            return Decimal(str(value))
+            amount = Decimal(str(value))
+            if not amount.is_finite():
+                raise ValueError
+            return amount
         if kind is Path:
             return Path(str(value))
         if isinstance(value, str):
             return value
         raise ValueError
-    except (ValueError, TypeError, InvalidOperation):
+    except (ValueError, TypeError, InvalidOperation, OverflowError):
         name = getattr(kind, "__name__", str(kind))
         if kind is bool:
             name = "boolean (true/false)"

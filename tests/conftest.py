@@ -44,7 +44,7 @@ def with_database(dsn: str, name: str) -> str:
 async def _reachable(dsn: str) -> bool:
     try:
         conn = await asyncpg.connect(dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True
@@ -181,11 +181,11 @@ async def create_project(client: TestClient, **fields: Any) -> tuple[dict[str, A
     return project, (await resp.json())["key"]
 
 
-async def wait_for_rows(client: TestClient, count: int, *, timeout: float = 5.0) -> list[Any]:
+async def wait_for_rows(client: TestClient, count: int, *, within_s: float = 5.0) -> list[Any]:
     """Usage rows, once at least `count` have been flushed (bounded wait)."""
     pool = client.app[POOL]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within_s
     while True:
         rows = await pool.fetch("SELECT * FROM usage_records ORDER BY started_at")
         if len(rows) >= count or loop.time() > deadline:

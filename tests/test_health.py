@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-
-from conftest import SettingsFactory, with_database
 from urllib.parse import urlsplit
 
 from aiohttp.test_utils import TestClient
+from conftest import SettingsFactory, with_database
 
 from gateway import SERVICE_NAME
 from gateway.app import build_app

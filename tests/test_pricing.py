@@ -214,9 +214,6 @@ def test_bad_tables_raise(models: dict[str, Any], match: str) -> None:
         PriceTable.from_mapping({"models": models}, PROVIDER_MAX)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _price checks `value < 0` only, so a NaN price "
-                   "raises decimal.InvalidOperation instead of PriceTableError and an "
-                   "Infinity price is accepted (costs become Infinity/NaN)")
 @pytest.mark.parametrize("value", [D("NaN"), D("Infinity")])
 def test_non_finite_price_raises(value: Decimal) -> None:
     with pytest.raises(PriceTableError):

@@ -231,7 +231,7 @@ async def test_authorization_failures_are_403(gateway: TestClient) -> None:
                               headers=bearer(key))
     assert resp.status == 200
 
-    project, key = await create_project(gateway, enabled=False)
+    _, key = await create_project(gateway, enabled=False)
     resp = await gateway.post("/api/proxy/chat", headers=bearer(key), json={
         "provider": "openai", "model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
     assert resp.status == 403

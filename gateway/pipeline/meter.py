@@ -47,16 +47,19 @@ class StreamMeter:
         self.usage: Usage = NO_USAGE
         self.model: str | None = None
         self.done = False
+        self.started = False  # a first data event was seen and checked
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to pass on now: every complete event so far, minus the held-back ones."""
         data = self._pending + chunk if self._pending else chunk
+        if b"\r" in data:  # SSE allows CRLF line ends; one form keeps the parsing simple
+            data = data.replace(b"\r\n", b"\n")
         end = data.rfind(b"\n\n")
         if end < 0:
             self._pending = data
             return b""
         complete, self._pending = data[:end + 2], data[end + 2:]
-        if self.events == 0:
+        if not self.started:
             self._check_first(complete)
         self.events += complete.count(b"\n\n")
         if any(marker in complete for marker in _USAGE_MARKERS) or DONE in complete:
@@ -69,9 +72,11 @@ class StreamMeter:
         return rest
 
     def _check_first(self, complete: bytes) -> None:
-        first = complete[:complete.find(b"\n\n")]
-        if first.startswith(b":"):
-            return  # an SSE comment (keep-alive)
+        """The first data event must be JSON; comments (keep-alives) before it are skipped."""
+        first = next((e for e in complete.split(b"\n\n")[:-1] if not e.startswith(b":")), None)
+        if first is None:
+            return
+        self.started = True
         try:
             event = _event_data(first)
         except ValueError as exc:
