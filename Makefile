@@ -29,6 +29,8 @@ lint: $(STAMP)
 
 ## bench: gateway overhead against the fake upstream and a bare aiohttp proxy, in one run
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null; } \
+		|| echo "wrk is not installed: using the slower Python load generator"
 	$(PY) bench/overhead.py $(BENCH_ARGS)
 
 clean:

@@ -48,6 +48,7 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
 # The issue's acceptance targets.
 MIN_THROUGHPUT_RATIO = 0.60  # gateway req/s / bare proxy req/s at the throughput concurrency
 MAX_ADDED_P50_MS = 0.6  # gateway p50 - upstream p50 at the latency concurrency
+NOISY_SPREAD = 0.8  # a target whose slowest round is under 80% of its fastest: say so
 COST_HEADER = "X-AI-Cost-Gateway-Cost"
 RESULT_PREFIX = "BENCH_RESULT "
 
@@ -358,6 +359,81 @@ def preflight(name: str, url: str, body: bytes, key: str, stream: bool) -> None:
         raise BenchError(f"preflight request through {name} failed: {problem}: {data[:500]!r}")
 
 
+# --- profiling -----------------------------------------------------------------------------
+
+def profile_gateway(gateway: Server, loadgen: LoadGen, connections: int, seconds: int,
+                    out: Path, pin: str | None) -> tuple[dict[str, Any], Measurement]:
+    """py-spy the gateway under load (`--profile`): collapsed stacks to `out`, a summary back."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    cmd = [pyspy, "record", "--format", "raw", "--nolineno", "--rate", "250",
+           "-d", str(seconds + 1), "-o", str(out), "--pid", str(gateway.proc.pid)]
+    if pin is not None:
+        cmd = ["taskset", "-c", pin, *cmd]
+    log = out.with_suffix(".log")
+    with open(log, "wb") as f:
+        spy = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # let py-spy attach
+        m = loadgen.run("gateway", gateway.port, connections, seconds, -2)
+        spy.wait(seconds + 30)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait(5)
+    if spy.returncode != 0 or not out.exists():
+        raise BenchError(f"py-spy failed (exit {spy.returncode}):\n{tail(log)}")
+    return {"file": str(out), "rps_while_profiled": m.rps, **summarize_profile(out)}, m
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", str(REPO) + "/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+    return f"{name} ({where})" if where else name
+
+
+def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_short(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+
+    def ranked(d: dict[str, int]) -> list[tuple[str, float]]:
+        # Frames on (nearly) every stack are the entry point and the loop: no information.
+        rows = sorted(((k, n) for k, n in d.items() if n < 0.98 * total),
+                      key=lambda kv: -kv[1])[:top]
+        return [(name, round(100 * n / total, 1)) for name, n in rows]
+
+    return {"samples": total, "self_pct": ranked(own), "inclusive_pct": ranked(incl)}
+
+
+def print_profile(profile: dict[str, Any]) -> None:
+    print(f"\nGateway profile (py-spy, {profile['samples']} busy samples, "
+          f"{profile['rps_while_profiled']:.0f} req/s while sampled; {profile['file']})")
+    print("  inclusive %  function")
+    for name, pct in profile["inclusive_pct"]:
+        print(f"  {pct:>10.1f}  {name}")
+    print("  self %      function")
+    for name, pct in profile["self_pct"][:15]:
+        print(f"  {pct:>10.1f}  {name}")
+
+
 # --- orchestration -------------------------------------------------------------------------
 
 def pin_plan(mode: str) -> dict[str, str | None]:
@@ -434,6 +510,9 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     print(f"Gateway overhead: {mode} POST {PATH}, {cfg['rounds']} rounds x {cfg['seconds']}s "
           f"per target, load generator {cfg['loadgen']}, CPUs {cfg['pinning_text']}")
+    load = result["environment"]["loadavg_before"]
+    print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {result['environment']['cpus']} CPUs")
     print(f"{'conns':>5}  {'target':<20} {'req/s':>9} {'(min-max)':>17} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'non-200':>8} {'errors':>7}")
     for c in conc:
@@ -456,6 +535,13 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  {c:>3} conns: added p50 over upstream: bare proxy "
               f"{s['added_p50_ms_bare']:+.3f} ms, gateway {s['added_p50_ms_gateway']:+.3f} ms "
               f"(gateway over bare {s['added_p50_ms_gateway_over_bare']:+.3f} ms)")
+    noisy = [f"{LABELS[t]} at {c}" for c in conc for t in TARGETS
+             if summary[str(c)]["targets"][t]["rps_min"]
+             < NOISY_SPREAD * summary[str(c)]["targets"][t]["rps_max"]]
+    if noisy:
+        print(f"  note: noisy rounds (slowest < {NOISY_SPREAD:.0%} of fastest) for "
+              f"{', '.join(noisy)}: the machine was busy; medians absorb some of it, more "
+              "--rounds absorb more")
     print()
     for check in result["targets"]:
         verdict = "PASS" if check["pass"] else "MISS"
@@ -472,8 +558,9 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("--concurrency, --rounds and --seconds must be positive")
     loadgen_kind = choose_loadgen(args.loadgen)
     if loadgen_kind == "python":
-        print("!! wrk not found: using the slower Python load generator (bench/loadgen.py); "
-              "install wrk for trustworthy numbers", file=sys.stderr)
+        why = "wrk not found" if args.loadgen == "auto" else "--loadgen python"
+        print(f"!! {why}: using the slower Python load generator (bench/loadgen.py); "
+              "wrk gives more trustworthy numbers (apt-get install -y wrk)", file=sys.stderr)
     pins = pin_plan(args.pin)
     pin_text = ("unpinned" if pins["proxy"] is None else
                 f"load generator on {pins['loadgen']}, fake upstream on {pins['upstream']}, "
@@ -557,6 +644,20 @@ def run(args: argparse.Namespace) -> int:
                           f"{t:<8} {m.rps:>8.0f} req/s  p50 {m.p50_ms:.3f} ms  "
                           f"p99 {m.p99_ms:.3f} ms{flag}", file=sys.stderr, flush=True)
 
+        stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out_dir = Path(args.results_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        profile = None
+        profiled: list[Measurement] = []
+        if args.profile > 0:
+            print(f"profiling the gateway for {args.profile}s at {max(concurrency)} connections",
+                  file=sys.stderr)
+            profile, m = profile_gateway(gateway, loadgen, max(concurrency), args.profile,
+                                         out_dir / f"overhead-{stamp}-gateway.pyspy.txt",
+                                         pins["loadgen"])
+            profiled.append(m)
+            check()
+
         # Stop the gateway first: its ledger flushes on SIGTERM, then the rows are counted.
         gateway.stop(args.stop_timeout)
         ledger = None
@@ -575,7 +676,7 @@ def run(args: argparse.Namespace) -> int:
              "target": f"<= {MAX_ADDED_P50_MS}",
              "pass": summary[lo]["added_p50_ms_gateway"] <= MAX_ADDED_P50_MS},
         ]
-        all_runs = warmup + measurements
+        all_runs = warmup + measurements + profiled
         non200 = sum(m.non200 for m in all_runs)
         errors = sum(m.error_count for m in all_runs)
         statuses: dict[str, int] = {}
@@ -598,13 +699,13 @@ def run(args: argparse.Namespace) -> int:
             "gateway_requests_sent": sum(m.requests for m in all_runs
                                          if m.target == "gateway") + 1,
             "non200": non200, "errors": errors, "non200_by_status": statuses,
+            "profile": profile,
             "measurements": [vars(m) for m in measurements],
             "warmup": [vars(m) for m in warmup],
         }
         print_report(result)
-        out_dir = Path(args.results_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        if profile is not None:
+            print_profile(profile)
         out = out_dir / f"overhead-{stamp}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nresults: {out}")
@@ -674,6 +775,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: pin the proxy under test to its own CPU with taskset")
     parser.add_argument("--pause", type=float, default=0.5,
                         help="seconds of quiet before each measurement")
+    parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
+                        help="after the rounds, py-spy the gateway for this long under load "
+                             "(needs py-spy in the venv); 0: no profile")
     parser.add_argument("--stop-timeout", type=float, default=25.0)
     parser.add_argument("--results-dir", default=str(BENCH / "results"))
     args = parser.parse_args(argv)

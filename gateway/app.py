@@ -20,7 +20,7 @@ from gateway.keys import (
 )
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
-from gateway.middlewares import add_request_id, error_middleware
+from gateway.middlewares import add_request_id, error_middleware_factory
 from gateway.pipeline.runner import ProxyPipeline
 from gateway.pipeline.validate import Limits
 from gateway.pricing import PriceTable
@@ -31,7 +31,7 @@ from gateway.settings import Settings
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware],
+    app = web.Application(middlewares=[error_middleware_factory()],
                           client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
@@ -93,7 +93,8 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                     max_messages=settings.validation.max_messages,
                     max_content_chars=settings.validation.max_content_chars)
     app[PIPELINE] = ProxyPipeline(keys=app[KEYSTORE], limits=limits, upstreams=app[UPSTREAMS],
-                                  prices=app[PRICES], ledger=app[LEDGER])
+                                  prices=app[PRICES], ledger=app[LEDGER],
+                                  log_requests=settings.logging.requests)
     app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE])
     yield
     app[READINESS].draining = True

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from typing import Any
 
 import structlog
 
 from gateway.settings import LoggingSettings
+
+# The request being handled in this task; set once per request by the error middleware.
+REQUEST_ID_VAR: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def add_request_id(_logger: Any, _method: str,
+                   event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID_VAR.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
 
 
 def configure_logging(settings: LoggingSettings) -> None:
@@ -18,6 +32,7 @@ def configure_logging(settings: LoggingSettings) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_request_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -59,7 +59,7 @@ async def served(database_url: str, fake_upstream: FakeUpstream,
     _, key = await projects.issue_key(db, row["id"])
     env = {"GATEWAY_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake_upstream.url,
            "GATEWAY_SERVER_DRAIN_DELAY_S": "0.5", "GATEWAY_LEDGER_FLUSH_INTERVAL_S": "5",
-           "GATEWAY_LOGGING_LEVEL": "info"}
+           "GATEWAY_LOGGING_LEVEL": "info", "GATEWAY_LOGGING_REQUESTS": "true"}
     s = await _start(env)
     try:
         yield s, key
@@ -117,6 +117,9 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secrets(
     failures = [e for e in s.log if e["event"] == "request_failed"]
     assert failures and failures[0]["request_id"] == request_id
     assert failures[0]["status"] == 500 and "timestamp" in failures[0]
+    [line] = [e for e in s.log if e["event"] == "request"]
+    assert line["request_id"] == request_id and line["status"] == 500
+    assert line["model"] == "gpt-4o" and line["error_code"] == "upstream_error"
     text = orjson.dumps(s.log).decode()
     assert key not in text and key.split("_", 2)[2] not in text
     assert secret_prompt not in text

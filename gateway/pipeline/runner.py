@@ -47,7 +47,7 @@ class Guard(Protocol):
 class ProxyPipeline:
     def __init__(self, *, keys: KeyStore, limits: validate.Limits,
                  upstreams: Mapping[str, Upstream], prices: PriceTable, ledger: Ledger,
-                 guards: Sequence[Guard] = ()) -> None:
+                 guards: Sequence[Guard] = (), log_requests: bool = False) -> None:
         self.keys = keys
         self.limits = limits
         self.upstreams = upstreams
@@ -55,6 +55,7 @@ class ProxyPipeline:
         self.prices = prices
         self.ledger = ledger
         self.guards = tuple(guards)
+        self.log_requests = log_requests
 
     async def admit(self, ex: Exchange, headers: Mapping[str, str],
                     read: Callable[[], Awaitable[bytes]], entry: str) -> ChatRequest:
@@ -121,4 +122,10 @@ class ProxyPipeline:
                 await guard.settle(ex)
             except Exception:  # one guard failing must not keep the others or the row
                 log.exception("guard_settle_failed", guard=type(guard).__name__)
-        record(ex, self.ledger)
+        row = record(ex, self.ledger)
+        if self.log_requests and row is not None:  # never the key, never the prompt
+            log.info("request", status=row.status, project_id=row.project_id,
+                     provider=row.provider, model=row.model, streamed=row.streamed,
+                     input_tokens=row.usage.input_tokens, output_tokens=row.usage.output_tokens,
+                     cost_usd=format_usd(row.cost_usd), overhead_ms=row.overhead_ms,
+                     upstream_ms=row.upstream_ms, error_code=row.error_code)
