@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -16,6 +18,8 @@ from gateway.keys import (
     PRICES,
     READINESS,
     SETTINGS,
+    TOKENIZERS,
+    TOKENS,
     UPSTREAMS,
 )
 from gateway.keystore import KeyStore
@@ -28,6 +32,10 @@ from gateway.providers.base import Upstream
 from gateway.providers.openai import OpenAIAdapter
 from gateway.routes import setup_routes
 from gateway.settings import Settings
+from gateway.tokens.cpu import CpuCounter
+from gateway.tokens.encodings import load_all
+from gateway.tokens.models import ModelTokenizers
+from gateway.tokens.service import TokenService
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -35,10 +43,23 @@ def build_app(settings: Settings) -> web.Application:
                           client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
-    app.cleanup_ctx.extend([_database, _upstreams, _keystore, _ledger, _pipeline])
+    app[TOKENIZERS] = ModelTokenizers.load(settings.tokens.models_file)
+    app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _pipeline])
     app.on_response_prepare.append(add_request_id)
     setup_routes(app)
     return app
+
+
+async def _tokens(app: web.Application) -> AsyncIterator[None]:
+    """Encodings load once, off the loop, before the gateway serves (or reports ready)."""
+    settings = app[SETTINGS].tokens
+    encodings = await asyncio.to_thread(load_all)
+    threads = settings.threads or min(os.cpu_count() or 1, 8)
+    service = TokenService(CpuCounter(encodings), app[TOKENIZERS],
+                           inline_max_chars=settings.inline_max_chars, threads=threads)
+    app[TOKENS] = service
+    yield
+    service.close()
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -93,8 +114,8 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                     max_messages=settings.validation.max_messages,
                     max_content_chars=settings.validation.max_content_chars)
     app[PIPELINE] = ProxyPipeline(keys=app[KEYSTORE], limits=limits, upstreams=app[UPSTREAMS],
-                                  prices=app[PRICES], ledger=app[LEDGER],
+                                  prices=app[PRICES], ledger=app[LEDGER], tokens=app[TOKENS],
                                   log_requests=settings.logging.requests)
-    app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE])
+    app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS])
     yield
     app[READINESS].draining = True

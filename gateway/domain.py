@@ -47,17 +47,36 @@ class ChatRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+USAGE_SOURCES = ("provider", "counted", "estimated", "none")
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one call; input_tokens includes cached_input_tokens, as OpenAI bills."""
+    """Token counts of one call; input_tokens includes cached_input_tokens, as OpenAI bills.
+
+    Each side says where its count came from: "provider" (the upstream's usage report),
+    "counted" (exact, by the gateway's tokenizer), "estimated" (a tokenizer that is not the
+    model's own) or "none" (not known).
+    """
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
-    source: str = "provider"  # "provider" (reported by the upstream) or "none" (not known)
+    input_source: str = "provider"
+    output_source: str = "provider"
+
+    @property
+    def source(self) -> str:
+        """One word for both sides: theirs when they agree, else the weaker one."""
+        sides = {self.input_source, self.output_source}
+        if len(sides) == 1:
+            return self.input_source
+        if "estimated" in sides:
+            return "estimated"
+        return "partial" if "none" in sides else "counted"
 
 
-NO_USAGE = Usage(source="none")
+NO_USAGE = Usage(input_source="none", output_source="none")
 
 
 @dataclass(slots=True)

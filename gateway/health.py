@@ -11,6 +11,7 @@ import asyncpg
 
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
+from gateway.tokens.service import TokenService
 
 DB_CHECK_TIMEOUT_S = 1.0
 
@@ -20,6 +21,7 @@ class Readiness:
     pool: asyncpg.Pool
     ledger: Ledger
     keys: KeyStore
+    tokens: TokenService
     draining: bool = False
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
@@ -29,6 +31,8 @@ class Readiness:
             "ledger": {"ok": True, "pending": self.ledger.pending,
                        "written": self.ledger.written, "failed_flushes": self.ledger.failures},
             "key_invalidation": {"ok": True, "listening": self.keys.listening},
+            "tokens": {"ok": True, "backend": self.tokens.counter.name,
+                       "encodings": list(self.tokens.counter.encodings)},
             "draining": self.draining,
         }
         return database["ok"] and not self.draining, checks

@@ -13,11 +13,13 @@ from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.pricing import PriceTable
 from gateway.settings import Settings
+from gateway.tokens.models import ModelTokenizers
 
 if TYPE_CHECKING:
     from gateway.health import Readiness
     from gateway.pipeline.runner import ProxyPipeline
     from gateway.providers.base import Upstream
+    from gateway.tokens.service import TokenService
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -27,5 +29,7 @@ PRICES = web.AppKey("prices", PriceTable)
 UPSTREAMS: web.AppKey[Mapping[str, Upstream]] = web.AppKey("upstreams")
 PIPELINE: web.AppKey[ProxyPipeline] = web.AppKey("pipeline")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
+TOKENIZERS = web.AppKey("tokenizers", ModelTokenizers)
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 COLUMNS = (
     "request_id", "project_id", "api_key_id", "provider", "model", "endpoint", "status",
     "streamed", "input_tokens", "cached_input_tokens", "output_tokens", "usage_source",
+    "input_source", "output_source",
     "cost_usd", "priced_by_fallback", "price_model", "overhead_ms", "upstream_ms",
     "error_code", "metadata", "started_at", "finished_at",
 )
@@ -33,6 +34,7 @@ def as_row(r: UsageRecord) -> tuple[Any, ...]:
     u = r.usage
     return (r.request_id, r.project_id, r.api_key_id, r.provider, r.model, r.endpoint, r.status,
             r.streamed, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.source,
+            u.input_source, u.output_source,
             r.cost_usd, r.priced_by_fallback, r.price_model, r.overhead_ms, r.upstream_ms,
             r.error_code, r.metadata, r.started_at, r.finished_at)
 

@@ -89,6 +89,13 @@ class PricingSettings:
 
 
 @dataclass(frozen=True)
+class TokensSettings:
+    models_file: Path = _opt(PROJECT_ROOT / "config" / "tokens.toml")
+    inline_max_chars: int = _opt(8192, minimum=0)
+    threads: int = _opt(0, minimum=0)  # 0: one per CPU, at most 8
+
+
+@dataclass(frozen=True)
 class LedgerSettings:
     batch_size: int = _opt(500, minimum=1)
     flush_interval_s: float = _opt(0.2, minimum=0.001)
@@ -112,6 +119,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
+    tokens: TokensSettings = field(default_factory=TokensSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -126,6 +134,7 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthSettings,
     "validation": ValidationSettings,
     "pricing": PricingSettings,
+    "tokens": TokensSettings,
     "ledger": LedgerSettings,
     "logging": LoggingSettings,
 }

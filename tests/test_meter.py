@@ -198,7 +198,7 @@ COMPLETION = {
     ({"usage": {"prompt_tokens": 10, "completion_tokens": 2,
                 "prompt_tokens_details": {"cached_tokens": None}}}, Usage(10, 0, 2), MODEL),
     ({"usage": {"prompt_tokens": -5, "completion_tokens": True}}, Usage(0, 0, 0), MODEL),
-    ({"usage": None}, Usage(source="none"), MODEL),
+    ({"usage": None}, NO_USAGE, MODEL),
     ({"model": 5}, EXPECTED_USAGE, None),
 ])
 def test_usage_from_body(patch: dict[str, Any], usage: Usage, model: str | None) -> None:

@@ -12,14 +12,19 @@ from gateway.http.json import int_param, json_response, read_json
 from gateway.keys import POOL, SETTINGS
 
 
-def require_admin(request: web.Request) -> None:
+def is_admin(request: web.Request) -> bool:
+    """Whether the request carries the admin token (compared in constant time)."""
     token = request.app[SETTINGS].auth.admin_token
-    if not token:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode())
+
+
+def require_admin(request: web.Request) -> None:
+    if not request.app[SETTINGS].auth.admin_token:
         raise Forbidden("the admin API is disabled: set GATEWAY_ADMIN_TOKEN to enable it",
                         code="admin_disabled")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                              token.encode()):
+    if not is_admin(request):
         raise Unauthorized("admin token required: send 'Authorization: Bearer <admin token>'",
                            code="invalid_admin_token")
 

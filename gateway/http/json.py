@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 
 
 def _default(value: Any) -> Any:
@@ -39,3 +39,16 @@ def int_param(request: web.Request, name: str) -> int:
     if not value.isdigit():
         raise NotFound(f"{name} {value!r} does not exist")
     return int(value)
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The request body, or 413 when it is over `limit` bytes (checked before reading)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body is {request.content_length} bytes; the limit is {limit}",
+            details={"limit_bytes": limit})
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes",
+                              details={"limit_bytes": limit}) from None

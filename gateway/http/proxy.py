@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.errors import GatewayError
+from gateway.http.json import read_limited
 from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS
 from gateway.pipeline.exchange import CLIENT_CLOSED, Exchange
 from gateway.pricing import format_usd
@@ -28,9 +29,11 @@ async def proxy_chat(request: web.Request) -> web.StreamResponse:
 
 async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
     pipeline = request.app[PIPELINE]
+    limit = request.app[SETTINGS].server.max_body_bytes
     ex = Exchange(request[REQUEST_ID], request.path)
     try:
-        chat = await pipeline.admit(ex, request.headers, lambda: _read(request), entry)
+        read = lambda: read_limited(request, limit)  # noqa: E731
+        chat = await pipeline.admit(ex, request.headers, read, entry)
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
             return web.Response(body=body, content_type="application/json",
@@ -47,19 +50,6 @@ async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
         raise
     finally:
         await pipeline.finish(ex)
-
-
-async def _read(request: web.Request) -> bytes:
-    limit = request.app[SETTINGS].server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body is {request.content_length} bytes; the limit is {limit}",
-            details={"limit_bytes": limit})
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes",
-                              details={"limit_bytes": limit}) from None
 
 
 async def _relay(request: web.Request, ex: Exchange,

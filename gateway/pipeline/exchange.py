@@ -7,10 +7,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.domain import NO_USAGE, ChatRequest, Principal, Usage
 from gateway.pricing import Quote
+
+if TYPE_CHECKING:
+    from gateway.pipeline.meter import StreamMeter
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 
@@ -31,6 +34,7 @@ class Exchange:
     upstream_s: float = 0.0  # time spent waiting on the upstream
     metadata: dict[str, Any] = field(default_factory=dict)
     guards_admitted: int = 0
+    stream_meter: StreamMeter | None = None
 
     def fail(self, status: int, code: str) -> None:
         self.status, self.error_code = status, code

@@ -3,7 +3,8 @@
 `StreamMeter` sees every SSE event on its way to the client: it checks that the stream is
 really SSE, takes the usage event (asked for upstream on every stream), removes it when the
 client did not ask for usage itself, and holds back `data: [DONE]` so the gateway can add
-its cost line first.
+its cost line first. It keeps what it passed on, so that a stream without a usage report,
+or one the client cut short, is metered by counting the tokens actually sent.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 import orjson
 
-from gateway.domain import NO_USAGE, Usage
+from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadGateway
 from gateway.providers.base import ProviderAdapter
+from gateway.tokens.service import TokenService
 
 DONE = b"data: [DONE]\n\n"
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
@@ -48,6 +50,7 @@ class StreamMeter:
         self.model: str | None = None
         self.done = False
         self.started = False  # a first data event was seen and checked
+        self._seen: list[bytes] = []  # complete events so far, for counting if need be
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to pass on now: every complete event so far, minus the held-back ones."""
@@ -59,6 +62,7 @@ class StreamMeter:
             self._pending = data
             return b""
         complete, self._pending = data[:end + 2], data[end + 2:]
+        self._seen.append(complete)
         if not self.started:
             self._check_first(complete)
         self.events += complete.count(b"\n\n")
@@ -108,3 +112,63 @@ class StreamMeter:
                         continue  # the usage-only event the client did not ask for
             kept.append(raw)
         return b"".join(kept)
+
+
+    def output_texts(self) -> list[str]:
+        """The text generated so far, one string per choice and field, deltas joined."""
+        texts: dict[tuple[Any, ...], list[str]] = {}
+        for event in b"".join(self._seen).split(b"\n\n"):
+            if not event.startswith(b"data:") or event == DONE[:-2]:
+                continue
+            try:
+                data = _event_data(event)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                for key, text in completion_texts(data.get("choices"), "delta"):
+                    texts.setdefault(key, []).append(text)
+        return ["".join(parts) for parts in texts.values()]
+
+
+def completion_texts(choices: Any, key: str) -> list[tuple[tuple[Any, ...], str]]:
+    """Generated text of a completion's (`message`) or a chunk's (`delta`) choices, each
+    keyed by where it belongs (choice, field, tool call), so stream deltas can be joined."""
+    texts: list[tuple[tuple[Any, ...], str]] = []
+    for n, choice in enumerate(choices if isinstance(choices, list) else ()):
+        part = choice.get(key) if isinstance(choice, dict) else None
+        if not isinstance(part, dict):
+            continue
+        index = choice.get("index", n)
+        for field in ("content", "refusal", "reasoning_content"):
+            if isinstance(part.get(field), str):
+                texts.append(((index, field), part[field]))
+        for m, call in enumerate(part.get("tool_calls") or ()):
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                where = (index, "tool", call.get("index", m))
+                texts.extend(((*where, name), v) for name in ("name", "arguments")
+                             if isinstance(v := function.get(name), str))
+    return texts
+
+
+async def fill_missing_usage(chat: ChatRequest, usage: Usage, output: list[str] | None,
+                             tokens: TokenService) -> Usage:
+    """Count the sides the provider did not report: the request, and the text generated.
+
+    `output` is None when nothing is known of the answer (then only the input is counted).
+    """
+    if usage.input_source != "none" and (usage.output_source != "none" or output is None):
+        return usage
+    tokenizer = tokens.tokenizer(chat.model)
+    kind = "counted" if tokenizer.exact else "estimated"
+    input_tokens, cached, input_source = (usage.input_tokens, usage.cached_input_tokens,
+                                          usage.input_source)
+    if input_source == "none":
+        counted = await tokens.count_chat(chat.body, chat.model)
+        input_tokens, cached = counted.tokens, 0
+        input_source = "counted" if counted.exact else "estimated"
+    output_tokens, output_source = usage.output_tokens, usage.output_source
+    if output_source == "none" and output is not None:
+        counts, _ = await tokens.count_for_model(output, chat.model) if output else ([], None)
+        output_tokens, output_source = sum(counts), kind
+    return Usage(input_tokens, cached, output_tokens, input_source, output_source)

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+import orjson
 import structlog
 
 from gateway.domain import ChatRequest
@@ -25,11 +26,18 @@ from gateway.pipeline.authenticate import authenticate
 from gateway.pipeline.authorize import authorize
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import read_body, send, upstream_errors
-from gateway.pipeline.meter import DONE, StreamMeter, usage_from_body
+from gateway.pipeline.meter import (
+    DONE,
+    StreamMeter,
+    completion_texts,
+    fill_missing_usage,
+    usage_from_body,
+)
 from gateway.pipeline.price import price
 from gateway.pipeline.record import record
 from gateway.pricing import PriceTable, format_usd
 from gateway.providers.base import Upstream
+from gateway.tokens.service import TokenService
 
 METADATA_HEADER = "X-AI-Cost-Gateway-Metadata"
 
@@ -47,13 +55,15 @@ class Guard(Protocol):
 class ProxyPipeline:
     def __init__(self, *, keys: KeyStore, limits: validate.Limits,
                  upstreams: Mapping[str, Upstream], prices: PriceTable, ledger: Ledger,
-                 guards: Sequence[Guard] = (), log_requests: bool = False) -> None:
+                 tokens: TokenService, guards: Sequence[Guard] = (),
+                 log_requests: bool = False) -> None:
         self.keys = keys
         self.limits = limits
         self.upstreams = upstreams
         self.providers = frozenset(upstreams)
         self.prices = prices
         self.ledger = ledger
+        self.tokens = tokens
         self.guards = tuple(guards)
         self.log_requests = log_requests
 
@@ -84,6 +94,10 @@ class ProxyPipeline:
         finally:
             ex.upstream_s = time.perf_counter() - started
         ex.usage, ex.upstream_model = usage_from_body(upstream.adapter, body)
+        if ex.usage.source != "provider":  # an upstream that reports no usage: count it
+            choices = orjson.loads(body).get("choices")
+            output = [text for _, text in completion_texts(choices, "message")]
+            ex.usage = await fill_missing_usage(chat, ex.usage, output, self.tokens)
         price(ex, self.prices)
         return body
 
@@ -95,7 +109,8 @@ class ProxyPipeline:
         """
         upstream = self.upstreams[chat.provider]
         call = upstream.adapter.build_call(chat)
-        meter = StreamMeter(upstream.adapter, keep_usage_event=chat.include_usage)
+        meter = ex.stream_meter = StreamMeter(upstream.adapter,
+                                              keep_usage_event=chat.include_usage)
         started = time.perf_counter()
         response = await send(upstream, call)
         try:
@@ -105,16 +120,28 @@ class ProxyPipeline:
                     if out:
                         yield out
             ex.usage, ex.upstream_model = meter.usage, meter.model
+            if ex.usage.source != "provider":
+                ex.usage = await fill_missing_usage(chat, ex.usage, meter.output_texts(),
+                                                    self.tokens)
             price(ex, self.prices)
             cost = f": x-ai-cost-gateway-cost {format_usd(ex.cost)}\n\n".encode()
             yield meter.flush() + cost + (DONE if meter.done else b"")
         finally:
             ex.upstream_s = time.perf_counter() - started
-            ex.usage, ex.upstream_model = meter.usage, meter.model
+            ex.upstream_model = meter.model
+            if ex.quote is None:  # cut short: what the upstream reported so far (finish counts)
+                ex.usage = meter.usage
             response.close()  # cancels the upstream call if the stream did not finish
 
     async def finish(self, ex: Exchange) -> None:
         """Settle every guard, price what was used, and queue the usage row. Never raises."""
+        meter = ex.stream_meter
+        if ex.quote is None and ex.chat is not None and meter is not None and meter.started:
+            try:  # a stream cut short: meter the tokens that were sent
+                ex.usage = await fill_missing_usage(ex.chat, ex.usage, meter.output_texts(),
+                                                    self.tokens)
+            except Exception:
+                log.exception("stream_metering_failed")
         if ex.quote is None and ex.chat is not None:
             price(ex, self.prices)
         for guard in reversed(self.guards[:ex.guards_admitted]):

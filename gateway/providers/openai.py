@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.domain import ChatRequest, Usage
+from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadRequest, UpstreamStatusError
 from gateway.providers.base import UpstreamCall
 from gateway.settings import ProviderSettings
@@ -46,7 +46,7 @@ class OpenAIAdapter:
             raise ValueError("not a chat completion object")
         usage = self.stream_usage(data)
         model = data.get("model")
-        return usage or Usage(source="none"), model if isinstance(model, str) else None
+        return usage or NO_USAGE, model if isinstance(model, str) else None
 
     def stream_usage(self, event: dict[str, Any]) -> Usage | None:
         usage = event.get("usage")

@@ -1,0 +1,1 @@
+"""Token counting: offline encodings, exact chat accounting, one counting interface."""
