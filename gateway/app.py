@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 from gateway import db, migrate
+from gateway.budgets import BudgetBook
 from gateway.health import Readiness
+from gateway.idempotency import create_claims
 from gateway.keys import (
+    BUDGETS,
+    CLAIMS,
     KEYSTORE,
     LEDGER,
+    LIMITER,
     PIPELINE,
+    PLANS,
     POOL,
     PRICES,
     READINESS,
@@ -25,11 +32,16 @@ from gateway.keys import (
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.middlewares import add_request_id, error_middleware_factory
+from gateway.pipeline.budget import BudgetGuard
+from gateway.pipeline.idempotency import IdempotencyGuard
+from gateway.pipeline.ratelimit import RateLimitGuard
 from gateway.pipeline.runner import ProxyPipeline
 from gateway.pipeline.validate import Limits
+from gateway.plans import Plans
 from gateway.pricing import PriceTable
 from gateway.providers.base import Upstream
 from gateway.providers.openai import OpenAIAdapter
+from gateway.ratelimit import create_limiter
 from gateway.routes import setup_routes
 from gateway.settings import Settings
 from gateway.tokens.cpu import CpuCounter
@@ -44,7 +56,9 @@ def build_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
     app[TOKENIZERS] = ModelTokenizers.load(settings.tokens.models_file)
-    app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _pipeline])
+    app[PLANS] = Plans.load(settings.ratelimit.plans_file)
+    app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _limits,
+                            _pipeline])
     app.on_response_prepare.append(add_request_id)
     setup_routes(app)
     return app
@@ -108,14 +122,33 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
     await ledger.close(deadline_s=app[SETTINGS].server.shutdown_timeout_s)
 
 
+async def _limits(app: web.Application) -> AsyncIterator[None]:
+    """Rate limiter, idempotency claims and budget leases; leases go back on shutdown."""
+    settings = app[SETTINGS]
+    app[LIMITER] = create_limiter(settings.ratelimit, app[POOL])
+    app[CLAIMS] = create_claims(settings.ratelimit, app[POOL])
+    book = BudgetBook(app[POOL], ZoneInfo(settings.budgets.timezone))
+    await book.start()
+    app[BUDGETS] = book
+    yield
+    await book.close()
+    await app[CLAIMS].close()
+    await app[LIMITER].close()
+
+
 async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     limits = Limits(max_body_bytes=settings.server.max_body_bytes,
                     max_messages=settings.validation.max_messages,
                     max_content_chars=settings.validation.max_content_chars)
+    guards = (
+        IdempotencyGuard(app[CLAIMS], settings.ratelimit.idempotency_retention_s),
+        RateLimitGuard(app[LIMITER], app[PLANS], app[TOKENS]),
+        BudgetGuard(app[BUDGETS], app[PRICES], app[TOKENS], settings.budgets),
+    )
     app[PIPELINE] = ProxyPipeline(keys=app[KEYSTORE], limits=limits, upstreams=app[UPSTREAMS],
                                   prices=app[PRICES], ledger=app[LEDGER], tokens=app[TOKENS],
-                                  log_requests=settings.logging.requests)
+                                  guards=guards, log_requests=settings.logging.requests)
     app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS])
     yield
     app[READINESS].draining = True

@@ -22,6 +22,9 @@ class Project:
     allowed_models: frozenset[str]
     enabled: bool
     metadata: dict[str, Any]
+    team_id: int | None = None
+    team_budget_usd: Decimal | None = None
+    limit_overrides: dict[str, int] = field(default_factory=dict)  # plan limits it overrides
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,12 @@ class Unauthorized(GatewayError):
     openai_type = "authentication_error"
 
 
+class PaymentRequired(GatewayError):
+    status = 402
+    code = "budget_exceeded"
+    openai_type = "insufficient_quota"
+
+
 class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
@@ -52,6 +58,12 @@ class Conflict(GatewayError):
     status = 409
     code = "conflict"
     openai_type = "invalid_request_error"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    code = "rate_limit_exceeded"
+    openai_type = "rate_limit_error"
 
 
 class PayloadTooLarge(GatewayError):

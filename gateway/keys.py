@@ -9,16 +9,20 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
+from gateway.budgets import BudgetBook
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
+from gateway.plans import Plans
 from gateway.pricing import PriceTable
 from gateway.settings import Settings
 from gateway.tokens.models import ModelTokenizers
 
 if TYPE_CHECKING:
     from gateway.health import Readiness
+    from gateway.idempotency import ClaimStore
     from gateway.pipeline.runner import ProxyPipeline
     from gateway.providers.base import Upstream
+    from gateway.ratelimit import RateLimiter
     from gateway.tokens.service import TokenService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -31,5 +35,9 @@ PIPELINE: web.AppKey[ProxyPipeline] = web.AppKey("pipeline")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 TOKENIZERS = web.AppKey("tokenizers", ModelTokenizers)
+PLANS = web.AppKey("plans", Plans)
+BUDGETS = web.AppKey("budgets", BudgetBook)
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+CLAIMS: web.AppKey[ClaimStore] = web.AppKey("claims")
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

@@ -12,13 +12,16 @@ import asyncpg
 
 from gateway.domain import PLANS, Project
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.plans import LIMIT_FIELDS
 
 KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 KEY_PREFIX_LENGTH = 10
 
 _PROJECT_COLUMNS = """
     p.id, p.name, t.name AS team, p.plan, p.monthly_budget_usd, p.allowed_providers,
-    p.allowed_models, p.enabled, p.metadata, p.created_at, p.updated_at"""
+    p.allowed_models, p.enabled, p.metadata, p.created_at, p.updated_at,
+    p.requests_per_minute, p.requests_per_day, p.tokens_per_minute,
+    p.team_id, t.monthly_budget_usd AS team_budget_usd"""
 _PROJECT_SELECT = f"SELECT {_PROJECT_COLUMNS} FROM projects p LEFT JOIN teams t ON t.id = p.team_id"
 _KEY_COLUMNS = "id, project_id, prefix, name, created_at, revoked_at"
 
@@ -48,6 +51,8 @@ def project_from_row(row: asyncpg.Record | dict[str, Any]) -> Project:
         allowed_providers=frozenset(row["allowed_providers"]),
         allowed_models=frozenset(row["allowed_models"]),
         enabled=row["enabled"], metadata=row["metadata"],
+        team_id=row["team_id"], team_budget_usd=row["team_budget_usd"],
+        limit_overrides={f: row[f] for f in LIMIT_FIELDS if row[f] is not None},
     )
 
 
@@ -65,7 +70,7 @@ def parse_project_fields(body: Any, *, partial: bool) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     allowed = {"name", "team", "plan", "monthly_budget_usd", "allowed_providers",
-               "allowed_models", "enabled", "metadata"}
+               "allowed_models", "enabled", "metadata", *LIMIT_FIELDS}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise BadRequest(f"unknown project field(s): {', '.join(unknown)}",
@@ -126,6 +131,14 @@ def _enabled(key: str, value: Any) -> bool:
     return value
 
 
+def _limit(key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(key, "a whole number >= 0 (0: unlimited) or null (the plan's)", value)
+    return value
+
+
 def _metadata(key: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -138,6 +151,7 @@ _PARSERS = {
     "name": _name, "team": _team, "plan": _plan, "monthly_budget_usd": _budget,
     "allowed_providers": _names, "allowed_models": _names, "enabled": _enabled,
     "metadata": _metadata,
+    **dict.fromkeys(LIMIT_FIELDS, _limit),
 }
 
 
@@ -159,12 +173,13 @@ async def create_project(conn: asyncpg.Connection, fields: dict[str, Any]) -> as
         try:
             project_id = await conn.fetchval(
                 """INSERT INTO projects (name, team_id, plan, monthly_budget_usd,
-                       allowed_providers, allowed_models, enabled, metadata)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+                       allowed_providers, allowed_models, enabled, metadata,
+                       requests_per_minute, requests_per_day, tokens_per_minute)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id""",
                 fields["name"], team_id, fields.get("plan", "free"),
                 fields.get("monthly_budget_usd"), fields.get("allowed_providers", []),
                 fields.get("allowed_models", []), fields.get("enabled", True),
-                fields.get("metadata", {}))
+                fields.get("metadata", {}), *(fields.get(f) for f in LIMIT_FIELDS))
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a project named {fields['name']!r} already exists",
                            details={"field": "name"}) from None
@@ -249,3 +264,13 @@ async def find_key(conn: asyncpg.Connection,
     if row is None:
         return None
     return row["key_id"], bytes(row["key_hash"]), row["revoked"], project_from_row(row)
+
+
+async def set_team_budget(conn: asyncpg.Connection, team_id: int,
+                          amount: Decimal | None) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "UPDATE teams SET monthly_budget_usd = $2 WHERE id = $1 "
+        "RETURNING id, name, monthly_budget_usd, created_at", team_id, amount)
+    if row is None:
+        raise NotFound(f"team {team_id} does not exist")
+    return row

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import admin, docs, health, proxy, tokens
+from gateway.http import admin, budgets, docs, health, proxy, tokens
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
     app.router.add_post("/api/proxy/chat", proxy.proxy_chat)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)
+    app.router.add_get("/api/budgets/status", budgets.budget_status)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)
@@ -24,3 +25,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/admin/projects/{id}/keys", admin.issue_key)
     app.router.add_get("/api/admin/projects/{id}/keys", admin.list_keys)
     app.router.add_delete("/api/admin/keys/{id}", admin.revoke_key)
+    app.router.add_put("/api/admin/teams/{id}/budget", admin.set_team_budget)

@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +97,26 @@ class TokensSettings:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    backend: str = _opt("memory", choices=("memory", "redis", "upstash", "postgres"))
+    failure_policy: str = _opt("fail_closed", choices=("fail_closed", "fail_open"))
+    redis_url: str = _opt("redis://127.0.0.1:6379/0", secret=True)
+    upstash_url: str = _opt("")
+    upstash_token: str = _opt("", secret=True)
+    timeout_s: float = _opt(0.5, minimum=0.001)  # one backend call, on the hot path
+    idempotency_retention_s: float = _opt(86_400.0, minimum=1)
+    plans_file: Path = _opt(PROJECT_ROOT / "config" / "plans.toml")
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    timezone: str = _opt("UTC")  # budget months follow this zone's calendar
+    policy: str = _opt("reject", choices=("reject", "clamp"))
+    clamp_min_output_tokens: int = _opt(16, minimum=1)
+    default_max_output_tokens: int = _opt(4096, minimum=1)  # when neither request nor table says
+
+
+@dataclass(frozen=True)
 class LedgerSettings:
     batch_size: int = _opt(500, minimum=1)
     flush_interval_s: float = _opt(0.2, minimum=0.001)
@@ -120,6 +141,8 @@ class Settings:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
     tokens: TokensSettings = field(default_factory=TokensSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -135,6 +158,8 @@ _SECTIONS: dict[str, type] = {
     "validation": ValidationSettings,
     "pricing": PricingSettings,
     "tokens": TokensSettings,
+    "ratelimit": RateLimitSettings,
+    "budgets": BudgetSettings,
     "ledger": LedgerSettings,
     "logging": LoggingSettings,
 }
@@ -142,6 +167,10 @@ _ENV_ALIASES = {
     "GATEWAY_DATABASE_URL": ("database", "url"),
     "GATEWAY_DATA_DIR": ("database", "data_dir"),
     "GATEWAY_ADMIN_TOKEN": ("auth", "admin_token"),
+    "GATEWAY_RATELIMIT_BACKEND": ("ratelimit", "backend"),
+    "GATEWAY_REDIS_URL": ("ratelimit", "redis_url"),
+    "UPSTASH_REDIS_REST_URL": ("ratelimit", "upstash_url"),
+    "UPSTASH_REDIS_REST_TOKEN": ("ratelimit", "upstash_token"),
 }
 
 T = TypeVar("T")
@@ -184,6 +213,11 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
                 f"unknown provider [providers.{name}]; allowed: {', '.join(KNOWN_PROVIDERS)}")
         providers[name] = _build(ProviderSettings, f"providers.{name}", providers_raw.get(name, {}))
     settings = Settings(**sections, providers=MappingProxyType(providers))
+    try:
+        ZoneInfo(settings.budgets.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"budgets.timezone: unknown time zone {settings.budgets.timezone!r}; "
+                            "use an IANA name such as UTC or Europe/Paris") from None
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise SettingsError("database.pool_min_size must not exceed database.pool_max_size")
     return settings

@@ -33,7 +33,7 @@ from gateway.testing.fake_upstream import STATE, FakeUpstreamState, start_fake_u
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_TOKEN = "test-admin-token"
-TABLES = "usage_records, api_keys, projects, teams"
+TABLES = "usage_records, api_keys, projects, teams, budget_periods, budget_leases"
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -202,3 +202,176 @@ def chat_body(**extra: Any) -> dict[str, Any]:
 def replace_provider(settings: Settings, **changes: Any) -> Settings:
     openai = dataclasses.replace(settings.provider("openai"), **changes)
     return dataclasses.replace(settings, providers={**settings.providers, "openai": openai})
+
+
+# --- Rate limiting and idempotency stores: real Redis, a fake Upstash over it, PostgreSQL. ---
+
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
+STORE_BACKENDS = ("memory", "redis", "upstash", "postgres")
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: GATEWAY_TEST_REDIS_URL, else a `redis-server` started for the session."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    url = os.environ.get("GATEWAY_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    if _redis_reachable(url):
+        yield url
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"Redis is required on CI and {url} is unreachable", pytrace=False)
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip(f"Redis at {url} is unreachable and no redis-server is on PATH")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="gateway-test-redis-") as tmp:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            deadline = time.monotonic() + 10
+            while not _redis_reachable(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server on port {port} did not start", pytrace=False)
+                time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def upstash(redis_url: str) -> AsyncIterator[tuple[str, str]]:
+    """The fake Upstash REST server over the test Redis: (url, token)."""
+    from gateway.testing.upstash_server import start_upstash_server
+
+    token = f"test-token-{uuid.uuid4().hex[:8]}"
+    runner, url = await start_upstash_server(redis_url, token)
+    yield url, token
+    await runner.cleanup()
+
+
+@dataclass
+class StoreBackend:
+    """Which store a contract test runs against, and where that store lives."""
+
+    name: str
+    redis_url: str | None = None
+    database_url: str | None = None
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_backend(request: pytest.FixtureRequest) -> StoreBackend:
+    # Only the services the backend needs: memory runs without Redis or PostgreSQL.
+    name = request.param
+    backend = StoreBackend(name)
+    if name in ("redis", "upstash"):
+        backend.redis_url = request.getfixturevalue("redis_url")
+    if name == "postgres":
+        backend.database_url = request.getfixturevalue("database_url")
+    return backend
+
+
+async def delete_redis_prefix(url: str, prefix: str) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def limiter(store_backend: StoreBackend) -> AsyncIterator[Any]:
+    """Each rate-limit backend on its real store, with a key prefix of its own; closed after."""
+    from gateway.ratelimit import MemoryLimiter, PostgresLimiter, RedisLimiter, UpstashLimiter
+    from gateway.testing.upstash_server import start_upstash_server
+
+    prefix = f"rl-test-{uuid.uuid4().hex[:10]}"
+    timeout_s = 5.0  # generous: 200 concurrent hits queue for connections
+    if store_backend.name == "memory":
+        memory = MemoryLimiter()
+        yield memory
+        await memory.close()
+    elif store_backend.name == "redis":
+        assert store_backend.redis_url is not None
+        redis_limiter = RedisLimiter.from_url(store_backend.redis_url, timeout_s=timeout_s,
+                                              prefix=prefix)
+        yield redis_limiter
+        await redis_limiter.close()
+        await delete_redis_prefix(store_backend.redis_url, prefix)
+    elif store_backend.name == "upstash":
+        assert store_backend.redis_url is not None
+        runner, url = await start_upstash_server(store_backend.redis_url, "contract-token")
+        upstash_limiter = UpstashLimiter.from_url(url, "contract-token", timeout_s=timeout_s,
+                                                  prefix=prefix)
+        yield upstash_limiter
+        await upstash_limiter.close()
+        await runner.cleanup()
+        await delete_redis_prefix(store_backend.redis_url, prefix)
+    else:
+        assert store_backend.database_url is not None
+        pool = await asyncpg.create_pool(store_backend.database_url, min_size=1, max_size=10)
+        assert pool is not None
+        pg_limiter = PostgresLimiter(pool, timeout_s=timeout_s, prefix=prefix)
+        yield pg_limiter
+        await pg_limiter.close()
+        await pool.execute("DELETE FROM ratelimit_counters WHERE key LIKE $1", f"{prefix}:%")
+        await pool.close()
+
+
+@pytest.fixture
+async def claims(store_backend: StoreBackend) -> AsyncIterator[Any]:
+    """Each idempotency claim store on its real store, isolated per test; closed after."""
+    from gateway.idempotency import MemoryClaims, PostgresClaims, RedisClaims, UpstashClaims
+    from gateway.testing.upstash_server import start_upstash_server
+
+    prefix = f"idem-test-{uuid.uuid4().hex[:10]}"
+    if store_backend.name == "memory":
+        memory = MemoryClaims()
+        yield memory
+        await memory.close()
+    elif store_backend.name == "redis":
+        assert store_backend.redis_url is not None
+        redis_claims = RedisClaims.from_url(store_backend.redis_url, timeout_s=5.0, prefix=prefix)
+        yield redis_claims
+        await redis_claims.close()
+        await delete_redis_prefix(store_backend.redis_url, prefix)
+    elif store_backend.name == "upstash":
+        assert store_backend.redis_url is not None
+        runner, url = await start_upstash_server(store_backend.redis_url, "claims-token")
+        upstash_claims = UpstashClaims.from_url(url, "claims-token", timeout_s=5.0, prefix=prefix)
+        yield upstash_claims
+        await upstash_claims.close()
+        await runner.cleanup()
+        await delete_redis_prefix(store_backend.redis_url, prefix)
+    else:
+        assert store_backend.database_url is not None
+        pool = await asyncpg.create_pool(store_backend.database_url, min_size=1, max_size=10)
+        assert pool is not None
+        await pool.execute("TRUNCATE idempotency_keys")  # `db` truncates only its own tables
+        pg_claims = PostgresClaims(pool, timeout_s=5.0)
+        yield pg_claims
+        await pg_claims.close()
+        await pool.execute("TRUNCATE idempotency_keys")
+        await pool.close()

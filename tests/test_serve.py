@@ -25,7 +25,7 @@ class Served:
     log: list[dict]
 
 
-async def _start(env: dict[str, str], *args: str) -> Served:
+async def start_gateway_process(env: dict[str, str], *args: str) -> Served:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--port", "0", *args,
         cwd=ROOT, env={**os.environ, **env}, stderr=asyncio.subprocess.PIPE,
@@ -43,7 +43,7 @@ async def _start(env: dict[str, str], *args: str) -> Served:
                     return Served(process, log[-1]["url"], log)
 
 
-async def _collect(served: Served) -> int:
+async def wait_gateway_exit(served: Served) -> int:
     assert served.process.stderr is not None
     async with asyncio.timeout(30):
         async for line in served.process.stderr:
@@ -60,7 +60,7 @@ async def served(database_url: str, fake_upstream: FakeUpstream,
     env = {"GATEWAY_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake_upstream.url,
            "GATEWAY_SERVER_DRAIN_DELAY_S": "0.5", "GATEWAY_LEDGER_FLUSH_INTERVAL_S": "5",
            "GATEWAY_LOGGING_LEVEL": "info", "GATEWAY_LOGGING_REQUESTS": "true"}
-    s = await _start(env)
+    s = await start_gateway_process(env)
     try:
         yield s, key
     finally:
@@ -93,7 +93,7 @@ async def test_sigterm_drains_in_flight_requests_and_flushes_the_ledger(
         resp = await slow
         assert resp.status == 200  # the in-flight request finished
         assert (await resp.json())["object"] == "chat.completion"
-    assert await _collect(s) == 0
+    assert await wait_gateway_exit(s) == 0
     assert await db.fetchval("SELECT count(*) FROM usage_records") == 6
     events = [e["event"] for e in s.log]
     assert events.index("gateway_draining") < events.index("gateway_stopped")
@@ -113,7 +113,7 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secrets(
             assert resp.status == 500
             request_id = resp.headers["X-AI-Cost-Gateway-Request-Id"]
     s.process.send_signal(signal.SIGTERM)
-    await _collect(s)
+    await wait_gateway_exit(s)
     failures = [e for e in s.log if e["event"] == "request_failed"]
     assert failures and failures[0]["request_id"] == request_id
     assert failures[0]["status"] == 500 and "timestamp" in failures[0]

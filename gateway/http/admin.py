@@ -93,3 +93,14 @@ async def revoke_key(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         row = await projects.revoke_key(conn, int_param(request, "id"))
     return json_response(dict(row))
+
+
+async def set_team_budget(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"monthly_budget_usd"}:
+        raise BadRequest("body must be {\"monthly_budget_usd\": <USD or null>}")
+    amount = projects.parse_project_fields(body, partial=True)["monthly_budget_usd"]
+    async with request.app[POOL].acquire() as conn:
+        row = await projects.set_team_budget(conn, int_param(request, "id"), amount)
+    return json_response(dict(row))

@@ -36,11 +36,12 @@ async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
         chat = await pipeline.admit(ex, request.headers, read, entry)
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
-            return web.Response(body=body, content_type="application/json",
-                                headers={COST_HEADER: format_usd(ex.cost)})
+            return web.Response(body=body, content_type="application/json", headers={
+                **ex.response_headers, COST_HEADER: format_usd(ex.cost)})
         return await _relay(request, ex, pipeline.stream(ex, chat))
     except GatewayError as exc:
         ex.fail(exc.status, exc.code)
+        exc.headers = {**ex.response_headers, **exc.headers}
         raise
     except asyncio.CancelledError:
         ex.fail(CLIENT_CLOSED, "client_closed")
@@ -59,7 +60,7 @@ async def _relay(request: web.Request, ex: Exchange,
         first = await anext(chunks)  # may raise: nothing is sent yet, a plain error answers
     except StopAsyncIteration:
         first = b""
-    response = web.StreamResponse(headers=_SSE_HEADERS)
+    response = web.StreamResponse(headers={**_SSE_HEADERS, **ex.response_headers})
     try:
         await response.prepare(request)
         await response.write(first)

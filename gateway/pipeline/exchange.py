@@ -34,6 +34,12 @@ class Exchange:
     upstream_s: float = 0.0  # time spent waiting on the upstream
     metadata: dict[str, Any] = field(default_factory=dict)
     guards_admitted: int = 0
+    client_request_id: str | None = None  # X-Request-Id, the idempotency key
+    input_tokens: int | None = None  # the request's input tokens, once counted
+    response_headers: dict[str, str] = field(default_factory=dict)  # from the guards
+    forwarded: bool = False  # the call reached the upstream
+    rate_windows: tuple[Any, ...] = ()  # token windows reserved by the rate limiter
+    reservation: Any = None  # the budget reservation, settled in finish
     stream_meter: StreamMeter | None = None
 
     def fail(self, status: int, code: str) -> None:

@@ -70,6 +70,7 @@ class ProxyPipeline:
     async def admit(self, ex: Exchange, headers: Mapping[str, str],
                     read: Callable[[], Awaitable[bytes]], entry: str) -> ChatRequest:
         ex.principal = await authenticate(self.keys, headers)
+        ex.client_request_id = validate.client_request_id(headers.get("X-Request-Id"))
         body = validate.parse_json_object(await read(), self.limits)
         if entry == "native":
             chat = validate.validate_native(body, self.limits, self.providers)
@@ -89,6 +90,7 @@ class ProxyPipeline:
         upstream = self.upstreams[chat.provider]
         call = upstream.adapter.build_call(chat)
         started = time.perf_counter()
+        ex.forwarded = True
         try:
             body = await read_body(upstream, await send(upstream, call))
         finally:
@@ -112,6 +114,7 @@ class ProxyPipeline:
         meter = ex.stream_meter = StreamMeter(upstream.adapter,
                                               keep_usage_event=chat.include_usage)
         started = time.perf_counter()
+        ex.forwarded = True
         response = await send(upstream, call)
         try:
             with upstream_errors(upstream):

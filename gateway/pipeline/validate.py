@@ -129,6 +129,19 @@ def validate_native(body: dict[str, Any], limits: Limits, providers: frozenset[s
         include_usage=False, max_output_tokens=body.get("maxOutputTokens"), metadata=metadata)
 
 
+MAX_REQUEST_ID = 128
+
+
+def client_request_id(value: str | None) -> str | None:
+    """`X-Request-Id`: the client's idempotency key, at most 128 characters."""
+    if value is None:
+        return None
+    if not value.strip() or len(value) > MAX_REQUEST_ID:
+        raise BadRequest(f"X-Request-Id must be 1 to {MAX_REQUEST_ID} characters",
+                         details={"field": "X-Request-Id", "length": len(value)})
+    return value
+
+
 def parse_metadata_header(value: str | None) -> dict[str, Any]:
     """`X-AI-Cost-Gateway-Metadata: {json}`: metadata for SDKs that cannot add body fields."""
     if not value:

@@ -6,8 +6,8 @@ Deterministic token rule, so tests can assert exact usage numbers:
   each word is exactly one completion token.
 * N = min(max_completion_tokens, else max_tokens, when given; reply_tokens). finish_reason
   is "length" when that limit cut the reply short, else "stop".
-* prompt_tokens = 3 + sum over messages of (3 + ceil(utf8_bytes(content) / 4)). For
-  list-of-parts content the byte lengths of the "text" parts are summed; other parts count 0.
+* prompt_tokens is what OpenAI bills for an o200k model (tiktoken, offline): 3 per message
+  plus its encoded role, name (+1) and text parts, plus 3 priming the reply.
 * cached_tokens is 0 unless scripted (and is clamped to prompt_tokens).
 
 Scripting: ``POST /_fake/script`` with a JSON list of behaviour objects queues them; each
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections import deque
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import tiktoken
 from aiohttp import web
 
 LOG_SIZE = 200
@@ -66,24 +68,36 @@ class FakeUpstreamState:
 STATE = web.AppKey("fake_upstream_state", FakeUpstreamState)
 
 
+@functools.cache
+def _o200k() -> tiktoken.Encoding:
+    from gateway.tokens.encodings import load_encoding  # offline, from the bundled BPE file
+
+    return load_encoding("o200k_base")
+
+
 def count_prompt_tokens(messages: list[Any]) -> int:
-    """Prompt tokens under the module's deterministic rule."""
+    """Prompt tokens as OpenAI bills them for o200k models: 3 per message, its role, name
+    and text encoded (text parts only), 1 more for a name, 3 to prime the reply."""
+    encode = _o200k().encode_ordinary
     total = 3
     for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(message, dict):
+            continue
+        total += 3
+        for key in ("role", "name"):
+            if isinstance(message.get(key), str):
+                total += len(encode(message[key])) + (key == "name")
+        content = message.get("content")
         if isinstance(content, str):
-            size = len(content.encode())
+            total += len(encode(content))
         elif isinstance(content, list):
-            size = sum(
-                len(part["text"].encode())
+            total += sum(
+                len(encode(part["text"]))
                 for part in content
                 if isinstance(part, dict)
                 and part.get("type") == "text"
                 and isinstance(part.get("text"), str)
             )
-        else:
-            size = 0
-        total += 3 + (size + 3) // 4
     return total
 
 

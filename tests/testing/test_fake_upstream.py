@@ -22,8 +22,16 @@ from gateway.testing.fake_upstream import (
     count_prompt_tokens,
     start_fake_upstream,
 )
+from gateway.tokens.encodings import load_encoding
 
 CHAT = "/v1/chat/completions"
+O200K = load_encoding("o200k_base")  # offline, from the bundled BPE file
+
+
+def toks(text: str) -> int:
+    return len(O200K.encode_ordinary(text))
+
+
 MESSAGES = [
     {"role": "system", "content": "hello"},  # 5 bytes -> 2 tokens
     {
@@ -34,7 +42,8 @@ MESSAGES = [
         ],
     },
 ]
-PROMPT_TOKENS = 3 + (3 + 2) + (3 + 3)
+PROMPT_TOKENS = (3 + (3 + toks("system") + toks("hello"))
+                 + (3 + toks("user") + toks("abcdefghi")))
 DEFAULT_REPLY = " ".join(f"w{i}" for i in range(1, 13))
 
 
@@ -76,8 +85,10 @@ def assert_no_server_errors(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_prompt_token_rule() -> None:
     assert count_prompt_tokens(MESSAGES) == PROMPT_TOKENS
-    assert count_prompt_tokens([{"role": "user", "content": "é"}]) == 3 + 3 + 1
-    assert count_prompt_tokens([{"role": "assistant", "content": None}]) == 6
+    assert count_prompt_tokens([{"role": "user", "content": "é"}]) == 3 + 3 + 1 + toks("é")
+    assert count_prompt_tokens([{"role": "assistant", "content": None}]) == 3 + 3 + 1
+    named = [{"role": "user", "name": "ana", "content": "hi"}]
+    assert count_prompt_tokens(named) == 3 + 3 + toks("user") + toks("ana") + 1 + toks("hi")
 
 
 async def test_non_stream_shape_and_token_rule(client: Any) -> None:
@@ -425,8 +436,8 @@ async def test_openai_sdk_against_fake(aiohttp_server: Any) -> None:
         assert completion.choices[0].message.content == "w1 w2 w3 w4"
         assert completion.choices[0].finish_reason == "length"
         assert completion.usage is not None
-        assert completion.usage.prompt_tokens == 3 + 3 + 1
-        assert completion.usage.total_tokens == 7 + 4
+        assert completion.usage.prompt_tokens == 3 + 3 + toks("user") + toks("hi")
+        assert completion.usage.total_tokens == completion.usage.prompt_tokens + 4
 
         stream = await sdk.chat.completions.create(
             model="gpt-4o-mini",

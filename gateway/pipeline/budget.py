@@ -1,0 +1,91 @@
+"""Stage 6, budget: reserve the request's worst-case cost before forwarding (402 if it
+does not fit), replace it by the actual cost after (always, from `finish`)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from gateway.budgets import BudgetBook, Reservation, Shortfall
+from gateway.domain import ChatRequest, Usage
+from gateway.errors import PaymentRequired
+from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.ratelimit import input_tokens
+from gateway.pricing import Price, PriceTable, compute_cost, format_usd
+from gateway.settings import BudgetSettings
+from gateway.tokens.service import TokenService
+
+CLAMP_HEADER = "X-AI-Cost-Gateway-Max-Tokens-Clamped"
+
+
+class BudgetGuard:
+    def __init__(self, book: BudgetBook, prices: PriceTable, tokens: TokenService,
+                 settings: BudgetSettings) -> None:
+        self._book = book
+        self._prices = prices
+        self._tokens = tokens
+        self._settings = settings
+
+    async def admit(self, ex: Exchange) -> None:
+        assert ex.principal is not None and ex.chat is not None
+        project, chat = ex.principal.project, ex.chat
+        accounts = []
+        if project.monthly_budget_usd is not None:
+            accounts.append(self._book.account("project", project.id, project.monthly_budget_usd))
+        if project.team_id is not None and project.team_budget_usd is not None:
+            accounts.append(self._book.account("team", project.team_id, project.team_budget_usd))
+        if not accounts:
+            return
+        price, _ = self._prices.resolve(chat.provider, chat.model)
+        max_out = self._max_output(chat, price)
+        # Far from the limit a cheap ceiling on the input will do; near it, count exactly.
+        ceiling = self._tokens.chat_upper_bound(chat.body, chat.model)
+        if all(a.available >= self._worst(price, ceiling, max_out) for a in accounts):
+            tokens_in = ceiling
+        else:
+            tokens_in = await input_tokens(ex, self._tokens)
+        worst = self._worst(price, tokens_in, max_out)
+        result = await self._book.reserve(accounts, worst)
+        if isinstance(result, Shortfall) and self._settings.policy == "clamp":
+            fitting = self._fitting_output(price, tokens_in, result.can_reserve)
+            if fitting >= self._settings.clamp_min_output_tokens and fitting < max_out:
+                worst = self._worst(price, tokens_in, fitting)
+                result = await self._book.reserve(accounts, worst)
+                if isinstance(result, Reservation):
+                    _clamp(chat, fitting)
+                    ex.response_headers[CLAMP_HEADER] = str(fitting)
+        if isinstance(result, Shortfall):
+            raise PaymentRequired(
+                f"the {result.scope} budget cannot cover this request's worst case "
+                f"(${format_usd(worst)}): ${format_usd(result.spent)} of "
+                f"${format_usd(result.limit)} spent this month",
+                details={"scope": result.scope, "current_spend": float(result.spent),
+                         "budget_limit": float(result.limit),
+                         "request_worst_case": float(worst),
+                         "available": float(result.can_reserve)})
+        ex.reservation = result
+
+    async def settle(self, ex: Exchange) -> None:
+        if isinstance(ex.reservation, Reservation):
+            self._book.settle(ex.reservation, ex.cost if ex.forwarded else Decimal(0))
+
+    def _max_output(self, chat: ChatRequest, price: Price) -> int:
+        return (chat.max_output_tokens or price.max_output_tokens
+                or self._settings.default_max_output_tokens)
+
+    @staticmethod
+    def _worst(price: Price, tokens_in: int, tokens_out: int) -> Decimal:
+        return compute_cost(Usage(input_tokens=tokens_in, output_tokens=tokens_out), price)
+
+    @staticmethod
+    def _fitting_output(price: Price, tokens_in: int, money: Decimal) -> int:
+        left = money - compute_cost(Usage(input_tokens=tokens_in), price)
+        if left <= 0 or price.output <= 0:
+            return 0
+        return int(left.scaleb(6) / price.output)
+
+
+def _clamp(chat: ChatRequest, tokens: int) -> None:
+    """Lower the output limit sent upstream, in whichever field the client used."""
+    field = "max_tokens" if "max_tokens" in chat.body else "max_completion_tokens"
+    chat.body[field] = tokens
+    chat.max_output_tokens = tokens

@@ -1,0 +1,85 @@
+"""Stage 5, rate limit: the plan's requests per minute and day and tokens per minute (429)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from gateway.errors import TooManyRequests
+from gateway.pipeline.exchange import Exchange
+from gateway.plans import Plans
+from gateway.ratelimit import Decision, RateLimiter, Window
+from gateway.tokens.service import TokenService
+
+TOKENS_WINDOW = "tokens_minute"
+
+
+def rate_headers(decision: Decision) -> dict[str, str]:
+    """Standard and gateway headers, for the request window closest to its limit."""
+    requests = [w for w in decision.windows if w.name != TOKENS_WINDOW] or list(decision.windows)
+    tightest = min(requests, key=lambda w: (w.remaining, -w.reset_at))
+    reset_iso = datetime.fromtimestamp(tightest.reset_at, UTC).isoformat().replace(
+        "+00:00", "Z")
+    headers = {
+        "X-RateLimit-Limit": str(tightest.limit),
+        "X-RateLimit-Remaining": str(max(tightest.remaining, 0)),
+        "X-RateLimit-Reset": str(math.ceil(tightest.reset_at)),
+        "X-AI-Cost-Gateway-RateLimit-Remaining": str(max(tightest.remaining, 0)),
+        "X-AI-Cost-Gateway-RateLimit-Reset": reset_iso,
+        "X-AI-Cost-Gateway-RateLimit-Backend": decision.backend,
+    }
+    if not decision.allowed:
+        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+    return headers
+
+
+async def input_tokens(ex: Exchange, tokens: TokenService) -> int:
+    """The request's input tokens, counted once per request (exact for OpenAI models)."""
+    if ex.input_tokens is None:
+        assert ex.chat is not None
+        ex.input_tokens = (await tokens.count_chat(ex.chat.body, ex.chat.model)).tokens
+    return ex.input_tokens
+
+
+class RateLimitGuard:
+    def __init__(self, limiter: RateLimiter, plans: Plans, tokens: TokenService) -> None:
+        self._limiter = limiter
+        self._plans = plans
+        self._tokens = tokens
+
+    def _key(self, ex: Exchange) -> str:
+        assert ex.principal is not None
+        return f"project:{ex.principal.project.id}"
+
+    async def admit(self, ex: Exchange) -> None:
+        assert ex.principal is not None and ex.chat is not None
+        limits = self._plans.limits(ex.principal.project)
+        windows = []
+        if limits.requests_per_minute:
+            windows.append(Window("minute", limits.requests_per_minute, 60, 1))
+        if limits.requests_per_day:
+            windows.append(Window("day", limits.requests_per_day, 86_400, 1))
+        if limits.tokens_per_minute:
+            expected = await input_tokens(ex, self._tokens) + (ex.chat.max_output_tokens or 0)
+            windows.append(Window(TOKENS_WINDOW, limits.tokens_per_minute, 60, expected))
+        if not windows:
+            return
+        decision = await self._limiter.hit(self._key(ex), windows)
+        headers = rate_headers(decision)
+        ex.response_headers.update(headers)
+        if not decision.allowed:
+            blocked = [w.name for w, s in zip(windows, decision.windows, strict=True)
+                       if s.remaining < w.cost]
+            raise TooManyRequests(
+                f"rate limit exceeded ({', '.join(blocked)}); retry in "
+                f"{headers['Retry-After']} s", headers=headers,
+                details={"windows": [{"name": s.name, "limit": s.limit,
+                                      "remaining": s.remaining} for s in decision.windows]})
+        ex.rate_windows = tuple(w for w in windows if w.name == TOKENS_WINDOW)
+
+    async def settle(self, ex: Exchange) -> None:
+        """Replace the tokens-per-minute reservation by the tokens actually used."""
+        for window in ex.rate_windows:
+            used = ex.usage.input_tokens + ex.usage.output_tokens if ex.forwarded else 0
+            if used != window.cost:
+                await self._limiter.adjust(self._key(ex), window, used - window.cost)

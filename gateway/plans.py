@@ -1,0 +1,68 @@
+"""Plan tiers (`config/plans.toml`) and the limits that apply to one project."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.domain import PLANS, Project
+
+LIMIT_FIELDS = ("requests_per_minute", "requests_per_day", "tokens_per_minute")
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """0 means unlimited."""
+
+    requests_per_minute: int
+    requests_per_day: int
+    tokens_per_minute: int
+
+
+class Plans:
+    def __init__(self, plans: dict[str, Limits]) -> None:
+        missing = [p for p in PLANS if p not in plans]
+        if missing:
+            raise PlanError(f"plans file lacks plan(s): {', '.join(missing)}")
+        self._plans = plans
+
+    @classmethod
+    def load(cls, path: Path) -> Plans:
+        try:
+            with path.open("rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise PlanError(f"plans file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise PlanError(f"{path}: not valid TOML: {exc}") from None
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any]) -> Plans:
+        plans = {}
+        for name, table in (raw.get("plans") or {}).items():
+            if name not in PLANS:
+                raise PlanError(f"unknown plan [plans.{name}]; plans are {', '.join(PLANS)}")
+            values = []
+            for field in LIMIT_FIELDS:
+                value = table.get(field)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise PlanError(f"plans.{name}.{field} must be a whole number >= 0 "
+                                    "(0: unlimited)")
+                values.append(value)
+            plans[name] = Limits(*values)
+        return cls(plans)
+
+    def limits(self, project: Project) -> Limits:
+        """The project's plan limits with its own overrides applied."""
+        base = self._plans[project.plan]
+        overrides = project.limit_overrides
+        if not overrides:
+            return base
+        return Limits(*(overrides.get(f, getattr(base, f)) for f in LIMIT_FIELDS))

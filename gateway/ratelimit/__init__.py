@@ -1,0 +1,58 @@
+"""Rate limiting on the configured backend: memory, redis, upstash or postgres."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from gateway.ratelimit.base import Decision, RateLimiter, Window, WindowState
+from gateway.ratelimit.errors import BackendAuthError, BackendUnavailable
+from gateway.ratelimit.memory import MemoryLimiter
+from gateway.ratelimit.postgres import PostgresLimiter
+from gateway.ratelimit.redis import RedisLimiter
+from gateway.ratelimit.resilient import ResilientLimiter
+from gateway.ratelimit.upstash import UpstashLimiter
+from gateway.settings import RateLimitSettings, SettingsError
+
+__all__ = [
+    "BackendAuthError",
+    "BackendUnavailable",
+    "Decision",
+    "MemoryLimiter",
+    "PostgresLimiter",
+    "RateLimiter",
+    "RedisLimiter",
+    "ResilientLimiter",
+    "UpstashLimiter",
+    "Window",
+    "WindowState",
+    "create_limiter",
+    "require_upstash",
+]
+
+
+def require_upstash(settings: RateLimitSettings) -> None:
+    missing = [name for name, value in (("ratelimit.upstash_url", settings.upstash_url),
+                                        ("ratelimit.upstash_token", settings.upstash_token))
+               if not value]
+    if missing:
+        raise SettingsError(
+            f"ratelimit.backend = 'upstash' needs {' and '.join(missing)} "
+            "(or UPSTASH_REDIS_REST_URL / UPSTASH_REDIS_REST_TOKEN)")
+
+
+def create_limiter(settings: RateLimitSettings, pool: asyncpg.Pool) -> RateLimiter:
+    """The configured backend; all but memory wrapped in the configured failure policy."""
+    primary: RateLimiter
+    if settings.backend == "memory":
+        return MemoryLimiter()
+    if settings.backend == "redis":
+        primary = RedisLimiter.from_url(settings.redis_url, timeout_s=settings.timeout_s)
+    elif settings.backend == "upstash":
+        require_upstash(settings)
+        primary = UpstashLimiter.from_url(settings.upstash_url, settings.upstash_token,
+                                          timeout_s=settings.timeout_s)
+    elif settings.backend == "postgres":
+        primary = PostgresLimiter(pool, timeout_s=settings.timeout_s)
+    else:
+        raise SettingsError(f"ratelimit.backend: unknown backend {settings.backend!r}")
+    return ResilientLimiter(primary, settings.failure_policy)

@@ -1,0 +1,166 @@
+"""Budgets, rate limits and idempotency through the proxy (one gateway, memory limits)."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from aiohttp.test_utils import TestClient
+from conftest import (
+    FakeUpstream,
+    GatewayFactory,
+    admin_headers,
+    chat_body,
+    create_project,
+    wait_for_rows,
+)
+
+from gateway.keys import BUDGETS, PRICES, TOKENS
+
+MODEL = "gpt-4o-mini"
+
+
+async def worst_case(client: TestClient, body: dict, max_tokens: int) -> Decimal:
+    price = client.app[PRICES].get(MODEL)
+    assert price is not None
+    tokens_in = (await client.app[TOKENS].count_chat(body, MODEL)).tokens
+    return (tokens_in * price.input + max_tokens * price.output) / 10**6
+
+
+def auth(key: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", **extra}
+
+
+async def test_a_budget_too_small_for_the_worst_case_is_402(gateway: TestClient,
+                                                            fake_upstream: FakeUpstream) -> None:
+    body = chat_body(max_tokens=1000)
+    worst = await worst_case(gateway, body, 1000)
+    _, key = await create_project(gateway, monthly_budget_usd=str(worst / 2))
+    resp = await gateway.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert resp.status == 402
+    error = (await resp.json())["error"]
+    assert error["code"] == "budget_exceeded" and "worst case" in error["message"]
+    assert fake_upstream.state.received == 0
+    resp = await gateway.post("/api/proxy/chat", headers=auth(key), json={
+        "provider": "openai", "model": MODEL, "messages": body["messages"],
+        "maxOutputTokens": 1000})
+    details = (await resp.json())["details"]
+    assert resp.status == 402
+    assert Decimal(str(details["request_worst_case"])) == worst
+    assert Decimal(str(details["budget_limit"])) == worst / 2
+    assert details["current_spend"] == 0
+
+
+async def test_the_budget_is_spent_to_the_end_and_no_further(
+        gateway: TestClient, fake_upstream: FakeUpstream) -> None:
+    body = chat_body(max_tokens=8)
+    worst = await worst_case(gateway, body, 8)  # the fake answers exactly 8 tokens
+    _, key = await create_project(gateway, monthly_budget_usd=str(worst * 10))
+    statuses = await asyncio.gather(*(
+        gateway.post("/v1/chat/completions", json=body, headers=auth(key)) for _ in range(25)))
+    codes = sorted(r.status for r in statuses)
+    assert codes.count(200) == 10 and codes.count(402) == 15
+    await gateway.app[BUDGETS].flush()
+    await wait_for_rows(gateway, 25)
+    resp = await gateway.get("/api/budgets/status", headers=auth(key))
+    status = await resp.json()
+    assert Decimal(str(status["current_spend"])) == worst * 10
+    assert status["percentage_used"] == 100.0 and status["budget_limit"] == float(worst * 10)
+
+
+async def test_clamp_lowers_max_tokens_to_what_fits(make_gateway: GatewayFactory,
+                                                    fake_upstream: FakeUpstream) -> None:
+    client = await make_gateway(budgets={"policy": "clamp", "clamp_min_output_tokens": 5})
+    body = chat_body(max_tokens=1000)
+    budget = await worst_case(client, body, 100)  # only 100 output tokens fit
+    _, key = await create_project(client, monthly_budget_usd=str(budget))
+    fake_upstream.script({"reply_tokens": 2000})
+    resp = await client.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["X-AI-Cost-Gateway-Max-Tokens-Clamped"] == "100"
+    assert fake_upstream.state.log[-1]["body"]["max_tokens"] == 100
+    assert (await resp.json())["usage"]["completion_tokens"] == 100
+    resp = await client.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert resp.status == 402  # nothing left, not even the minimum
+
+
+async def test_rate_limit_headers_and_429(gateway: TestClient) -> None:
+    _, key = await create_project(gateway, requests_per_minute=3, requests_per_day=100)
+    seen = []
+    for _ in range(4):
+        resp = await gateway.post("/v1/chat/completions", json=chat_body(), headers=auth(key))
+        seen.append((resp.status, resp.headers.get("X-RateLimit-Remaining")))
+        assert resp.headers["X-RateLimit-Limit"] == "3"
+        assert resp.headers["X-AI-Cost-Gateway-RateLimit-Backend"] == "memory"
+        assert resp.headers["X-AI-Cost-Gateway-RateLimit-Reset"].endswith("Z")
+    assert seen == [(200, "2"), (200, "1"), (200, "0"), (429, "0")]
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert (await resp.json())["error"]["type"] == "rate_limit_error"
+
+
+async def test_enterprise_is_unlimited_and_overrides_apply(gateway: TestClient) -> None:
+    _, key = await create_project(gateway, plan="enterprise")
+    resp = await gateway.post("/v1/chat/completions", json=chat_body(), headers=auth(key))
+    assert resp.status == 200 and "X-RateLimit-Limit" not in resp.headers
+    project, key = await create_project(gateway, plan="free")
+    await gateway.patch(f"/api/admin/projects/{project['id']}",
+                        json={"requests_per_minute": 1}, headers=admin_headers())
+    statuses = [(await gateway.post("/v1/chat/completions", json=chat_body(),
+                                    headers=auth(key))).status for _ in range(2)]
+    assert statuses == [200, 429]
+
+
+async def test_tokens_per_minute(gateway: TestClient) -> None:
+    body = chat_body(max_tokens=50)
+    tokens_in = (await gateway.app[TOKENS].count_chat(body, MODEL)).tokens
+    _, key = await create_project(gateway, tokens_per_minute=2 * (tokens_in + 50) + 5)
+    statuses = [(await gateway.post("/v1/chat/completions", json=body,
+                                    headers=auth(key))).status for _ in range(3)]
+    # the fake answers 12 of the 50 reserved tokens, so the settled window has room again
+    assert statuses == [200, 200, 200]
+    big = chat_body(max_tokens=10_000)
+    resp = await gateway.post("/v1/chat/completions", json=big, headers=auth(key))
+    assert resp.status == 429 and "tokens_minute" in (await resp.json())["error"]["message"]
+
+
+async def test_one_request_id_is_forwarded_once(gateway: TestClient,
+                                                fake_upstream: FakeUpstream) -> None:
+    _, key = await create_project(gateway)
+    responses = await asyncio.gather(*(
+        gateway.post("/v1/chat/completions", json=chat_body(),
+                     headers=auth(key, **{"X-Request-Id": "order-42"})) for _ in range(20)))
+    statuses = sorted(r.status for r in responses)
+    assert statuses == [200] + [409] * 19
+    assert fake_upstream.state.received == 1
+    winner = next(r for r in responses if r.status == 200)
+    loser = next(r for r in responses if r.status == 409)
+    details = (await loser.json())["error"]
+    assert details["code"] == "duplicate_request_id"
+    resp = await gateway.post("/api/proxy/chat", headers=auth(key, **{"X-Request-Id": "order-42"}),
+                              json={"provider": "openai", **chat_body()})
+    data = await resp.json()
+    assert resp.status == 409
+    assert data["details"]["first_request_id"] == winner.headers["X-AI-Cost-Gateway-Request-Id"]
+    _, key2 = await create_project(gateway)
+    resp = await gateway.post("/v1/chat/completions", json=chat_body(),
+                              headers=auth(key2, **{"X-Request-Id": "order-42"}))
+    assert resp.status == 200  # another project may use the same id
+    resp = await gateway.post("/v1/chat/completions", json=chat_body(),
+                              headers=auth(key2, **{"X-Request-Id": "x" * 129}))
+    assert resp.status == 400
+
+
+async def test_budget_status_shapes(gateway: TestClient) -> None:
+    project, key = await create_project(gateway, monthly_budget_usd=10)
+    resp = await gateway.get("/api/budgets/status", headers=auth(key))
+    data = await resp.json()
+    assert resp.status == 200
+    assert set(data) >= {"current_spend", "budget_limit", "percentage_used",
+                         "days_remaining", "projected_spend"}
+    assert data["current_spend"] == 0 and data["budget_limit"] == 10
+    assert 0 <= data["days_remaining"] <= 31
+    resp = await gateway.get("/api/budgets/status", headers=admin_headers())
+    assert resp.status == 400
+    resp = await gateway.get(f"/api/budgets/status?project_id={project['id']}",
+                             headers=admin_headers())
+    assert resp.status == 200 and (await resp.json())["project_id"] == project["id"]

@@ -1,0 +1,125 @@
+"""Budget leases on real PostgreSQL: many replicas, one budget, never overspent."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+
+from gateway import db as gwdb
+from gateway.budgets import BudgetBook, Reservation, Shortfall, month_start
+from gateway.settings import DatabaseSettings
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+@pytest.fixture
+async def pool(database_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
+    await db.execute("TRUNCATE budget_periods, budget_leases")
+    p = await gwdb.create_pool(database_url, DatabaseSettings(pool_min_size=1, pool_max_size=6))
+    yield p
+    await p.close()
+
+
+async def _period_row(db: asyncpg.Connection) -> asyncpg.Record:
+    return await db.fetchrow("SELECT * FROM budget_periods WHERE scope = 'project'")
+
+
+async def test_replicas_never_overspend_and_use_the_budget(
+        pool: asyncpg.Pool, db: asyncpg.Connection) -> None:
+    limit, cost = Decimal("0.50"), Decimal("0.01")  # room for exactly 50 calls
+    books = [BudgetBook(pool, UTC_ZONE) for _ in range(3)]
+    rng = random.Random(4)
+    granted: list[Decimal] = []
+
+    async def call(book: BudgetBook) -> None:
+        account = book.account("project", 7, limit)
+        result = await book.reserve([account], cost)
+        if isinstance(result, Reservation):
+            await asyncio.sleep(rng.random() / 50)
+            book.settle(result, cost)
+            granted.append(cost)
+
+    await asyncio.gather(*(call(books[i % 3]) for i in range(300)))
+    for book in books:
+        await book.close()
+    row = await _period_row(db)
+    assert sum(granted) <= limit and row["spent_usd"] == sum(granted)
+    assert sum(granted) >= limit * Decimal("0.9")
+    assert row["leased_usd"] == 0  # every lease came back on close
+    assert await db.fetchval("SELECT count(*) FROM budget_leases") == 0
+
+
+async def test_a_failed_call_releases_its_reservation(pool: asyncpg.Pool,
+                                                      db: asyncpg.Connection) -> None:
+    book = BudgetBook(pool, UTC_ZONE)
+    account = book.account("project", 1, Decimal("1"))
+    first = await book.reserve([account], Decimal("0.8"))
+    assert isinstance(first, Reservation)
+    assert isinstance(await book.reserve([account], Decimal("0.8")), Shortfall)
+    book.settle(first, Decimal(0))  # the call failed: nothing spent
+    second = await book.reserve([account], Decimal("0.8"))
+    assert isinstance(second, Reservation)
+    book.settle(second, Decimal("0.25"))
+    await book.close()
+    assert (await _period_row(db))["spent_usd"] == Decimal("0.25")
+
+
+async def test_shortfall_says_what_fits(pool: asyncpg.Pool) -> None:
+    book = BudgetBook(pool, UTC_ZONE)
+    account = book.account("project", 2, Decimal("1"))
+    taken = await book.reserve([account], Decimal("0.7"))
+    assert isinstance(taken, Reservation)
+    short = await book.reserve([account], Decimal("0.5"))
+    assert isinstance(short, Shortfall)
+    assert short.limit == Decimal("1") and short.can_reserve == Decimal("0.3")
+    await book.close()
+
+
+async def test_a_crashed_replicas_lease_is_reclaimed(pool: asyncpg.Pool,
+                                                     db: asyncpg.Connection) -> None:
+    crashed, alive = BudgetBook(pool, UTC_ZONE), BudgetBook(pool, UTC_ZONE)
+    held = await crashed.reserve([crashed.account("project", 3, Decimal("1"))], Decimal("0.9"))
+    assert isinstance(held, Reservation)  # and then the process dies: no settle, no close
+    survivor = alive.account("project", 3, Decimal("1"))
+    assert isinstance(await alive.reserve([survivor], Decimal("0.5")), Shortfall)
+    await db.execute("UPDATE budget_leases SET expires_at = now() - interval '1 second' "
+                     "WHERE holder = $1", crashed.holder)
+    assert isinstance(await alive.reserve([survivor], Decimal("0.5")), Reservation)
+    await alive.close()
+
+
+async def test_team_and_project_are_both_held(pool: asyncpg.Pool) -> None:
+    book = BudgetBook(pool, UTC_ZONE)
+    team = book.account("team", 1, Decimal("1"))
+    a, b = book.account("project", 10, Decimal("5")), book.account("project", 11, Decimal("5"))
+    assert isinstance(await book.reserve([a, team], Decimal("0.6")), Reservation)
+    short = await book.reserve([b, team], Decimal("0.6"))
+    assert isinstance(short, Shortfall) and short.scope == "team"
+    assert b.reserved == 0  # the project part was rolled back
+    await book.close()
+
+
+async def test_spend_is_reported_while_running(pool: asyncpg.Pool,
+                                               db: asyncpg.Connection) -> None:
+    book = BudgetBook(pool, UTC_ZONE)
+    account = book.account("project", 4, Decimal("10"))
+    result = await book.reserve([account], Decimal("1"))
+    assert isinstance(result, Reservation)
+    book.settle(result, Decimal("0.4"))
+    await book.flush()
+    row = await _period_row(db)
+    assert row["spent_usd"] == Decimal("0.4") and row["spent_usd"] + row["leased_usd"] <= 10
+    await book.close()
+
+
+def test_months_follow_the_configured_zone() -> None:
+    instant = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    assert month_start(instant, ZoneInfo("UTC")).isoformat() == "2026-11-01"
+    assert month_start(instant, ZoneInfo("Asia/Tokyo")).isoformat() == "2026-12-01"
