@@ -41,13 +41,19 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"
-TARGETS = ("upstream", "bare", "gateway")
-LABELS = {"upstream": "upstream (direct)", "bare": "bare aiohttp proxy", "gateway": "gateway"}
+TARGETS = ("upstream", "bare", "gateway", "limits")
+LABELS = {"upstream": "upstream (direct)", "bare": "bare aiohttp proxy", "gateway": "gateway",
+          "limits": "gateway + limits"}
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Say hello"}]
 # The issue's acceptance targets.
 MIN_THROUGHPUT_RATIO = 0.60  # gateway req/s / bare proxy req/s at the throughput concurrency
 MAX_ADDED_P50_MS = 0.6  # gateway p50 - upstream p50 at the latency concurrency
+MIN_LIMITS_RATIO = 0.75  # gateway with budgets and redis rate limits / gateway without them
+# The "limits" gateway's project: a budget and every rate limit on, none ever reached.
+LIMITED_PROJECT = {"plan": "team", "monthly_budget_usd": 1_000_000,
+                   "requests_per_minute": 10**9, "requests_per_day": 10**9,
+                   "tokens_per_minute": 10**9}
 NOISY_SPREAD = 0.8  # a target whose slowest round is under 80% of its fastest: say so
 COST_HEADER = "X-AI-Cost-Gateway-Cost"
 RESULT_PREFIX = "BENCH_RESULT "
@@ -326,6 +332,20 @@ class LoadGen:
             errors={k: r[k] for k in ("connect", "read", "write", "timeout")})
 
 
+def create_key(url: str, admin_token: str, project: dict[str, Any]) -> str:
+    """A project (admin API) and a key for it."""
+    admin = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
+    status, _, data = http("POST", url + "/api/admin/projects", json.dumps(project).encode(),
+                           admin)
+    if status not in (200, 201):
+        raise BenchError(f"creating the project answered {status}: {data[:300]!r}")
+    project_id = json.loads(data)["id"]
+    status, _, data = http("POST", f"{url}/api/admin/projects/{project_id}/keys", b"{}", admin)
+    if status not in (200, 201):
+        raise BenchError(f"issuing the key answered {status}: {data[:300]!r}")
+    return str(json.loads(data)["key"])
+
+
 def request_body(stream: bool) -> bytes:
     body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}
     if stream:
@@ -353,7 +373,8 @@ def preflight(name: str, url: str, body: bytes, key: str, stream: bool) -> None:
             choices = None
         if not choices:
             problem = "no choices in the body"
-    if name == "gateway" and problem is None and not stream and COST_HEADER not in headers:
+    if name in ("gateway", "limits") and problem is None and not stream \
+            and COST_HEADER not in headers:
         problem = f"no {COST_HEADER} header"
     if problem:
         raise BenchError(f"preflight request through {name} failed: {problem}: {data[:500]!r}")
@@ -362,7 +383,8 @@ def preflight(name: str, url: str, body: bytes, key: str, stream: bool) -> None:
 # --- profiling -----------------------------------------------------------------------------
 
 def profile_gateway(gateway: Server, loadgen: LoadGen, connections: int, seconds: int,
-                    out: Path, pin: str | None) -> tuple[dict[str, Any], Measurement]:
+                    out: Path, pin: str | None,
+                    target: str = "gateway") -> tuple[dict[str, Any], Measurement]:
     """py-spy the gateway under load (`--profile`): collapsed stacks to `out`, a summary back."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -376,7 +398,7 @@ def profile_gateway(gateway: Server, loadgen: LoadGen, connections: int, seconds
         spy = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         time.sleep(0.5)  # let py-spy attach
-        m = loadgen.run("gateway", gateway.port, connections, seconds, -2)
+        m = loadgen.run(target, gateway.port, connections, seconds, -2)
         spy.wait(seconds + 30)
     finally:
         if spy.poll() is None:
@@ -489,8 +511,11 @@ def summarize(ms: list[Measurement], concurrencies: list[int]) -> dict[str, Any]
                     out.append(x[0] / y[0])
             return out
 
-        up, bare, gw = per["upstream"], per["bare"], per["gateway"]
+        up, bare, gw, lim = per["upstream"], per["bare"], per["gateway"], per["limits"]
         summary[str(c)] = {
+            "limits_vs_gateway_rps": lim["rps"] / gw["rps"] if gw["rps"] else float("nan"),
+            "limits_vs_gateway_rps_per_round": paired("limits", "gateway"),
+            "added_p50_ms_limits_over_gateway": lim["p50_ms"] - gw["p50_ms"],
             "targets": per,
             "gateway_vs_bare_rps": gw["rps"] / bare["rps"] if bare["rps"] else float("nan"),
             "gateway_vs_upstream_rps": gw["rps"] / up["rps"] if up["rps"] else float("nan"),
@@ -530,6 +555,13 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  {c:>3} conns: gateway/bare req/s {s['gateway_vs_bare_rps']:.2f}{spread}   "
               f"gateway/upstream {s['gateway_vs_upstream_rps']:.2f}   "
               f"bare/upstream {s['bare_vs_upstream_rps']:.2f}")
+    for c in conc:
+        s = summary[str(c)]
+        per_round = s["limits_vs_gateway_rps_per_round"]
+        spread = (f" [{min(per_round):.2f}-{max(per_round):.2f}]" if per_round else "")
+        print(f"  {c:>3} conns: gateway with limits / without req/s "
+              f"{s['limits_vs_gateway_rps']:.2f}{spread}   added p50 "
+              f"{s['added_p50_ms_limits_over_gateway']:+.3f} ms")
     for c in conc:
         s = summary[str(c)]
         print(f"  {c:>3} conns: added p50 over upstream: bare proxy "
@@ -578,7 +610,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         create_database(args.database_url, db_name)
         db_created = True
-        p_up, p_bare, p_gw = free_ports(3)
+        p_up, p_bare, p_gw, p_lim = free_ports(4)
         py = sys.executable
         upstream = start("fake upstream", [py, "-m", "gateway.testing.fake_upstream",
                                            "--host", HOST, "--port", str(p_up)],
@@ -596,26 +628,32 @@ def run(args: argparse.Namespace) -> int:
         gateway = start("gateway", [py, "-m", "gateway", "serve", "--host", HOST,
                                     "--port", str(p_gw)], p_gw, workdir, pins["proxy"], env)
         servers.append(gateway)
+        limited = start("gateway + limits", [py, "-m", "gateway", "serve", "--host", HOST,
+                                             "--port", str(p_lim)], p_lim, workdir,
+                        pins["proxy"], {**env, "GATEWAY_RATELIMIT_BACKEND": "redis",
+                                        "GATEWAY_REDIS_URL": args.redis_url,
+                                        "GATEWAY_DATABASE_MIGRATE_ON_START": "false"})
+        servers.append(limited)
         wait_ready(bare, None, 30)
         wait_ready(gateway, "/api/health/ready", 60)
+        wait_ready(limited, "/api/health/ready", 60)
 
-        admin = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
-        status, _, data = http("POST", gateway.url + "/api/admin/projects", json.dumps(
-            {"name": f"bench-{db_name}-{secrets.token_hex(4)}"}).encode(), admin)
-        if status not in (200, 201):
-            raise BenchError(f"creating the project answered {status}: {data[:300]!r}")
-        project_id = json.loads(data)["id"]
-        status, _, data = http("POST", f"{gateway.url}/api/admin/projects/{project_id}/keys",
-                               b"{}", admin)
-        if status not in (200, 201):
-            raise BenchError(f"issuing the key answered {status}: {data[:300]!r}")
-        key = json.loads(data)["key"]
+        key = create_key(gateway.url, admin_token, {"name": f"bench-{secrets.token_hex(4)}",
+                                                    "plan": "enterprise"})  # no limits
+        limited_key = create_key(limited.url, admin_token, {
+            "name": f"bench-limits-{secrets.token_hex(4)}", **LIMITED_PROJECT})
 
-        ports = {"upstream": p_up, "bare": p_bare, "gateway": p_gw}
-        urls = {"upstream": upstream.url, "bare": bare.url, "gateway": gateway.url}
+        ports = {"upstream": p_up, "bare": p_bare, "gateway": p_gw, "limits": p_lim}
+        urls = {"upstream": upstream.url, "bare": bare.url, "gateway": gateway.url,
+                "limits": limited.url}
         for t in TARGETS:
-            preflight(t, urls[t], body, key, args.stream)
+            preflight(t, urls[t], body, limited_key if t == "limits" else key, args.stream)
         loadgen = LoadGen(loadgen_kind, workdir, body, key, pins["loadgen"], args.wrk_threads)
+        limited_dir = workdir / "limits"
+        limited_dir.mkdir()
+        loadgens = {t: loadgen for t in TARGETS}
+        loadgens["limits"] = LoadGen(loadgen_kind, limited_dir, body, limited_key,
+                                     pins["loadgen"], args.wrk_threads)
 
         def check() -> None:
             for s in servers:
@@ -626,16 +664,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"warming up: {args.warmup}s per target at {max(concurrency)} connections",
                   file=sys.stderr)
             for t in TARGETS:
-                warmup.append(loadgen.run(t, ports[t], max(concurrency), args.warmup, -1))
+                warmup.append(loadgens[t].run(t, ports[t], max(concurrency), args.warmup, -1))
                 check()
         measurements: list[Measurement] = []
         total = args.rounds * len(concurrency) * len(TARGETS)
         for r in range(args.rounds):
-            order = TARGETS[r % 3:] + TARGETS[:r % 3]  # rotate: no target always goes first
+            k = r % len(TARGETS)
+            order = TARGETS[k:] + TARGETS[:k]  # rotate: no target always goes first
             for c in concurrency:
                 for t in order:
                     time.sleep(args.pause)
-                    m = loadgen.run(t, ports[t], c, args.seconds, r)
+                    m = loadgens[t].run(t, ports[t], c, args.seconds, r)
                     check()
                     measurements.append(m)
                     flag = "" if not (m.non200 or m.error_count) else (
@@ -652,14 +691,17 @@ def run(args: argparse.Namespace) -> int:
         if args.profile > 0:
             print(f"profiling the gateway for {args.profile}s at {max(concurrency)} connections",
                   file=sys.stderr)
-            profile, m = profile_gateway(gateway, loadgen, max(concurrency), args.profile,
+            server = limited if args.profile_target == "limits" else gateway
+            profile, m = profile_gateway(server, loadgens[args.profile_target], max(concurrency),
+                                         args.profile,
                                          out_dir / f"overhead-{stamp}-gateway.pyspy.txt",
-                                         pins["loadgen"])
+                                         pins["loadgen"], args.profile_target)
             profiled.append(m)
             check()
 
-        # Stop the gateway first: its ledger flushes on SIGTERM, then the rows are counted.
+        # Stop the gateways first: their ledgers flush on SIGTERM, then rows are counted.
         gateway.stop(args.stop_timeout)
+        limited.stop(args.stop_timeout)
         ledger = None
         with contextlib.suppress(Exception):
             ledger = asyncio.run(_ledger_counts(gateway_dsn))
@@ -675,6 +717,10 @@ def run(args: argparse.Namespace) -> int:
              "value": summary[lo]["added_p50_ms_gateway"],
              "target": f"<= {MAX_ADDED_P50_MS}",
              "pass": summary[lo]["added_p50_ms_gateway"] <= MAX_ADDED_P50_MS},
+            {"name": f"gateway with budgets and redis rate limits / without, req/s at {hi}",
+             "value": summary[hi]["limits_vs_gateway_rps"],
+             "target": f">= {MIN_LIMITS_RATIO}",
+             "pass": summary[hi]["limits_vs_gateway_rps"] >= MIN_LIMITS_RATIO},
         ]
         all_runs = warmup + measurements + profiled
         non200 = sum(m.non200 for m in all_runs)
@@ -697,7 +743,7 @@ def run(args: argparse.Namespace) -> int:
             "targets": targets,
             "ledger": ledger,
             "gateway_requests_sent": sum(m.requests for m in all_runs
-                                         if m.target == "gateway") + 1,
+                                         if m.target in ("gateway", "limits")) + 2,
             "non200": non200, "errors": errors, "non200_by_status": statuses,
             "profile": profile,
             "measurements": [vars(m) for m in measurements],
@@ -720,7 +766,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         for s in reversed(servers):  # gateway, bare proxy, then the upstream they call
-            s.stop(args.stop_timeout if s.name == "gateway" else 5)
+            s.stop(args.stop_timeout if s.name.startswith("gateway") else 5)
         if db_created:
             try:
                 drop_database(args.database_url, db_name)
@@ -761,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL DSN allowed to CREATE DATABASE; the gateway gets a "
                              "fresh gateway_bench_<pid> database on that server")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
+                        help="Redis for the rate limits of the 'gateway + limits' target")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=4,
                         help="seconds per measurement (per target, per concurrency, per round)")
@@ -778,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
                         help="after the rounds, py-spy the gateway for this long under load "
                              "(needs py-spy in the venv); 0: no profile")
+    parser.add_argument("--profile-target", choices=("gateway", "limits"), default="gateway")
     parser.add_argument("--stop-timeout", type=float, default=25.0)
     parser.add_argument("--results-dir", default=str(BENCH / "results"))
     args = parser.parse_args(argv)

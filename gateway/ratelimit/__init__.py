@@ -6,6 +6,7 @@ import asyncpg
 
 from gateway.ratelimit.base import Decision, RateLimiter, Window, WindowState
 from gateway.ratelimit.errors import BackendAuthError, BackendUnavailable
+from gateway.ratelimit.leasing import LeasingLimiter
 from gateway.ratelimit.memory import MemoryLimiter
 from gateway.ratelimit.postgres import PostgresLimiter
 from gateway.ratelimit.redis import RedisLimiter
@@ -17,6 +18,7 @@ __all__ = [
     "BackendAuthError",
     "BackendUnavailable",
     "Decision",
+    "LeasingLimiter",
     "MemoryLimiter",
     "PostgresLimiter",
     "RateLimiter",
@@ -55,4 +57,5 @@ def create_limiter(settings: RateLimitSettings, pool: asyncpg.Pool) -> RateLimit
         primary = PostgresLimiter(pool, timeout_s=settings.timeout_s)
     else:
         raise SettingsError(f"ratelimit.backend: unknown backend {settings.backend!r}")
-    return ResilientLimiter(primary, settings.failure_policy)
+    # Leases keep the backend off the hot path; the failure policy guards every lease call.
+    return LeasingLimiter(ResilientLimiter(primary, settings.failure_policy))

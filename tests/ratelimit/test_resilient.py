@@ -15,6 +15,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.ratelimit import (
     BackendAuthError,
     BackendUnavailable,
+    LeasingLimiter,
     MemoryLimiter,
     PostgresLimiter,
     RedisLimiter,
@@ -155,7 +156,7 @@ async def test_create_limiter_builds_the_configured_backend(redis_url: str) -> N
     assert isinstance(memory, MemoryLimiter)
     redis = create_limiter(_settings(backend="redis", redis_url=redis_url,
                                      failure_policy="fail_open"), pool=None)
-    assert isinstance(redis, ResilientLimiter) and redis.name == "redis"
+    assert isinstance(redis, LeasingLimiter) and redis.name == "redis"
     assert (await redis.hit(f"factory-{time.time_ns()}", [MINUTE])).backend == "redis"
     await redis.close()
 

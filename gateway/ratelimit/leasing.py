@@ -1,0 +1,126 @@
+"""Rate-limit units leased to this process in chunks, so the hot path rarely calls the backend.
+
+The same idea as budget leases: a busy process takes a chunk of units from the shared
+counter (one atomic backend call for every window of the request) and spends it locally;
+the chunk follows the recent request rate. Near a window's limit it takes only what the
+request in hand needs, so a limit of 60 lets exactly 60 requests through across all
+replicas. Units a process leased and did not use lapse with their window: the shared count
+never exceeds the limit, at the price of a little unused allowance at the window's end,
+bounded by one chunk per process.
+
+Token windows are settled locally too: unused reserved tokens go back to the lease.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.ratelimit.base import Decision, RateLimiter, Window, WindowState, window_start
+
+CHUNK_SECONDS = 0.25  # lease about this much of the recent rate at a time
+MAX_CHUNK_SHARE = 50  # never lease more than limit / this in one go
+RATE_HALF_LIFE_S = 1.0
+
+
+@dataclass(slots=True)
+class _Lease:
+    start: int
+    leased: int = 0
+    used: int = 0
+    remaining: int = 0  # the shared window's remaining units, as the backend last said
+    reset_at: float = 0.0
+
+    @property
+    def available(self) -> int:
+        return self.leased - self.used
+
+
+@dataclass(slots=True)
+class _Rate:
+    per_second: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+
+    def record(self, units: int) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self.last, 1e-6)
+        decay = 0.5 ** (elapsed / RATE_HALF_LIFE_S)
+        self.per_second = self.per_second * decay + units * (1 - decay) / elapsed
+        self.last = now
+
+
+class LeasingLimiter:
+    def __init__(self, backend: RateLimiter) -> None:
+        self._backend = backend
+        self.name = backend.name
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._rates: dict[tuple[str, str], _Rate] = {}
+        self.backend_calls = 0
+
+    async def hit(self, key: str, windows: Sequence[Window], now: float | None = None) -> Decision:
+        now = time.time() if now is None else now
+        leases = [self._lease(key, w, now) for w in windows]
+        for w in windows:
+            self._rates.setdefault((key, w.name), _Rate()).record(w.cost)
+        if all(lease.available >= w.cost for lease, w in zip(leases, windows, strict=True)):
+            return self._consume(leases, windows, self.name)
+        chunked = [Window(w.name, w.limit, w.seconds, self._chunk(key, w, lease))
+                   for w, lease in zip(windows, leases, strict=True)]
+        decision = await self._lease_more(key, chunked, leases, now)
+        if not decision.allowed and chunked != list(windows):
+            needed = [Window(w.name, w.limit, w.seconds, max(w.cost - lease.available, 0))
+                      for w, lease in zip(windows, leases, strict=True)]
+            decision = await self._lease_more(key, needed, leases, now)
+        if not decision.allowed:
+            return decision
+        return self._consume(leases, windows, decision.backend)
+
+    async def adjust(self, key: str, window: Window, delta: int, now: float | None = None) -> None:
+        """Settle locally against the lease of the window the units were taken from."""
+        now = time.time() if now is None else now
+        lease = self._leases.get((key, window.name))
+        if lease is not None and lease.start == window_start(window, now):
+            lease.used = max(lease.used + delta, 0)
+        elif delta > 0:
+            await self._backend.adjust(key, window, delta, now)
+
+    async def close(self) -> None:
+        await self._backend.close()
+
+    def _lease(self, key: str, window: Window, now: float) -> _Lease:
+        start = window_start(window, now)
+        lease = self._leases.get((key, window.name))
+        if lease is None or lease.start != start:  # a new window: old units lapse
+            lease = self._leases[(key, window.name)] = _Lease(
+                start, remaining=window.limit, reset_at=float(start + window.seconds))
+            if len(self._leases) > 100_000:
+                self._leases = {k: v for k, v in self._leases.items() if v.start >= start}
+        return lease
+
+    def _chunk(self, key: str, window: Window, lease: _Lease) -> int:
+        need = max(window.cost - lease.available, 0)
+        rate = self._rates[(key, window.name)].per_second
+        wanted = math.ceil(rate * CHUNK_SECONDS)
+        cap = min(window.limit // MAX_CHUNK_SHARE, lease.remaining // 8)
+        return max(need, min(wanted, cap))
+
+    async def _lease_more(self, key: str, chunk: list[Window], leases: list[_Lease],
+                          now: float) -> Decision:
+        self.backend_calls += 1
+        decision = await self._backend.hit(key, chunk, now)
+        for lease, w, state in zip(leases, chunk, decision.windows, strict=True):
+            lease.remaining, lease.reset_at = state.remaining, state.reset_at
+            if decision.allowed:
+                lease.leased += w.cost
+        return decision
+
+    @staticmethod
+    def _consume(leases: list[_Lease], windows: Sequence[Window], backend: str) -> Decision:
+        states = []
+        for lease, w in zip(leases, windows, strict=True):
+            lease.used += w.cost
+            states.append(WindowState(w.name, w.limit, lease.remaining + lease.available,
+                                      lease.reset_at))
+        return Decision(True, tuple(states), 0.0, backend)
