@@ -92,6 +92,10 @@ class BudgetBook:
     def holder(self) -> str:
         return self._holder
 
+    @property
+    def accounts(self) -> tuple[Account, ...]:
+        return tuple(self._accounts.values())
+
     def account(self, scope: str, scope_id: int, limit: Decimal,
                 now: datetime | None = None) -> Account:
         period = month_start(now or datetime.now(self._tz), self._tz)

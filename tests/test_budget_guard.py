@@ -15,7 +15,7 @@ from conftest import (
     wait_for_rows,
 )
 
-from gateway.keys import BUDGETS, PRICES, TOKENS
+from gateway.keys import BUDGETS, POOL, PRICES, TOKENS
 
 MODEL = "gpt-4o-mini"
 
@@ -164,3 +164,25 @@ async def test_budget_status_shapes(gateway: TestClient) -> None:
     resp = await gateway.get(f"/api/budgets/status?project_id={project['id']}",
                              headers=admin_headers())
     assert resp.status == 200 and (await resp.json())["project_id"] == project["id"]
+
+
+async def test_a_stream_cut_by_the_client_is_settled_at_the_tokens_sent(
+        gateway: TestClient, fake_upstream: FakeUpstream) -> None:
+    body = chat_body(stream=True, max_tokens=500)
+    worst = await worst_case(gateway, body, 500)
+    _, key = await create_project(gateway, monthly_budget_usd=str(worst * 3))
+    fake_upstream.script({"chunk_delay_ms": 150, "reply_tokens": 400})
+    resp = await gateway.post("/v1/chat/completions", json=body, headers=auth(key))
+    received = b""
+    while received.count(b'"content":"w') < 3:
+        received += await resp.content.readuntil(b"\n\n")
+    resp.close()
+    [row] = await wait_for_rows(gateway, 1)
+    assert row["status"] == 499 and row["output_source"] == "counted"
+    book = gateway.app[BUDGETS]
+    await book.flush()
+    spent = await gateway.app[POOL].fetchval(
+        "SELECT spent_usd FROM budget_periods WHERE scope = 'project'")
+    assert spent == row["cost_usd"] and 0 < spent < worst  # the tokens sent, not the worst case
+    [account] = [a for a in book.accounts if a.scope == "project"]
+    assert account.reserved == 0  # the reservation was released

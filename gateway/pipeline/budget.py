@@ -37,12 +37,16 @@ class BudgetGuard:
             return
         price, _ = self._prices.resolve(chat.provider, chat.model)
         max_out = self._max_output(chat, price)
-        # Far from the limit a cheap ceiling on the input will do; near it, count exactly.
-        ceiling = self._tokens.chat_upper_bound(chat.body, chat.model)
-        if all(a.available >= self._worst(price, ceiling, max_out) for a in accounts):
-            tokens_in = ceiling
+        # Far from the limit a cheap ceiling on the input will do; near it, count exactly
+        # (and when the rate limiter has counted already, its count is the one to use).
+        if ex.input_tokens is not None:
+            tokens_in = ex.input_tokens
         else:
-            tokens_in = await input_tokens(ex, self._tokens)
+            ceiling = self._tokens.chat_upper_bound(chat.body, chat.model)
+            if all(a.available >= self._worst(price, ceiling, max_out) for a in accounts):
+                tokens_in = ceiling
+            else:
+                tokens_in = await input_tokens(ex, self._tokens)
         worst = self._worst(price, tokens_in, max_out)
         result = await self._book.reserve(accounts, worst)
         if isinstance(result, Shortfall) and self._settings.policy == "clamp":

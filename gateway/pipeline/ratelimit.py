@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime
 
@@ -14,12 +15,16 @@ from gateway.tokens.service import TokenService
 TOKENS_WINDOW = "tokens_minute"
 
 
+@functools.lru_cache(maxsize=256)
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
 def rate_headers(decision: Decision) -> dict[str, str]:
     """Standard and gateway headers, for the request window closest to its limit."""
     requests = [w for w in decision.windows if w.name != TOKENS_WINDOW] or list(decision.windows)
     tightest = min(requests, key=lambda w: (w.remaining, -w.reset_at))
-    reset_iso = datetime.fromtimestamp(tightest.reset_at, UTC).isoformat().replace(
-        "+00:00", "Z")
+    reset_iso = _iso(tightest.reset_at)
     headers = {
         "X-RateLimit-Limit": str(tightest.limit),
         "X-RateLimit-Remaining": str(max(tightest.remaining, 0)),

@@ -2,7 +2,8 @@
 
 The same idea as budget leases: a busy process takes a chunk of units from the shared
 counter (one atomic backend call for every window of the request) and spends it locally;
-the chunk follows the recent request rate. Near a window's limit it takes only what the
+the chunk follows the recent request rate and at least doubles with each lease in a
+window, up to 1/50 of the limit. Near a window's limit it takes only what the
 request in hand needs, so a limit of 60 lets exactly 60 requests through across all
 replicas. Units a process leased and did not use lapse with their window: the shared count
 never exceeds the limit, at the price of a little unused allowance at the window's end,
@@ -22,7 +23,7 @@ from gateway.ratelimit.base import Decision, RateLimiter, Window, WindowState, w
 
 CHUNK_SECONDS = 0.25  # lease about this much of the recent rate at a time
 MAX_CHUNK_SHARE = 50  # never lease more than limit / this in one go
-RATE_HALF_LIFE_S = 1.0
+MIN_RATE_SPAN_S = 0.05
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class _Lease:
     used: int = 0
     remaining: int = 0  # the shared window's remaining units, as the backend last said
     reset_at: float = 0.0
+    last_chunk: int = 0  # chunks at least double within a window, up to the caps
 
     @property
     def available(self) -> int:
@@ -40,15 +42,20 @@ class _Lease:
 
 @dataclass(slots=True)
 class _Rate:
-    per_second: float = 0.0
-    last: float = field(default_factory=time.monotonic)
+    """Units asked for since the last lease: counted on the hot path, turned into a rate
+    only when a lease is due."""
 
-    def record(self, units: int) -> None:
+    units: int = 0
+    since: float = field(default_factory=time.monotonic)
+    per_second: float = 0.0
+
+    def update(self) -> float:
         now = time.monotonic()
-        elapsed = max(now - self.last, 1e-6)
-        decay = 0.5 ** (elapsed / RATE_HALF_LIFE_S)
-        self.per_second = self.per_second * decay + units * (1 - decay) / elapsed
-        self.last = now
+        elapsed = now - self.since
+        if elapsed >= MIN_RATE_SPAN_S:
+            self.per_second = self.units / elapsed
+            self.units, self.since = 0, now
+        return self.per_second
 
 
 class LeasingLimiter:
@@ -63,7 +70,10 @@ class LeasingLimiter:
         now = time.time() if now is None else now
         leases = [self._lease(key, w, now) for w in windows]
         for w in windows:
-            self._rates.setdefault((key, w.name), _Rate()).record(w.cost)
+            rate = self._rates.get((key, w.name))
+            if rate is None:
+                rate = self._rates[(key, w.name)] = _Rate()
+            rate.units += w.cost
         if all(lease.available >= w.cost for lease, w in zip(leases, windows, strict=True)):
             return self._consume(leases, windows, self.name)
         chunked = [Window(w.name, w.limit, w.seconds, self._chunk(key, w, lease))
@@ -101,10 +111,11 @@ class LeasingLimiter:
 
     def _chunk(self, key: str, window: Window, lease: _Lease) -> int:
         need = max(window.cost - lease.available, 0)
-        rate = self._rates[(key, window.name)].per_second
-        wanted = math.ceil(rate * CHUNK_SECONDS)
+        rate = self._rates[(key, window.name)].update()
+        wanted = max(math.ceil(rate * CHUNK_SECONDS), 2 * lease.last_chunk)
         cap = min(window.limit // MAX_CHUNK_SHARE, lease.remaining // 8)
-        return max(need, min(wanted, cap))
+        lease.last_chunk = max(need, min(wanted, cap))
+        return lease.last_chunk
 
     async def _lease_more(self, key: str, chunk: list[Window], leases: list[_Lease],
                           now: float) -> Decision:
