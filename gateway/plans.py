@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.domain import PLANS, Project
+from gateway.tomlfile import read_toml
 
 LIMIT_FIELDS = ("requests_per_minute", "requests_per_day", "tokens_per_minute")
 
@@ -34,14 +34,7 @@ class Plans:
 
     @classmethod
     def load(cls, path: Path) -> Plans:
-        try:
-            with path.open("rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise PlanError(f"plans file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise PlanError(f"{path}: not valid TOML: {exc}") from None
-        return cls.from_mapping(raw)
+        return cls.from_mapping(read_toml(path, PlanError, "plans file"))
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> Plans:

@@ -7,15 +7,14 @@ so (`fallback=True`), so the usage row is flagged; nothing is ever silently pric
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from gateway.domain import Usage
 from gateway.settings import PricingSettings
+from gateway.tomlfile import read_toml
 
 _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 _MAX_CACHED_LOOKUPS = 10_000
@@ -70,7 +69,8 @@ class PriceTable:
 
     @classmethod
     def load(cls, settings: PricingSettings) -> PriceTable:
-        return cls.from_mapping(_read(settings.file), settings)
+        return cls.from_mapping(read_toml(settings.file, PriceTableError, "price table"),
+                                settings)
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], settings: PricingSettings) -> PriceTable:
@@ -119,16 +119,6 @@ class PriceTable:
             if same:  # the dearest model of that provider: never under-charges
                 return max(same, key=lambda p: (p.output, p.input))
         return self._fixed
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f, parse_float=Decimal)
-    except FileNotFoundError:
-        raise PriceTableError(f"price table {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PriceTableError(f"{path}: not valid TOML: {exc}") from None
 
 
 def _price(name: str, entry: Any) -> Price:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
 from fnmatch import fnmatchcase
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.tokens.encodings import ENCODINGS
+from gateway.tomlfile import read_toml
 
 ESTIMATE_ENCODING = "o200k_base"
 
@@ -51,14 +51,7 @@ class ModelTokenizers:
 
     @classmethod
     def load(cls, path: Path) -> ModelTokenizers:
-        try:
-            with path.open("rb") as f:
-                raw = tomllib.load(f, parse_float=Decimal)
-        except FileNotFoundError:
-            raise TokenConfigError(f"token configuration {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise TokenConfigError(f"{path}: not valid TOML: {exc}") from None
-        return cls.from_mapping(raw)
+        return cls.from_mapping(read_toml(path, TokenConfigError, "token configuration"))
 
     @classmethod
     def from_mapping(cls, raw: dict[str, Any]) -> ModelTokenizers:
