@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 
 import orjson
 from aiohttp import web
@@ -32,8 +33,8 @@ async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
     limit = request.app[SETTINGS].server.max_body_bytes
     ex = Exchange(request[REQUEST_ID], request.path)
     try:
-        read = lambda: read_limited(request, limit)  # noqa: E731
-        chat = await pipeline.admit(ex, request.headers, read, entry)
+        chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit),
+                                    entry)
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
             return web.Response(body=body, content_type="application/json", headers={

@@ -8,7 +8,7 @@ from gateway.http.admin import is_admin
 from gateway.http.json import json_response, read_limited
 from gateway.keys import KEYSTORE, PRICES, SETTINGS, TOKENS
 from gateway.pipeline.authenticate import authenticate
-from gateway.pipeline.validate import Limits, parse_json_object
+from gateway.pipeline.validate import parse_json_object
 from gateway.tokens.calculator import count_request
 
 
@@ -16,5 +16,5 @@ async def count_tokens(request: web.Request) -> web.Response:
     if not is_admin(request):
         await authenticate(request.app[KEYSTORE], request.headers)
     limit = request.app[SETTINGS].server.max_body_bytes
-    body = parse_json_object(await read_limited(request, limit), Limits(limit, 0, 0))
+    body = parse_json_object(await read_limited(request, limit), limit)
     return json_response(await count_request(body, request.app[TOKENS], request.app[PRICES]))

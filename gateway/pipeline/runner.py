@@ -71,7 +71,7 @@ class ProxyPipeline:
                     read: Callable[[], Awaitable[bytes]], entry: str) -> ChatRequest:
         ex.principal = await authenticate(self.keys, headers)
         ex.client_request_id = validate.client_request_id(headers.get("X-Request-Id"))
-        body = validate.parse_json_object(await read(), self.limits)
+        body = validate.parse_json_object(await read(), self.limits.max_body_bytes)
         if entry == "native":
             chat = validate.validate_native(body, self.limits, self.providers)
         else:

@@ -46,11 +46,11 @@ class _Errors:
                              details={"errors": self.items})
 
 
-def parse_json_object(body: bytes, limits: Limits) -> dict[str, Any]:
-    if len(body) > limits.max_body_bytes:
-        raise PayloadTooLarge(
-            f"request body is {len(body)} bytes; the limit is {limits.max_body_bytes}",
-            details={"limit_bytes": limits.max_body_bytes})
+def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
+    """A request body that must be one JSON object of at most `max_bytes` (413 / 400)."""
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}",
+                              details={"limit_bytes": max_bytes})
     if not body:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
