@@ -21,6 +21,7 @@ from gateway.errors import GatewayError
 from gateway.http.json import _default as json_default
 from gateway.keys import POOL, READINESS
 from gateway.logging import configure_logging
+from gateway.plans import LIMIT_FIELDS
 from gateway.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger(__name__)
@@ -106,6 +107,9 @@ def _project_options(p: argparse.ArgumentParser) -> None:
                    help="allow this provider (repeat); none given: all")
     p.add_argument("--model", dest="allowed_models", action="append",
                    help="allow this model or glob (repeat); none given: all")
+    for field in LIMIT_FIELDS:
+        p.add_argument(f"--{field.replace('_', '-')}", dest=field, type=int,
+                       help="overrides the plan's limit (0: unlimited)")
     p.add_argument("--enabled", choices=("true", "false"))
     p.add_argument("--metadata", help="JSON object")
 
@@ -113,7 +117,7 @@ def _project_options(p: argparse.ArgumentParser) -> None:
 def _project_fields(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for name in ("name", "team", "plan", "monthly_budget_usd", "allowed_providers",
-                 "allowed_models"):
+                 "allowed_models", *LIMIT_FIELDS):
         if getattr(args, name, None) is not None:
             body[name] = getattr(args, name)
     if args.enabled is not None:

@@ -30,12 +30,14 @@ async def test_projects_and_keys(database_url: str, db: asyncpg.Connection) -> N
     code, out, err = await gateway(
         database_url, "projects", "create", "--name", "cli", "--team", "ops", "--plan", "pro",
         "--budget", "12.5", "--provider", "openai", "--model", "gpt-4o-mini",
+        "--requests-per-minute", "30",
         "--metadata", '{"cost_center": "42"}')
     assert code == 0, err
     project = orjson.loads(out)
     assert (project["name"], project["team"], project["plan"]) == ("cli", "ops", "pro")
     assert project["allowed_models"] == ["gpt-4o-mini"]
     assert project["metadata"] == {"cost_center": "42"}
+    assert (project["requests_per_minute"], project["requests_per_day"]) == (30, None)
 
     code, out, err = await gateway(database_url, "keys", "issue", str(project["id"]),
                                    "--name", "ci")
