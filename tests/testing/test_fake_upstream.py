@@ -411,7 +411,7 @@ async def test_request_log(client: Any) -> None:
     log = await (await client.get("/_fake/requests")).json()
     assert log["count"] == 2
     first, second = log["requests"]
-    assert first["method"] == "POST" and first["path"] == CHAT
+    assert first["method"] == "POST" and first["path"] == CHAT and first["query"] == ""
     assert first["headers"]["Authorization"] == "Bearer sk-secret"
     assert first["body"] == request()
     assert second["body"] is None
