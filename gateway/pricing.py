@@ -89,6 +89,9 @@ class PriceTable:
     def __len__(self) -> int:
         return len(self._prices)
 
+    def models(self) -> list[Price]:
+        return list(self._prices.values())
+
     def get(self, model: str) -> Price | None:
         """The table's own entry for a model name, alias or dated snapshot name."""
         name = self._aliases.get(model, model)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import admin, budgets, docs, health, proxy, tokens
+from gateway.http import admin, budgets, docs, health, models, proxy, tokens
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
     app.router.add_post("/api/proxy/chat", proxy.proxy_chat)
+    app.router.add_get("/v1/models", models.list_models)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)
     app.router.add_get("/api/budgets/status", budgets.budget_status)
 

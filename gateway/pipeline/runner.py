@@ -19,6 +19,7 @@ import orjson
 import structlog
 
 from gateway.domain import ChatRequest
+from gateway.errors import BadRequest
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.pipeline import validate
@@ -37,6 +38,7 @@ from gateway.pipeline.price import price
 from gateway.pipeline.record import record
 from gateway.pricing import PriceTable, format_usd
 from gateway.providers.base import Upstream
+from gateway.routing import Router
 from gateway.tokens.service import TokenService
 
 METADATA_HEADER = "X-AI-Cost-Gateway-Metadata"
@@ -57,6 +59,7 @@ class ProxyPipeline:
                  upstreams: Mapping[str, Upstream], prices: PriceTable, ledger: Ledger,
                  tokens: TokenService, guards: Sequence[Guard] = (),
                  log_requests: bool = False) -> None:
+        self.router = Router(prices)
         self.keys = keys
         self.limits = limits
         self.upstreams = upstreams
@@ -75,7 +78,7 @@ class ProxyPipeline:
         if entry == "native":
             chat = validate.validate_native(body, self.limits, self.providers)
         else:
-            chat = validate.validate_openai(body, self.limits)
+            chat = self._routed(validate.validate_openai(body, self.limits))
         ex.chat = chat
         extra = validate.parse_metadata_header(headers.get(METADATA_HEADER))
         ex.metadata = {**chat.metadata, **extra} if extra else chat.metadata
@@ -83,6 +86,20 @@ class ProxyPipeline:
         for guard in self.guards:
             await guard.admit(ex)
             ex.guards_admitted += 1
+        return chat
+
+    def _routed(self, chat: ChatRequest) -> ChatRequest:
+        """Send the request to the provider that serves its model (400 if not configured)."""
+        route = self.router.route(chat.model)
+        if route.provider not in self.upstreams:
+            raise BadRequest(
+                f"model {chat.model!r} is served by provider {route.provider!r}, which is not "
+                f"configured on this gateway; configured: {', '.join(sorted(self.upstreams))}",
+                code="provider_not_configured",
+                details={"model": chat.model, "provider": route.provider})
+        chat.provider = route.provider
+        if route.upstream_model != chat.model:
+            chat.body = {**chat.body, "model": route.upstream_model}
         return chat
 
     async def complete(self, ex: Exchange, chat: ChatRequest) -> bytes:

@@ -85,7 +85,7 @@ async def test_an_estimated_model_is_flagged(gateway: TestClient,
     _, key = await create_project(gateway)
     fake_upstream.script({"no_usage": True})
     resp = await gateway.post("/v1/chat/completions",
-                              json=chat_body(model="claude-sonnet-4-5", stream=True),
+                              json=chat_body(model="openai/claude-sonnet-4-5", stream=True),
                               headers={"Authorization": f"Bearer {key}"})
     await resp.read()
     [row] = await wait_for_rows(gateway, 1)
