@@ -9,8 +9,8 @@ import pytest
 from gateway.tokens.models import ModelTokenizers, TokenConfigError
 from gateway.tokens.service import TokenService
 
-# "How to count tokens with tiktoken", section 6: the API answered 129 prompt tokens for
-# gpt-3.5-turbo and gpt-4, 124 for gpt-4o and gpt-4o-mini.
+# "How to count tokens with tiktoken", section 6: the cookbook reports 129 prompt tokens from
+# the API for gpt-3.5-turbo and gpt-4, 124 for gpt-4o and gpt-4o-mini.
 JARGON = [
     {"role": "system", "content": "You are a helpful, pattern-following assistant that "
                                   "translates corporate jargon into plain English."},
