@@ -186,3 +186,23 @@ async def test_a_stream_cut_by_the_client_is_settled_at_the_tokens_sent(
     assert spent == row["cost_usd"] and 0 < spent < worst  # the tokens sent, not the worst case
     [account] = [a for a in book.accounts if a.scope == "project"]
     assert account.reserved == 0  # the reservation was released
+
+
+async def test_a_team_budget_holds_over_its_projects(gateway: TestClient) -> None:
+    body = chat_body(max_tokens=8)
+    worst = await worst_case(gateway, body, 8)
+    first, key_a = await create_project(gateway, team="platform")
+    _, key_b = await create_project(gateway, team="platform")
+    team_id = (await (await gateway.get(f"/api/admin/projects/{first['id']}",
+                                        headers=admin_headers())).json())["team_id"]
+    resp = await gateway.put(f"/api/admin/teams/{team_id}/budget", headers=admin_headers(),
+                             json={"monthly_budget_usd": str(worst * 3)})
+    assert resp.status == 200 and (await resp.json())["monthly_budget_usd"] == float(worst * 3)
+    statuses = [(await gateway.post("/v1/chat/completions", json=body,
+                                    headers=auth(key))).status
+                for key in (key_a, key_b, key_a, key_b)]
+    assert statuses == [200, 200, 200, 402]
+    assert (await gateway.put("/api/admin/teams/999/budget", headers=admin_headers(),
+                              json={"monthly_budget_usd": 1})).status == 404
+    assert (await gateway.put(f"/api/admin/teams/{team_id}/budget", headers=admin_headers(),
+                              json={"limit": 1})).status == 400

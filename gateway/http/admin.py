@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from decimal import Decimal
 
 from aiohttp import web
 
@@ -59,12 +60,19 @@ async def update_project(request: web.Request) -> web.Response:
     return json_response(projects.render_project(row))
 
 
-async def set_budget(request: web.Request) -> web.Response:
-    require_admin(request)
+async def _budget_body(request: web.Request) -> Decimal | None:
+    """The body of a budget PUT: exactly `{"monthly_budget_usd": <USD or null>}`."""
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"monthly_budget_usd"}:
         raise BadRequest("body must be {\"monthly_budget_usd\": <USD or null>}")
-    fields = projects.parse_project_fields(body, partial=True)
+    amount: Decimal | None = projects.parse_project_fields(
+        body, partial=True)["monthly_budget_usd"]
+    return amount
+
+
+async def set_budget(request: web.Request) -> web.Response:
+    require_admin(request)
+    fields = {"monthly_budget_usd": await _budget_body(request)}
     async with request.app[POOL].acquire() as conn:
         row = await projects.update_project(conn, int_param(request, "id"), fields)
     return json_response(projects.render_project(row))
@@ -97,10 +105,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def set_team_budget(request: web.Request) -> web.Response:
     require_admin(request)
-    body = await read_json(request)
-    if not isinstance(body, dict) or set(body) != {"monthly_budget_usd"}:
-        raise BadRequest("body must be {\"monthly_budget_usd\": <USD or null>}")
-    amount = projects.parse_project_fields(body, partial=True)["monthly_budget_usd"]
+    amount = await _budget_body(request)
     async with request.app[POOL].acquire() as conn:
         row = await projects.set_team_budget(conn, int_param(request, "id"), amount)
     return json_response(dict(row))

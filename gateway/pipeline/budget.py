@@ -43,7 +43,8 @@ class BudgetGuard:
             tokens_in = ex.input_tokens
         else:
             ceiling = self._tokens.chat_upper_bound(chat.body, chat.model)
-            if all(a.available >= self._worst(price, ceiling, max_out) for a in accounts):
+            ceiling_cost = self._worst(price, ceiling, max_out)
+            if all(a.available >= ceiling_cost for a in accounts):
                 tokens_in = ceiling
             else:
                 tokens_in = await input_tokens(ex, self._tokens)
