@@ -11,11 +11,13 @@ from aiohttp import web
 
 from gateway import db, migrate
 from gateway.budgets import BudgetBook
+from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.health import Readiness
 from gateway.idempotency import create_claims
 from gateway.keys import (
     BUDGETS,
     CLAIMS,
+    CREDENTIALS,
     KEYSTORE,
     LEDGER,
     LIMITER,
@@ -39,10 +41,11 @@ from gateway.pipeline.runner import ProxyPipeline
 from gateway.pipeline.validate import Limits
 from gateway.plans import Plans
 from gateway.pricing import PriceTable
+from gateway.providers import configured_credentials, create_adapter
 from gateway.providers.base import Upstream
-from gateway.providers.openai import OpenAIAdapter
 from gateway.ratelimit import create_limiter
 from gateway.routes import setup_routes
+from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.tokens.cpu import CpuCounter
 from gateway.tokens.encodings import load_all
@@ -57,6 +60,9 @@ def build_app(settings: Settings) -> web.Application:
     app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
     app[TOKENIZERS] = ModelTokenizers.load(settings.tokens.models_file)
     app[PLANS] = Plans.load(settings.ratelimit.plans_file)
+    app[CREDENTIALS] = ProjectCredentials(  # a too-short GATEWAY_SECRET_KEY fails the start
+        SecretBox.from_setting(settings.secrets.key), ttl_s=settings.auth.key_cache_ttl_s,
+        connect_timeout_s=settings.database.connect_timeout_s)
     app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _limits,
                             _pipeline])
     app.on_response_prepare.append(add_request_id)
@@ -89,7 +95,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await db.create_pool(dsn, settings)
         app[KEYSTORE] = KeyStore(app[POOL], dsn, ttl_s=app[SETTINGS].auth.key_cache_ttl_s,
                                  connect_timeout_s=settings.connect_timeout_s)
+        await app[CREDENTIALS].start(app[POOL], dsn)
         yield
+        await app[CREDENTIALS].close()
         await app[POOL].close()
     finally:
         if embedded is not None:
@@ -98,8 +106,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstreams(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    upstreams = {"openai": Upstream(OpenAIAdapter(settings.provider("openai")),
-                                    settings.provider("openai"))}
+    upstreams = {name: Upstream(create_adapter(name, provider), provider,
+                                configured_credentials(provider))
+                 for name, provider in settings.providers.items()}
     for upstream in upstreams.values():
         await upstream.start()
     app[UPSTREAMS] = upstreams
@@ -146,9 +155,11 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         RateLimitGuard(app[LIMITER], app[PLANS], app[TOKENS]),
         BudgetGuard(app[BUDGETS], app[PRICES], app[TOKENS], settings.budgets),
     )
+    router = Router(app[PRICES], settings.providers, settings.routing)
     app[PIPELINE] = ProxyPipeline(keys=app[KEYSTORE], limits=limits, upstreams=app[UPSTREAMS],
                                   prices=app[PRICES], ledger=app[LEDGER], tokens=app[TOKENS],
-                                  guards=guards, log_requests=settings.logging.requests)
+                                  router=router, guards=guards, credentials=app[CREDENTIALS],
+                                  log_requests=settings.logging.requests)
     app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS])
     yield
     app[READINESS].draining = True

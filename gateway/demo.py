@@ -11,25 +11,32 @@ import asyncpg
 from aiohttp import web
 
 from gateway import projects
-from gateway.settings import Settings
+from gateway.settings import BUILTIN_PROVIDERS, Settings
 
 DEMO_PROJECT = "demo"
-OFFICIAL_OPENAI = "https://api.openai.com/v1"
 
 
 async def with_demo_defaults(settings: Settings) -> tuple[Settings, web.AppRunner | None]:
-    """Point OpenAI at an in-process fake upstream when no provider key is configured."""
-    openai = settings.provider("openai")
+    """Point every built-in provider that has no key at one in-process fake upstream, which
+    speaks each provider's wire format (a placeholder key where the wire needs one)."""
     runner = None
-    if not openai.api_key and openai.base_url.rstrip("/") == OFFICIAL_OPENAI:
+    providers = dict(settings.providers)
+    keyless = [name for name, p in providers.items()
+               if name in BUILTIN_PROVIDERS and not p.api_key and not p.credentials
+               and p.base_url.rstrip("/") == BUILTIN_PROVIDERS[name][1]]
+    if keyless:
         from gateway.testing.fake_upstream import start_fake_upstream
 
-        runner, base_url = await start_fake_upstream()
-        openai = dataclasses.replace(openai, base_url=base_url)
+        runner, v1_url = await start_fake_upstream()
+        host_url = v1_url.removesuffix("/v1")
+        for name in keyless:
+            kind = providers[name].kind
+            url = v1_url if kind in ("openai", "mistral") else host_url
+            key = "" if kind in ("openai", "mistral") else "demo-fake-upstream"
+            providers[name] = dataclasses.replace(providers[name], base_url=url, api_key=key)
     auth = settings.auth
     if not auth.admin_token:
         auth = dataclasses.replace(auth, admin_token=secrets.token_urlsafe(24))
-    providers = {**settings.providers, "openai": openai}
     return dataclasses.replace(settings, providers=providers, auth=auth), runner
 
 

@@ -40,14 +40,21 @@ class Principal:
 class ChatRequest:
     """A validated chat request, in the OpenAI wire shape the upstream expects."""
 
-    entry: str  # "openai" (/v1/chat/completions) or "native" (/api/proxy/chat)
+    entry: str  # "openai" (/v1/chat/completions), "anthropic" (/v1/messages), "native"
     provider: str
     model: str
-    body: dict[str, Any]
+    body: dict[str, Any]  # always OpenAI-shaped: the pivot every adapter translates from
     stream: bool
     include_usage: bool  # the client itself asked for the usage chunk
     max_output_tokens: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The wire shape the client speaks and, when it is not OpenAI's, its own body, sent as it
+    # is (with the routed model) to a provider of the same wire.
+    entry_wire: str = "openai"
+    native_body: dict[str, Any] | None = None
+    # Features of native_body that the OpenAI-shaped body cannot carry ("thinking", ...):
+    # fine when the provider speaks the entry's wire, a 400 naming them otherwise.
+    untranslatable: tuple[str, ...] = ()
 
 
 USAGE_SOURCES = ("provider", "counted", "estimated", "none")
@@ -55,7 +62,8 @@ USAGE_SOURCES = ("provider", "counted", "estimated", "none")
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one call; input_tokens includes cached_input_tokens, as OpenAI bills.
+    """Token counts of one call; input_tokens includes cached_input_tokens (cache reads) and
+    cache_write_tokens (Anthropic's cache creation), as OpenAI counts its prompt tokens.
 
     Each side says where its count came from: "provider" (the upstream's usage report),
     "counted" (exact, by the gateway's tokenizer), "estimated" (a tokenizer that is not the
@@ -67,6 +75,7 @@ class Usage:
     output_tokens: int = 0
     input_source: str = "provider"
     output_source: str = "provider"
+    cache_write_tokens: int = 0
 
     @property
     def source(self) -> str:
@@ -104,3 +113,6 @@ class UsageRecord:
     metadata: dict[str, Any]
     started_at: datetime
     finished_at: datetime
+    requested_model: str | None = None  # the client's name, when routing changed it
+    credential: str | None = None  # the label of the credential that served (never the key)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream attempt

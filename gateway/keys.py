@@ -18,6 +18,7 @@ from gateway.settings import Settings
 from gateway.tokens.models import ModelTokenizers
 
 if TYPE_CHECKING:
+    from gateway.credentials import ProjectCredentials
     from gateway.health import Readiness
     from gateway.idempotency import ClaimStore
     from gateway.pipeline.runner import ProxyPipeline
@@ -39,5 +40,6 @@ PLANS = web.AppKey("plans", Plans)
 BUDGETS = web.AppKey("budgets", BudgetBook)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 CLAIMS: web.AppKey[ClaimStore] = web.AppKey("claims")
+CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

@@ -27,6 +27,7 @@ COLUMNS = (
     "input_source", "output_source",
     "cost_usd", "priced_by_fallback", "price_model", "overhead_ms", "upstream_ms",
     "error_code", "metadata", "started_at", "finished_at",
+    "cache_write_tokens", "requested_model", "credential", "attempts",
 )
 
 
@@ -36,7 +37,8 @@ def as_row(r: UsageRecord) -> tuple[Any, ...]:
             r.streamed, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.source,
             u.input_source, u.output_source,
             r.cost_usd, r.priced_by_fallback, r.price_model, r.overhead_ms, r.upstream_ms,
-            r.error_code, r.metadata, r.started_at, r.finished_at)
+            r.error_code, r.metadata, r.started_at, r.finished_at,
+            u.cache_write_tokens, r.requested_model, r.credential, r.attempts)
 
 
 class Ledger:

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.entries.anthropic import error_body as anthropic_error_body
 from gateway.errors import GatewayError
 from gateway.keys import REQUEST_ID, SETTINGS
 from gateway.logging import REQUEST_ID_VAR
@@ -20,12 +21,16 @@ from gateway.logging import REQUEST_ID_VAR
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-AI-Cost-Gateway-Request-Id"
+ANTHROPIC_PATH = "/v1/messages"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 def error_body(path: str, request_id: str, status: int, code: str, message: str,
                openai_type: str, details: dict[str, Any]) -> bytes:
-    """The OpenAI error shape on `/v1/*`, the gateway shape everywhere else."""
+    """Anthropic's error shape on `/v1/messages` (the Anthropic SDK's route), OpenAI's on the
+    other `/v1/*` routes, the gateway's everywhere else."""
+    if path.startswith(ANTHROPIC_PATH):
+        return orjson.dumps(anthropic_error_body(status, message))
     if path.startswith("/v1/"):
         return orjson.dumps({"error": {"message": message, "type": openai_type, "code": code,
                                        "param": details.get("field")}})

@@ -35,6 +35,7 @@ class Price:
     output: Decimal
     max_output_tokens: int | None = None
     effective_from: date | None = None
+    cache_write_input: Decimal | None = None  # None: cache writes cost the input price
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +46,13 @@ class Quote:
 
 
 def compute_cost(usage: Usage, price: Price) -> Decimal:
-    """Exact cost in USD: uncached input, cached input and output at their own prices."""
+    """Exact cost in USD: uncached input, cache reads, cache writes and output, each at its
+    own price."""
     cached = min(usage.cached_input_tokens, usage.input_tokens)
-    micro = ((usage.input_tokens - cached) * price.input + cached * price.cached_input
-             + usage.output_tokens * price.output)
+    written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+    write_price = price.input if price.cache_write_input is None else price.cache_write_input
+    micro = ((usage.input_tokens - cached - written) * price.input + cached * price.cached_input
+             + written * write_price + usage.output_tokens * price.output)
     return micro.scaleb(-6)  # per million tokens; scaleb only moves the exponent: exact
 
 
@@ -131,7 +135,7 @@ def _price(name: str, entry: Any) -> Price:
         if required not in entry:
             raise PriceTableError(f"models.{name!r} lacks {required!r}")
     amounts = {}
-    for key in ("input", "cached_input", "output"):
+    for key in ("input", "cached_input", "cache_write_input", "output"):
         value = entry.get(key, entry["input"])
         if (isinstance(value, bool) or not isinstance(value, Decimal | int)
                 or not Decimal(value).is_finite() or value < 0):
@@ -141,4 +145,5 @@ def _price(name: str, entry: Any) -> Price:
     effective = entry.get("effective_from")
     return Price(name, str(entry["provider"]), amounts["input"], amounts["cached_input"],
                  amounts["output"], int(max_output) if max_output is not None else None,
-                 effective if isinstance(effective, date) else None)
+                 effective if isinstance(effective, date) else None,
+                 amounts["cache_write_input"] if "cache_write_input" in entry else None)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import admin, budgets, docs, health, models, proxy, tokens
+from gateway.http import admin, budgets, credentials, docs, health, models, proxy, tokens
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
+    app.router.add_post("/v1/messages", proxy.messages)
     app.router.add_post("/api/proxy/chat", proxy.proxy_chat)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)
@@ -27,3 +28,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/admin/projects/{id}/keys", admin.list_keys)
     app.router.add_delete("/api/admin/keys/{id}", admin.revoke_key)
     app.router.add_put("/api/admin/teams/{id}/budget", admin.set_team_budget)
+    app.router.add_get("/api/admin/projects/{id}/providers",
+                       credentials.list_provider_credentials)
+    app.router.add_put("/api/admin/projects/{id}/providers/{provider}",
+                       credentials.put_provider_credential)
+    app.router.add_delete("/api/admin/projects/{id}/providers/{provider}",
+                          credentials.delete_provider_credential)

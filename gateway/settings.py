@@ -12,6 +12,7 @@ Environment overrides:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROVIDER_KINDS = ("openai", "azure", "anthropic", "gemini", "mistral", "cohere",
+                  "openai_compatible")
 
 
 class SettingsError(ValueError):
@@ -34,6 +37,8 @@ class SettingsError(ValueError):
 def _opt(default: Any, *, choices: tuple[Any, ...] = (), minimum: float | None = None,
          maximum: float | None = None, secret: bool = False) -> Any:
     meta = {"choices": choices, "minimum": minimum, "maximum": maximum}
+    if isinstance(default, MappingProxyType):  # a table: each instance gets its own (empty)
+        return field(default_factory=lambda: MappingProxyType({}), metadata=meta)
     return field(default=default, metadata=meta, repr=not secret)
 
 
@@ -71,13 +76,36 @@ class ValidationSettings:
 
 
 @dataclass(frozen=True)
+class CredentialSettings:
+    """One credential (or Azure deployment) of a provider, chosen by weight among its peers."""
+
+    name: str = _opt("default")
+    api_key: str = _opt("", secret=True)
+    api_key_env: str = _opt("")  # read the key from this environment variable instead
+    base_url: str = _opt("")  # empty: the provider's base_url
+    weight: int = _opt(1, minimum=0)
+    api_version: str = _opt("")  # Azure; empty: the provider's
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
+    kind: str = _opt("openai", choices=PROVIDER_KINDS)
     base_url: str = _opt("https://api.openai.com/v1")
     api_key: str = _opt("", secret=True)
+    api_version: str = _opt("")  # Azure OpenAI's api-version query parameter
     connect_timeout_s: float = _opt(5.0, minimum=0.01)
     first_byte_timeout_s: float = _opt(60.0, minimum=0.01)
     total_timeout_s: float = _opt(600.0, minimum=0.01)
     max_connections: int = _opt(256, minimum=1)
+    max_retries: int = _opt(2, minimum=0, maximum=10)  # per credential tried, before falling back
+    retry_backoff_s: float = _opt(0.25, minimum=0)  # first pause; doubles, with full jitter
+    retry_backoff_max_s: float = _opt(8.0, minimum=0)
+    retry_after_max_s: float = _opt(20.0, minimum=0)  # a longer Retry-After: fall back instead
+    breaker_failures: int = _opt(5, minimum=1)  # consecutive failures that open the breaker
+    breaker_cooldown_s: float = _opt(30.0, minimum=0.01)  # open this long, then one probe
+    models: tuple[str, ...] = _opt(())  # model globs this provider serves (routing)
+    deployments: Mapping[str, str] = _opt(MappingProxyType({}))  # Azure: model -> deployment
+    credentials: tuple[CredentialSettings, ...] = _opt(())  # empty: api_key at base_url
 
 
 @dataclass(frozen=True)
@@ -130,7 +158,34 @@ class LoggingSettings:
     requests: bool = _opt(False)
 
 
-KNOWN_PROVIDERS = ("openai",)
+@dataclass(frozen=True)
+class RoutingSettings:
+    default_provider: str = _opt("openai")  # models no rule or price places
+    aliases: Mapping[str, str] = _opt(MappingProxyType({}))  # name -> model or provider/model
+    fallbacks: Mapping[str, tuple[str, ...]] = _opt(MappingProxyType({}))  # model -> chain
+
+
+@dataclass(frozen=True)
+class SecretsSettings:
+    key: str = _opt("", secret=True)  # GATEWAY_SECRET_KEY: encrypts per-project credentials
+
+
+# The built-in providers: kind, official base URL and the environment names of their key
+# and base URL, as each provider's own SDK reads them.
+BUILTIN_PROVIDERS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
+    "openai": ("openai", "https://api.openai.com/v1", ("OPENAI_API_KEY",), ("OPENAI_BASE_URL",)),
+    "azure": ("azure", "", ("AZURE_OPENAI_API_KEY",),
+              ("AZURE_OPENAI_ENDPOINT", "AZURE_BASE_URL")),
+    "anthropic": ("anthropic", "https://api.anthropic.com", ("ANTHROPIC_API_KEY",),
+                  ("ANTHROPIC_BASE_URL",)),
+    "gemini": ("gemini", "https://generativelanguage.googleapis.com",
+               ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ("GEMINI_BASE_URL",)),
+    "mistral": ("mistral", "https://api.mistral.ai/v1", ("MISTRAL_API_KEY",),
+                ("MISTRAL_BASE_URL",)),
+    "cohere": ("cohere", "https://api.cohere.com", ("COHERE_API_KEY", "CO_API_KEY"),
+               ("COHERE_BASE_URL",)),
+}
+KNOWN_PROVIDERS = tuple(BUILTIN_PROVIDERS)
 
 
 @dataclass(frozen=True)
@@ -145,6 +200,8 @@ class Settings:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
 
     def provider(self, name: str) -> ProviderSettings:
@@ -162,6 +219,8 @@ _SECTIONS: dict[str, type] = {
     "budgets": BudgetSettings,
     "ledger": LedgerSettings,
     "logging": LoggingSettings,
+    "routing": RoutingSettings,
+    "secrets": SecretsSettings,
 }
 _ENV_ALIASES = {
     "GATEWAY_DATABASE_URL": ("database", "url"),
@@ -171,6 +230,8 @@ _ENV_ALIASES = {
     "GATEWAY_REDIS_URL": ("ratelimit", "redis_url"),
     "UPSTASH_REDIS_REST_URL": ("ratelimit", "upstash_url"),
     "UPSTASH_REDIS_REST_TOKEN": ("ratelimit", "upstash_token"),
+    "GATEWAY_SECRET_KEY": ("secrets", "key"),
+    "AZURE_OPENAI_API_VERSION": ("providers.azure", "api_version"),
 }
 
 T = TypeVar("T")
@@ -205,14 +266,13 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     _apply_env(raw, env)
     sections: dict[str, Any] = {
         name: _build(cls, name, raw.get(name, {})) for name, cls in _SECTIONS.items()}
-    providers_raw = raw["providers"]
-    providers = {}
-    for name in sorted({*KNOWN_PROVIDERS, *providers_raw}):
-        if name not in KNOWN_PROVIDERS:
-            raise SettingsError(
-                f"unknown provider [providers.{name}]; allowed: {', '.join(KNOWN_PROVIDERS)}")
-        providers[name] = _build(ProviderSettings, f"providers.{name}", providers_raw.get(name, {}))
+    providers = {name: _provider(name, raw["providers"].get(name, {}), env)
+                 for name in sorted({*KNOWN_PROVIDERS, *raw["providers"]})}
     settings = Settings(**sections, providers=MappingProxyType(providers))
+    routing = settings.routing
+    if routing.default_provider not in providers:
+        raise SettingsError(f"routing.default_provider: {routing.default_provider!r} is not a "
+                            f"provider; configured: {', '.join(sorted(providers))}")
     try:
         ZoneInfo(settings.budgets.timezone)
     except (ZoneInfoNotFoundError, ValueError):
@@ -224,21 +284,87 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    providers = raw.setdefault("providers", {})
     for name, value in env.items():
         target = _ENV_ALIASES.get(name)
         if target is None and name.startswith("GATEWAY_"):
             target = _split_env_name(name[len("GATEWAY_"):])
-        if target is not None:
+        if target is None:
+            continue
+        if target[0].startswith("providers."):
+            if value:
+                _provider_table(providers, target[0].partition(".")[2])[target[1]] = value
+        else:
             raw.setdefault(target[0], {})[target[1]] = value
-    providers = raw.setdefault("providers", {})
-    for provider in KNOWN_PROVIDERS:
-        for suffix, key in (("API_KEY", "api_key"), ("BASE_URL", "base_url")):
-            override = env.get(f"{provider.upper()}_{suffix}")
+    for provider in {*KNOWN_PROVIDERS, *providers}:
+        key_names, url_names = _env_names(provider)
+        for names, key in ((key_names, "api_key"), (url_names, "base_url")):
+            override = next((env[n] for n in names if env.get(n)), None)
             if override:
-                table = providers.setdefault(provider, {})
-                if not isinstance(table, dict):
-                    raise SettingsError(f"[providers.{provider}] must be a table")
-                table[key] = override
+                _provider_table(providers, provider)[key] = override
+
+
+def _provider_table(providers: dict[str, Any], name: str) -> dict[str, Any]:
+    table = providers.setdefault(name, {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"[providers.{name}] must be a table")
+    return table
+
+
+def _env_names(provider: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The environment names of a provider's key and base URL (built-in ones: their SDK's)."""
+    if provider in BUILTIN_PROVIDERS:
+        return BUILTIN_PROVIDERS[provider][2], BUILTIN_PROVIDERS[provider][3]
+    stem = provider.upper().replace("-", "_")
+    return (f"{stem}_API_KEY",), (f"{stem}_BASE_URL",)
+
+
+def _provider(name: str, values: Any, env: Mapping[str, str]) -> ProviderSettings:
+    """One [providers.NAME] table; built-in names get their kind and official URL."""
+    section = f"providers.{name}"
+    if not isinstance(values, Mapping):
+        raise SettingsError(f"[{section}] must be a table")
+    values = dict(values)
+    builtin = BUILTIN_PROVIDERS.get(name)
+    if builtin is not None:
+        values.setdefault("kind", builtin[0])
+        values.setdefault("base_url", builtin[1])
+        if values["kind"] != builtin[0]:
+            raise SettingsError(f"{section}.kind: the built-in provider {name!r} is "
+                                f"{builtin[0]!r}; name another provider for another kind")
+    elif "kind" in values and not values.get("base_url") and not values.get("credentials"):
+        raise SettingsError(f"{section}.base_url is required")
+    elif "kind" not in values:
+        raise SettingsError(
+            f"[{section}] is not a built-in provider ({', '.join(KNOWN_PROVIDERS)}); give it "
+            f"kind = \"openai_compatible\" (or another of {', '.join(PROVIDER_KINDS)}) and a "
+            "base_url")
+    if not _is_name(name):
+        raise SettingsError(f"[{section}]: provider names are lower-case letters, digits, "
+                            "'-' and '_'")
+    raw_credentials = values.pop("credentials", [])
+    provider = _build(ProviderSettings, section, values)
+    if not isinstance(raw_credentials, list):
+        raise SettingsError(f"{section}.credentials must be an array of tables")
+    credentials: list[CredentialSettings] = []
+    for i, entry in enumerate(raw_credentials):
+        where = f"{section}.credentials[{i}]"
+        credential = _build(CredentialSettings, where, entry)
+        if credential.api_key_env:
+            credential = dataclasses.replace(
+                credential, api_key=env.get(credential.api_key_env, ""))
+        if credential.name in {c.name for c in credentials}:
+            raise SettingsError(f"{where}.name: {credential.name!r} is used twice")
+        credentials.append(credential)
+    if credentials and not any(c.weight for c in credentials):
+        raise SettingsError(f"{section}.credentials: at least one weight must be above 0")
+    if provider.kind != "azure" and not provider.base_url and not credentials:
+        raise SettingsError(f"{section}.base_url is required")
+    return dataclasses.replace(provider, credentials=tuple(credentials))
+
+
+def _is_name(name: str) -> bool:
+    return bool(name) and all(c.islower() or c.isdigit() or c in "-_" for c in name)
 
 
 def _split_env_name(rest: str) -> tuple[str, str] | None:
@@ -295,9 +421,25 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             return amount
         if kind is Path:
             return Path(str(value))
+        origin = get_origin(kind)
+        if origin is tuple:  # tuple[str, ...]: an array, or a comma-separated string
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError
+            return tuple(i.strip() for i in items if i.strip())
+        if origin is Mapping:  # a table, or a JSON object from the environment
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, Mapping):
+                raise ValueError
+            item_kind = get_args(kind)[1]
+            return MappingProxyType({str(k): _coerce(f"{key}.{k}", item_kind, v)
+                                     for k, v in value.items()})
         if isinstance(value, str):
             return value
         raise ValueError
+    except SettingsError:
+        raise
     except (ValueError, TypeError, InvalidOperation, OverflowError):
         name = getattr(kind, "__name__", str(kind))
         if kind is bool:

@@ -33,7 +33,8 @@ from gateway.testing.fake_upstream import STATE, FakeUpstreamState, start_fake_u
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_TOKEN = "test-admin-token"
-TABLES = "usage_records, api_keys, projects, teams, budget_periods, budget_leases"
+TABLES = ("usage_records, api_keys, projects, teams, budget_periods, budget_leases, "
+          "provider_credentials")
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -121,6 +122,23 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
 
 
 SettingsFactory = Callable[..., Settings]
+TEST_PROVIDER_KEY = "test-provider-key"
+
+
+def fake_providers(v1_url: str) -> dict[str, dict[str, Any]]:
+    """Every built-in provider pointed at the fake upstream, which speaks all their wires
+    (OpenAI and Mistral at .../v1, the others at the host, as their SDKs set base URLs).
+    Retries pause only a millisecond, so fault tests stay fast."""
+    host = v1_url.removesuffix("/v1")
+    fast = {"retry_backoff_s": 0.001, "retry_backoff_max_s": 0.01}
+    return {
+        "openai": {"base_url": v1_url, **fast},
+        "mistral": {"base_url": v1_url, "api_key": TEST_PROVIDER_KEY, **fast},
+        "azure": {"base_url": host, "api_key": TEST_PROVIDER_KEY, **fast},
+        "anthropic": {"base_url": host, "api_key": TEST_PROVIDER_KEY, **fast},
+        "gemini": {"base_url": host, "api_key": TEST_PROVIDER_KEY, **fast},
+        "cohere": {"base_url": host, "api_key": TEST_PROVIDER_KEY, **fast},
+    }
 
 
 @pytest.fixture
@@ -134,7 +152,7 @@ def make_settings(database_url: str, fake_upstream: FakeUpstream) -> SettingsFac
             "auth": {"admin_token": ADMIN_TOKEN},
             "ledger": {"flush_interval_s": 0.02},
             "logging": {"level": "warning"},
-            "providers": {"openai": {"base_url": fake_upstream.url}},
+            "providers": fake_providers(fake_upstream.url),
         }
         for name, values in sections.items():
             if name == "providers":

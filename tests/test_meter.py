@@ -12,11 +12,14 @@ import pytest
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadGateway, BadRequest, UpstreamStatusError
 from gateway.pipeline.meter import DONE, StreamMeter, usage_from_body
+from gateway.providers import configured_credentials
 from gateway.providers.openai import OpenAIAdapter
 from gateway.settings import ProviderSettings
 
 MODEL = "gpt-4o-mini-2024-07-18"
-ADAPTER = OpenAIAdapter(ProviderSettings(base_url="http://127.0.0.1:9/v1", api_key=""))
+LOCAL = ProviderSettings(base_url="http://127.0.0.1:9/v1", api_key="")
+ADAPTER = OpenAIAdapter(LOCAL)
+CREDENTIAL = configured_credentials(LOCAL)[0]
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -250,7 +253,7 @@ def test_build_call_stream_asks_for_usage(options: dict[str, Any] | None,
     if options is not None:
         body["stream_options"] = options
     before = copy.deepcopy(body)
-    call = ADAPTER.build_call(_chat(body, stream=True))
+    call = ADAPTER.build_call(_chat(body, stream=True), CREDENTIAL)
     sent = orjson.loads(call.body)
     assert sent["stream_options"] == expected
     assert {k: v for k, v in sent.items() if k != "stream_options"} == {
@@ -260,7 +263,7 @@ def test_build_call_stream_asks_for_usage(options: dict[str, Any] | None,
 
 def test_build_call_non_stream_body_unchanged() -> None:
     body = {**BASE, "tools": [{"type": "function", "function": {"name": "f"}}]}
-    call = ADAPTER.build_call(_chat(body, stream=False))
+    call = ADAPTER.build_call(_chat(body, stream=False), CREDENTIAL)
     assert call.body == orjson.dumps(body)
     assert "stream_options" not in orjson.loads(call.body)
 
@@ -275,7 +278,8 @@ def test_build_call_non_stream_body_unchanged() -> None:
 ])
 def test_build_call_url_and_headers(settings: ProviderSettings, url: str,
                                     authorization: str | None) -> None:
-    call = OpenAIAdapter(settings).build_call(_chat(dict(BASE), stream=False))
+    call = OpenAIAdapter(settings).build_call(_chat(dict(BASE), stream=False),
+                                             configured_credentials(settings)[0])
     assert call.url == url
     assert call.headers.get("Authorization") == authorization
     assert call.headers["Content-Type"] == "application/json"
@@ -283,9 +287,10 @@ def test_build_call_url_and_headers(settings: ProviderSettings, url: str,
 
 @pytest.mark.parametrize("base_url", ["https://api.openai.com/v1", "https://API.OpenAI.com/v1/"])
 def test_build_call_official_host_needs_key(base_url: str) -> None:
-    adapter = OpenAIAdapter(ProviderSettings(base_url=base_url, api_key=""))
+    settings = ProviderSettings(base_url=base_url, api_key="")
     with pytest.raises(BadRequest) as info:
-        adapter.build_call(_chat(dict(BASE), stream=False))
+        OpenAIAdapter(settings).build_call(_chat(dict(BASE), stream=False),
+                                           configured_credentials(settings)[0])
     assert info.value.status == 400
     assert info.value.code == "missing_provider_credential"
     assert "OPENAI_API_KEY" in info.value.message
@@ -313,7 +318,7 @@ def test_map_error_keeps_status_message_and_retry_after() -> None:
     (503, b"<html>Service Unavailable</html>", {"retry-after": "5"},
      "<html>Service Unavailable</html>", {"retry-after": "5"}),
     (500, b"", {}, "upstream answered 500", {}),
-    (400, b'{"error": "plain string"}', {}, '{"error": "plain string"}', {}),
+    (400, b'{"error": "plain string"}', {}, "upstream error 400: plain string", {}),
     (401, b'{"error": {"message": "Incorrect API key provided"}}', {},
      "Incorrect API key provided", {}),
     (502, b"[1, 2]", {"RETRY-AFTER": "1"}, "[1, 2]", {"RETRY-AFTER": "1"}),

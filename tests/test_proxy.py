@@ -339,7 +339,9 @@ async def test_stream_cut_mid_way_ends_with_an_error_event(
 @pytest.mark.parametrize(("status", "kind"), [(429, "rate_limit_error"), (500, "server_error"),
                                               (400, "invalid_request_error")])
 async def test_upstream_error_status_is_relayed_in_openai_shape(
-        gateway: TestClient, fake_upstream: FakeUpstream, status: int, kind: str) -> None:
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream, status: int,
+        kind: str) -> None:
+    gateway = await make_gateway(providers={"openai": {"max_retries": 0}})  # no retry: relay
     _, key = await create_project(gateway)
     fake_upstream.script({"status": status, "retry_after": 7})
     resp = await gateway.post("/v1/chat/completions", json=chat_body(), headers=bearer(key))
@@ -356,12 +358,14 @@ async def test_upstream_error_status_is_relayed_in_openai_shape(
 async def test_upstream_error_on_native_route_uses_gateway_shape(
         gateway: TestClient, fake_upstream: FakeUpstream) -> None:
     _, key = await create_project(gateway)
-    fake_upstream.script({"status": 503})
+    fake_upstream.script({"status": 503}, {"status": 503}, {"status": 503})  # every retry
     resp = await gateway.post("/api/proxy/chat", headers=bearer(key), json={
         "provider": "openai", "model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
     assert resp.status == 503
     data = await resp.json()
     assert data["details"]["upstream_status"] == 503
+    assert "after 3 attempts" in data["error"]
+    assert [a["status"] for a in data["details"]["attempts"]] == [503, 503, 503]
     assert data["requestId"] == resp.headers[REQUEST_ID]
 
 

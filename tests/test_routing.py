@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
-from conftest import FakeUpstream, chat_body, create_project
+from conftest import FakeUpstream, GatewayFactory, chat_body, create_project
 
-from gateway.keys import PRICES
+from gateway.keys import PRICES, SETTINGS
 from gateway.routing import Route, Router
 
 
 def test_routes(gateway: TestClient) -> None:
-    router = Router(gateway.app[PRICES])
+    router = Router(gateway.app[PRICES], gateway.app[SETTINGS].providers)
     assert router.route("gpt-4o-mini") == Route("openai", "gpt-4o-mini")
     assert router.route("gpt-4o-mini-2024-07-18") == Route("openai", "gpt-4o-mini-2024-07-18")
     assert router.route("claude-sonnet-4-5") == Route("anthropic", "claude-sonnet-4-5")
@@ -20,14 +20,17 @@ def test_routes(gateway: TestClient) -> None:
     assert router.route("org/model-with-slash") == Route("openai", "org/model-with-slash")
 
 
-async def test_a_model_of_an_unconfigured_provider_is_400(gateway: TestClient,
-                                                          fake_upstream: FakeUpstream) -> None:
-    _, key = await create_project(gateway)
-    resp = await gateway.post("/v1/chat/completions", json=chat_body(model="claude-sonnet-4-5"),
-                              headers={"Authorization": f"Bearer {key}"})
+async def test_a_provider_without_a_credential_is_400(make_gateway: GatewayFactory,
+                                                      fake_upstream: FakeUpstream) -> None:
+    client = await make_gateway(providers={"anthropic": {
+        "base_url": "https://api.anthropic.com", "api_key": ""}})
+    _, key = await create_project(client)
+    resp = await client.post("/v1/chat/completions", json=chat_body(model="claude-sonnet-4-5"),
+                             headers={"Authorization": f"Bearer {key}"})
     assert resp.status == 400
     error = (await resp.json())["error"]
-    assert error["code"] == "provider_not_configured" and "anthropic" in error["message"]
+    assert error["code"] == "missing_provider_credential"
+    assert "ANTHROPIC_API_KEY" in error["message"]
     assert fake_upstream.state.received == 0
 
 
@@ -47,10 +50,43 @@ async def test_models_lists_what_the_project_may_use(gateway: TestClient) -> Non
     assert resp.status == 200 and data["object"] == "list"
     ids = {m["id"] for m in data["data"]}
     assert {"gpt-4o", "gpt-4o-mini", "o3"} <= ids
-    assert all(m["owned_by"] == "openai" for m in data["data"])  # only openai is configured
+    owners = {m["owned_by"] for m in data["data"]}
+    assert owners == {"openai", "anthropic", "gemini", "mistral", "cohere"}
+    _, key = await create_project(gateway, allowed_providers=["anthropic"])
+    data = await (await gateway.get("/v1/models",
+                                    headers={"Authorization": f"Bearer {key}"})).json()
+    assert {m["owned_by"] for m in data["data"]} == {"anthropic"}
+    assert "claude-sonnet-4-5" in {m["id"] for m in data["data"]}
     _, key = await create_project(gateway, allowed_models=["gpt-4o*"])
     data = await (await gateway.get("/v1/models",
                                     headers={"Authorization": f"Bearer {key}"})).json()
     assert {m["id"] for m in data["data"]} == {i for i in ids if i.startswith("gpt-4o")}
     resp = await gateway.get("/v1/models")
     assert resp.status == 401
+
+
+def test_aliases_globs_and_fallback_chains(gateway: TestClient) -> None:
+    from gateway.settings import settings_from_mapping
+
+    settings = settings_from_mapping({
+        "providers": {"deepseek": {"kind": "openai_compatible",
+                                   "base_url": "http://127.0.0.1:9/v1",
+                                   "models": ["deepseek-*"]}},
+        "routing": {"aliases": {"fast": "gemini/gemini-2.5-flash", "smart": "best",
+                                "best": "claude-sonnet-4-5", "loop": "loop"},
+                    "fallbacks": {"gpt-4o": ["claude-sonnet-4-5", "gpt-4o", "fast"],
+                                  "deepseek/deepseek-chat": ["gpt-4o-mini"]}}}, {})
+    router = Router(gateway.app[PRICES], settings.providers, settings.routing)
+    assert router.route("fast") == Route("gemini", "gemini-2.5-flash")
+    assert router.route("smart") == Route("anthropic", "claude-sonnet-4-5")  # alias of alias
+    assert router.route("loop") == Route("openai", "loop")  # a loop is cut short, not hung
+    assert router.route("deepseek-chat") == Route("deepseek", "deepseek-chat")
+    assert router.route("deepseek/deepseek-reasoner") == Route("deepseek", "deepseek-reasoner")
+    assert router.route("anything", provider="mistral") == Route("mistral", "anything")
+    assert router.chain("gpt-4o") == [Route("openai", "gpt-4o"),
+                                      Route("anthropic", "claude-sonnet-4-5"),
+                                      Route("gemini", "gemini-2.5-flash")]  # no repeats
+    assert router.chain("deepseek-chat") == [Route("deepseek", "deepseek-chat"),
+                                             Route("openai", "gpt-4o-mini")]
+    assert router.chain("gpt-4o-mini") == [Route("openai", "gpt-4o-mini")]
+    assert ("fast", "gemini") in set(router.catalogue())

@@ -104,7 +104,7 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secrets(
         served: tuple[Served, str], fake_upstream: FakeUpstream) -> None:
     s, key = served
     secret_prompt = "my-very-secret-prompt-text"
-    fake_upstream.script({"status": 500})
+    fake_upstream.script({"status": 500}, {"status": 500}, {"status": 500})  # and its retries
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{s.url}/v1/chat/completions", headers={
                 "Authorization": f"Bearer {key}"}, json={

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -14,8 +15,8 @@ from typing import Any
 import pytest
 
 from gateway.settings import (
+    BUILTIN_PROVIDERS,
     ProviderSettings,
-    Settings,
     SettingsError,
     load_settings,
     settings_from_mapping,
@@ -30,7 +31,9 @@ GATEWAY_TOML = ROOT / "config" / "gateway.toml"
 def test_defaults_when_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no config/gateway.toml here
     settings = load_settings(environ={})
-    assert settings == Settings(providers={"openai": ProviderSettings()})
+    assert settings == settings_from_mapping({}, {})
+    assert set(settings.providers) == set(BUILTIN_PROVIDERS)
+    assert settings.provider("openai") == ProviderSettings()
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 8080
     assert settings.server.max_body_bytes == 1_048_576
@@ -78,7 +81,10 @@ def test_real_gateway_toml_loads() -> None:
     assert isinstance(settings.pricing.fallback_input, Decimal)
     assert settings.ledger.flush_interval_s == pytest.approx(0.2)
     assert settings.logging.level == "info"
-    assert set(settings.providers) == {"openai"}
+    assert set(settings.providers) == {"openai", "azure", "anthropic", "gemini", "mistral",
+                                       "cohere"}
+    assert settings.provider("anthropic").base_url == "https://api.anthropic.com"
+    assert settings.provider("gemini").kind == "gemini"
     assert settings.provider("openai").max_connections == 256
     assert settings.provider("openai").first_byte_timeout_s == 60.0
 
@@ -110,6 +116,21 @@ def test_gateway_config_env_selects_file(tmp_path: Path) -> None:
     ({"OPENAI_BASE_URL": "http://127.0.0.1:9999/v1"},
      lambda s: s.provider("openai").base_url, "http://127.0.0.1:9999/v1"),
     ({"OPENAI_API_KEY": ""}, lambda s: s.provider("openai").api_key, ""),
+    ({"ANTHROPIC_API_KEY": "sk-ant"}, lambda s: s.provider("anthropic").api_key, "sk-ant"),
+    ({"ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}, lambda s: s.provider("anthropic").base_url,
+     "http://127.0.0.1:9"),
+    ({"GEMINI_API_KEY": "g-1"}, lambda s: s.provider("gemini").api_key, "g-1"),
+    ({"GOOGLE_API_KEY": "g-2"}, lambda s: s.provider("gemini").api_key, "g-2"),
+    ({"AZURE_OPENAI_API_KEY": "az"}, lambda s: s.provider("azure").api_key, "az"),
+    ({"AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"},
+     lambda s: s.provider("azure").base_url, "https://r.openai.azure.com"),
+    ({"AZURE_OPENAI_API_VERSION": "2025-01-01"}, lambda s: s.provider("azure").api_version,
+     "2025-01-01"),
+    ({"MISTRAL_API_KEY": "m"}, lambda s: s.provider("mistral").api_key, "m"),
+    ({"COHERE_API_KEY": "c"}, lambda s: s.provider("cohere").api_key, "c"),
+    ({"GATEWAY_SECRET_KEY": "s" * 40}, lambda s: s.secrets.key, "s" * 40),
+    ({"GATEWAY_ROUTING_DEFAULT_PROVIDER": "mistral"},
+     lambda s: s.routing.default_provider, "mistral"),
     ({"GATEWAY_SERVER_PORT_X": "1", "UNRELATED": "x"}, lambda s: s.server.port, 8080),
 ])
 def test_env_overrides(env: dict[str, str], getter: Any, expected: Any) -> None:
@@ -159,7 +180,8 @@ def test_env_beats_file(tmp_path: Path) -> None:
      ["[servers]", "auth", "database", "ledger", "logging", "pricing", "providers", "server",
       "validation"]),
     ({"server": 5}, {}, ["[server]", "table"]),
-    ({"providers": {"anthropic": {}}}, {}, ["providers.anthropic", "allowed: openai"]),
+    ({"providers": {"claude": {}}}, {},
+     ["providers.claude", "not a built-in provider", "openai, azure, anthropic"]),
     ({"providers": {"openai": {"key": "x"}}}, {},
      ["providers.openai.key", "api_key", "base_url", "max_connections"]),
     ({"providers": "openai"}, {}, ["[providers]"]),
@@ -267,3 +289,55 @@ def test_cli_fails_fast_on_bad_setting() -> None:
 def test_non_table_section_with_env_override(raw: dict[str, Any], env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
         settings_from_mapping(raw, env)
+
+
+# -- providers, credentials, routing -----------------------------------------------------------
+
+def test_generic_providers_credentials_and_routing_tables() -> None:
+    settings = settings_from_mapping({
+        "providers": {
+            "deepseek": {"kind": "openai_compatible", "base_url": "https://api.deepseek.com/v1",
+                         "models": ["deepseek-*"]},
+            "azure": {"base_url": "https://r.openai.azure.com",
+                      "deployments": {"gpt-4o": "prod-4o"},
+                      "credentials": [{"name": "east", "api_key_env": "AZ_EAST", "weight": 2},
+                                      {"name": "west", "api_key": "k-west",
+                                       "base_url": "https://w.openai.azure.com"}]}},
+        "routing": {"aliases": {"fast": "gemini-2.5-flash"},
+                    "fallbacks": {"gpt-4o": ["claude-sonnet-4-5"]}}},
+        {"DEEPSEEK_API_KEY": "ds-key", "AZ_EAST": "k-east"})
+    deepseek = settings.provider("deepseek")
+    assert (deepseek.kind, deepseek.api_key, deepseek.models) == (
+        "openai_compatible", "ds-key", ("deepseek-*",))
+    azure = settings.provider("azure")
+    assert azure.deployments == {"gpt-4o": "prod-4o"}
+    assert [(c.name, c.api_key, c.weight) for c in azure.credentials] == [
+        ("east", "k-east", 2), ("west", "k-west", 1)]
+    assert "k-east" not in repr(azure) and "k-west" not in repr(settings)
+    assert settings.routing.fallbacks == {"gpt-4o": ("claude-sonnet-4-5",)}
+    assert settings.routing.aliases == {"fast": "gemini-2.5-flash"}
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"providers": {"deepseek": {"base_url": "http://x/v1"}}}, 'kind = "openai_compatible"'),
+    ({"providers": {"openai": {"kind": "anthropic"}}}, "built-in provider 'openai'"),
+    ({"providers": {"x": {"kind": "nope", "base_url": "http://x"}}}, "providers.x.kind"),
+    ({"providers": {"Bad Name": {"kind": "openai_compatible", "base_url": "http://x"}}},
+     "provider names"),
+    ({"providers": {"local": {"kind": "openai_compatible"}}}, "providers.local.base_url"),
+    ({"providers": {"openai": {"credentials": [{"name": "a", "weight": 0}]}}},
+     "at least one weight"),
+    ({"providers": {"openai": {"credentials": [{"name": "a"}, {"name": "a"}]}}}, "used twice"),
+    ({"providers": {"openai": {"credentials": [{"nmae": "a"}]}}}, "unknown setting"),
+    ({"providers": {"openai": {"models": "gpt-*,o3"}}}, None),  # comma list: fine
+    ({"routing": {"default_provider": "nowhere"}}, "routing.default_provider"),
+    ({"routing": {"fallbacks": {"gpt-4o": "claude"}}}, None),
+    ({"routing": {"fallbacks": {"gpt-4o": [1]}}}, "routing.fallbacks.gpt-4o"),
+    ({"routing": {"aliases": ["x"]}}, "routing.aliases"),
+])
+def test_provider_and_routing_mistakes_are_named(raw: dict[str, Any], message: str | None) -> None:
+    if message is None:
+        settings_from_mapping(raw, {})
+        return
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        settings_from_mapping(raw, {})

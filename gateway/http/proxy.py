@@ -9,6 +9,7 @@ from functools import partial
 import orjson
 from aiohttp import web
 
+from gateway.entries.anthropic import error_body as anthropic_error_body
 from gateway.errors import GatewayError
 from gateway.http.json import read_limited
 from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS
@@ -26,6 +27,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def proxy_chat(request: web.Request) -> web.StreamResponse:
     return await _proxy(request, "native")
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/messages`: Anthropic's Messages API, for the Anthropic SDK."""
+    return await _proxy(request, "anthropic")
 
 
 async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
@@ -69,8 +75,13 @@ async def _relay(request: web.Request, ex: Exchange,
             await response.write(data)
     except GatewayError as exc:
         ex.fail(exc.status, exc.code)
-        error = {"message": exc.message, "type": exc.openai_type, "code": exc.code}
-        await _write_quietly(response, b"data: " + orjson.dumps({"error": error}) + b"\n\n")
+        if ex.chat is not None and ex.chat.entry_wire == "anthropic":
+            event = b"event: error\ndata: " + orjson.dumps(
+                anthropic_error_body(exc.status, exc.message)) + b"\n\n"
+        else:
+            error = {"message": exc.message, "type": exc.openai_type, "code": exc.code}
+            event = b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+        await _write_quietly(response, event)
     except ConnectionResetError:  # the client went away mid-stream
         ex.fail(CLIENT_CLOSED, "client_closed")
         return response

@@ -35,19 +35,23 @@ class BudgetGuard:
             accounts.append(self._book.account("team", project.team_id, project.team_budget_usd))
         if not accounts:
             return
-        price, _ = self._prices.resolve(chat.provider, chat.model)
-        max_out = self._max_output(chat, price)
+        # A fallback may serve the call: reserve for the dearest model of the chain.
+        prices = [self._prices.resolve(chat.provider, chat.model)[0]]
+        prices += [self._prices.resolve(r.provider, r.upstream_model)[0] for r in ex.chain[1:]]
+        max_out = self._max_output(chat, prices[0])
         # Far from the limit a cheap ceiling on the input will do; near it, count exactly
         # (and when the rate limiter has counted already, its count is the one to use).
         if ex.input_tokens is not None:
             tokens_in = ex.input_tokens
         else:
             ceiling = self._tokens.chat_upper_bound(chat.body, chat.model)
+            price = max(prices, key=lambda p: self._worst(p, ceiling, max_out))
             ceiling_cost = self._worst(price, ceiling, max_out)
             if all(a.available >= ceiling_cost for a in accounts):
                 tokens_in = ceiling
             else:
                 tokens_in = await input_tokens(ex, self._tokens)
+        price = max(prices, key=lambda p: self._worst(p, tokens_in, max_out))
         worst = self._worst(price, tokens_in, max_out)
         result = await self._book.reserve(accounts, worst)
         if isinstance(result, Shortfall) and self._settings.policy == "clamp":
@@ -94,3 +98,5 @@ def _clamp(chat: ChatRequest, tokens: int) -> None:
     field = "max_tokens" if "max_tokens" in chat.body else "max_completion_tokens"
     chat.body[field] = tokens
     chat.max_output_tokens = tokens
+    if chat.native_body is not None:  # sent as it is to a provider of the client's wire
+        chat.native_body = {**chat.native_body, "max_tokens": tokens}

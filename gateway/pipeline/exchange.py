@@ -14,6 +14,8 @@ from gateway.pricing import Quote
 
 if TYPE_CHECKING:
     from gateway.pipeline.meter import StreamMeter
+    from gateway.pipeline.translate import EventStream
+    from gateway.routing import Route
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 
@@ -40,7 +42,11 @@ class Exchange:
     forwarded: bool = False  # the call reached the upstream
     rate_windows: tuple[Any, ...] = ()  # token windows reserved by the rate limiter
     reservation: Any = None  # the budget reservation, settled in finish
-    stream_meter: StreamMeter | None = None
+    stream_meter: StreamMeter | EventStream | None = None
+    chain: list[Route] = field(default_factory=list)  # the routed model, then its fallbacks
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream attempt
+    credential: str | None = None  # label of the credential that served
+    requested_model: str | None = None  # the client's model name
 
     def fail(self, status: int, code: str) -> None:
         self.status, self.error_code = status, code

@@ -32,6 +32,18 @@ def usage_from_body(adapter: ProviderAdapter, body: bytes) -> tuple[Usage, str |
                                   "body_start": body[:200].decode("utf-8", "replace")}) from None
 
 
+def completion_from_body(adapter: ProviderAdapter, body: bytes,
+                         chat: ChatRequest) -> dict[str, Any]:
+    """A complete answer as an OpenAI completion object (502 if it cannot be read)."""
+    try:
+        return adapter.to_openai(body, chat)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadGateway(f"{adapter.name} upstream answered an unreadable body: {exc!r}",
+                         code="upstream_invalid_response",
+                         details={"provider": adapter.name,
+                                  "body_start": body[:200].decode("utf-8", "replace")}) from None
+
+
 def _event_data(event: bytes) -> Any:
     """The JSON of an event's data lines; ValueError if it has none or they are not JSON."""
     lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]

@@ -30,6 +30,8 @@ def record(exchange: Exchange, ledger: Ledger) -> UsageRecord | None:
         upstream_ms=round(upstream_ms, 3) if exchange.upstream_s else None,
         error_code=exchange.error_code,
         metadata=exchange.metadata, started_at=exchange.started_at,
-        finished_at=datetime.now(UTC))
+        finished_at=datetime.now(UTC),
+        requested_model=exchange.requested_model, credential=exchange.credential,
+        attempts=exchange.attempts)
     ledger.record(row)
     return row

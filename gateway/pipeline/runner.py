@@ -11,18 +11,30 @@ and settled in reverse, in `finish`, whatever happened in between.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
-import orjson
+import aiohttp
 import structlog
 
-from gateway.domain import ChatRequest
-from gateway.errors import BadRequest
+from gateway.domain import ChatRequest, Project
+from gateway.entries.anthropic import validate_messages
+from gateway.errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
-from gateway.pipeline import validate
+from gateway.pipeline import translate, validate
 from gateway.pipeline.authenticate import authenticate
 from gateway.pipeline.authorize import authorize
 from gateway.pipeline.exchange import Exchange
@@ -30,6 +42,7 @@ from gateway.pipeline.forward import read_body, send, upstream_errors
 from gateway.pipeline.meter import (
     DONE,
     StreamMeter,
+    completion_from_body,
     completion_texts,
     fill_missing_usage,
     usage_from_body,
@@ -37,8 +50,15 @@ from gateway.pipeline.meter import (
 from gateway.pipeline.price import price
 from gateway.pipeline.record import record
 from gateway.pricing import PriceTable, format_usd
-from gateway.providers.base import Upstream
-from gateway.routing import Router
+from gateway.providers.base import Credential, Upstream
+from gateway.providers.resilience import (
+    CircuitBreaker,
+    backoff_delay,
+    retry_after_s,
+    weighted_order,
+)
+from gateway.routing import Route, Router
+from gateway.settings import ProviderSettings
 from gateway.tokens.service import TokenService
 
 METADATA_HEADER = "X-AI-Cost-Gateway-Metadata"
@@ -54,12 +74,20 @@ class Guard(Protocol):
     async def settle(self, exchange: Exchange) -> None: ...
 
 
+class CredentialSource(Protocol):
+    """Per-project provider credentials (stored encrypted); empty: use the gateway's own."""
+
+    async def get(self, project_id: int, provider: str) -> tuple[Credential, ...]: ...
+
+
 class ProxyPipeline:
     def __init__(self, *, keys: KeyStore, limits: validate.Limits,
                  upstreams: Mapping[str, Upstream], prices: PriceTable, ledger: Ledger,
-                 tokens: TokenService, guards: Sequence[Guard] = (),
-                 log_requests: bool = False) -> None:
-        self.router = Router(prices)
+                 tokens: TokenService, router: Router, guards: Sequence[Guard] = (),
+                 credentials: CredentialSource | None = None, log_requests: bool = False,
+                 rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.router = router
         self.keys = keys
         self.limits = limits
         self.upstreams = upstreams
@@ -68,71 +96,234 @@ class ProxyPipeline:
         self.ledger = ledger
         self.tokens = tokens
         self.guards = tuple(guards)
+        self.credentials = credentials
         self.log_requests = log_requests
+        self.breakers = {name: CircuitBreaker(u.settings.breaker_failures,
+                                              u.settings.breaker_cooldown_s)
+                         for name, u in upstreams.items()}
+        self._rng = rng or random.Random()
+        self._sleep = sleep
 
     async def admit(self, ex: Exchange, headers: Mapping[str, str],
                     read: Callable[[], Awaitable[bytes]], entry: str) -> ChatRequest:
         ex.principal = await authenticate(self.keys, headers)
         ex.client_request_id = validate.client_request_id(headers.get("X-Request-Id"))
         body = validate.parse_json_object(await read(), self.limits.max_body_bytes)
+        pinned = None
         if entry == "native":
             chat = validate.validate_native(body, self.limits, self.providers)
+            pinned = chat.provider
+        elif entry == "anthropic":
+            chat = validate_messages(body, self.limits)
         else:
-            chat = self._routed(validate.validate_openai(body, self.limits))
+            chat = validate.validate_openai(body, self.limits)
         ex.chat = chat
         extra = validate.parse_metadata_header(headers.get(METADATA_HEADER))
         ex.metadata = {**chat.metadata, **extra} if extra else chat.metadata
-        authorize(ex.principal.project, chat)
+        ex.chain = self._chain(ex.principal.project, chat, pinned)
         for guard in self.guards:
             await guard.admit(ex)
             ex.guards_admitted += 1
         return chat
 
-    def _routed(self, chat: ChatRequest) -> ChatRequest:
-        """Send the request to the provider that serves its model (400 if not configured)."""
-        route = self.router.route(chat.model)
-        if route.provider not in self.upstreams:
+    def _chain(self, project: Project, chat: ChatRequest, pinned: str | None) -> list[Route]:
+        """Route the request (400 / 403 when its first route cannot take it) and keep the
+        fallbacks that could."""
+        routes = self.router.chain(chat.model, pinned)
+        first = routes[0]
+        if first.provider not in self.upstreams:
             raise BadRequest(
-                f"model {chat.model!r} is served by provider {route.provider!r}, which is not "
+                f"model {chat.model!r} is served by provider {first.provider!r}, which is not "
                 f"configured on this gateway; configured: {', '.join(sorted(self.upstreams))}",
                 code="provider_not_configured",
-                details={"model": chat.model, "provider": route.provider})
-        chat.provider = route.provider
-        if route.upstream_model != chat.model:
-            chat.body = {**chat.body, "model": route.upstream_model}
-        return chat
+                details={"model": chat.model, "provider": first.provider})
+        chat.provider = first.provider
+        if first.upstream_model != chat.body.get("model"):
+            chat.body = {**chat.body, "model": first.upstream_model}
+        authorize(project, chat)
+        self._check_translatable(chat, first)
+        usable = [first]
+        for route in routes[1:]:
+            try:
+                if route.provider not in self.upstreams:
+                    continue
+                authorize(project, self._retarget(chat, route))
+                self._check_translatable(chat, route)
+            except (BadRequest, Forbidden):
+                continue  # a fallback this request or project cannot use is left out
+            usable.append(route)
+        return usable
+
+    def _check_translatable(self, chat: ChatRequest, route: Route) -> None:
+        wire = self.upstreams[route.provider].adapter.wire
+        if chat.untranslatable and wire != chat.entry_wire:
+            features = ", ".join(chat.untranslatable)
+            raise BadRequest(
+                f"{features} cannot be translated to provider {route.provider!r} (it speaks "
+                f"{wire}'s API, the request is {chat.entry_wire}'s)",
+                code="untranslatable_feature",
+                details={"feature": chat.untranslatable[0],
+                         "features": list(chat.untranslatable), "provider": route.provider})
+
+    @staticmethod
+    def _retarget(chat: ChatRequest, route: Route) -> ChatRequest:
+        """The request as sent to another route of the chain."""
+        model = route.upstream_model
+        return dataclasses.replace(chat, provider=route.provider, model=model,
+                                   body={**chat.body, "model": model})
+
+    async def _open(self, ex: Exchange, chat: ChatRequest
+                    ) -> tuple[ChatRequest, Upstream, aiohttp.ClientResponse]:
+        """Reach the first route that answers: retries with backoff per credential, the
+        credentials by weight, the breaker per provider, then the fallbacks in order."""
+        assert ex.principal is not None
+        failures: list[GatewayError] = []
+        for n, route in enumerate(ex.chain or [self.router.route(chat.model, chat.provider)]):
+            target = chat if n == 0 else self._retarget(chat, route)
+            upstream = self.upstreams[route.provider]
+            breaker = self.breakers[route.provider]
+            try:
+                credentials = await self._credentials(ex.principal.project.id, upstream)
+            except GatewayError as exc:  # the project's stored key cannot be read (503)
+                if n == 0:
+                    raise
+                failures.append(exc)
+                continue
+            for credential in credentials:
+                try:
+                    call = upstream.adapter.build_call(target, credential)
+                except BadRequest as exc:
+                    if n == 0 and not failures:
+                        raise  # the request as the client sent it cannot be made
+                    failures.append(exc)
+                    self._note(ex, route, credential, exc, 0.0)
+                    break
+                settings = upstream.settings
+                for retry in range(settings.max_retries + 1):
+                    if not breaker.allow():
+                        skipped = ServiceUnavailable(
+                            f"{route.provider} is failing; its circuit breaker is open",
+                            code="circuit_open", details={"provider": route.provider})
+                        failures.append(skipped)
+                        self._note(ex, route, credential, skipped, 0.0)
+                        break
+                    started = time.perf_counter()
+                    ex.forwarded = True
+                    try:
+                        response = await send(upstream, call)
+                    except (UpstreamStatusError, BadGateway, UpstreamTimeout) as exc:
+                        elapsed = time.perf_counter() - started
+                        ex.upstream_s += elapsed
+                        self._note(ex, route, credential, exc, elapsed)
+                        failures.append(exc)
+                        if not _provider_failure(exc):
+                            breaker.success()  # it answered: the request was at fault
+                            if _credential_failure(exc):
+                                break  # this key is refused: the next credential
+                            raise
+                        breaker.failure()
+                        wait = self._retry_wait(exc, retry, settings)
+                        if wait is None:
+                            break
+                        await self._sleep(wait)
+                        continue
+                    except BaseException:
+                        breaker.release()
+                        raise
+                    breaker.success()
+                    ex.upstream_s += time.perf_counter() - started
+                    self._note(ex, route, credential, None, time.perf_counter() - started)
+                    ex.credential = credential.name
+                    ex.chat, ex.requested_model = target, chat.model
+                    return target, upstream, response
+                if failures and isinstance(failures[-1], ServiceUnavailable):
+                    break  # the breaker opened: no other credential of this provider either
+        raise _final_error(failures)
+
+    def _retry_wait(self, exc: GatewayError, retry: int,
+                    settings: ProviderSettings) -> float | None:
+        """Seconds to wait before retrying, or None to move on (retries spent, a timeout,
+        or a Retry-After longer than the provider allows)."""
+        if retry >= settings.max_retries or isinstance(exc, UpstreamTimeout):
+            return None
+        backoff = backoff_delay(retry, settings.retry_backoff_s, settings.retry_backoff_max_s,
+                                self._rng)
+        asked = retry_after_s(next((v for k, v in exc.headers.items()
+                                    if k.lower() == "retry-after"), None))
+        if asked is None:
+            return backoff
+        if asked > settings.retry_after_max_s:
+            return None
+        return max(asked, backoff)
+
+    @staticmethod
+    def _note(ex: Exchange, route: Route, credential: Credential, exc: GatewayError | None,
+              elapsed: float) -> None:
+        ex.attempts.append({
+            "provider": route.provider, "model": route.upstream_model,
+            "credential": credential.name,
+            "status": 200 if exc is None else exc.status,
+            "error_code": None if exc is None else exc.code,
+            "ms": round(elapsed * 1000, 3)})
+
+    async def _credentials(self, project_id: int, upstream: Upstream) -> list[Credential]:
+        """The project's own credentials for this provider if it stored any, else the
+        gateway's; in a random order drawn by weight."""
+        own: tuple[Credential, ...] = ()
+        if self.credentials is not None:
+            own = await self.credentials.get(project_id, upstream.name)
+        if own:
+            base = upstream.settings.base_url
+            found = [dataclasses.replace(c, name=f"project:{c.name}",
+                                         base_url=c.base_url or base) for c in own]
+        else:
+            found = list(upstream.credentials)
+        if len(found) < 2:
+            return found
+        return weighted_order(found, lambda c: c.weight, self._rng)
 
     async def complete(self, ex: Exchange, chat: ChatRequest) -> bytes:
-        """A non-streamed call: the upstream body, relayed byte for byte."""
-        upstream = self.upstreams[chat.provider]
-        call = upstream.adapter.build_call(chat)
+        """A non-streamed call: the upstream body, relayed byte for byte on the same wire,
+        else translated to the client's shape."""
+        chat, upstream, response = await self._open(ex, chat)
         started = time.perf_counter()
-        ex.forwarded = True
         try:
-            body = await read_body(upstream, await send(upstream, call))
+            body = await read_body(upstream, response)
         finally:
-            ex.upstream_s = time.perf_counter() - started
-        ex.usage, ex.upstream_model = usage_from_body(upstream.adapter, body)
+            ex.upstream_s += time.perf_counter() - started
+        adapter = upstream.adapter
+        ex.usage, ex.upstream_model = usage_from_body(adapter, body)
+        same_wire = adapter.wire == chat.entry_wire
+        completion = None if same_wire and ex.usage.source == "provider" else (
+            translate.stamp(completion_from_body(adapter, body, chat), chat.model))
         if ex.usage.source != "provider":  # an upstream that reports no usage: count it
-            choices = orjson.loads(body).get("choices")
-            output = [text for _, text in completion_texts(choices, "message")]
+            assert completion is not None
+            output = [text for _, text in completion_texts(completion.get("choices"),
+                                                           "message")]
             ex.usage = await fill_missing_usage(chat, ex.usage, output, self.tokens)
         price(ex, self.prices)
-        return body
+        if same_wire:
+            return body
+        assert completion is not None
+        return translate.render(chat, completion, ex.usage)
 
     async def stream(self, ex: Exchange, chat: ChatRequest) -> AsyncIterator[bytes]:
-        """A streamed call: SSE bytes as they arrive, then the cost line and `[DONE]`.
+        """A streamed call: SSE as it arrives (translated where the wires differ), then the
+        cost line and the end of the stream.
 
         The first chunk is yielded only once the first event is known to be valid, so the
         caller can still answer a clean 502 before any byte is sent.
         """
-        upstream = self.upstreams[chat.provider]
-        call = upstream.adapter.build_call(chat)
-        meter = ex.stream_meter = StreamMeter(upstream.adapter,
-                                              keep_usage_event=chat.include_usage)
+        chat, upstream, response = await self._open(ex, chat)
+        adapter = upstream.adapter
+        meter: StreamMeter | translate.EventStream
+        if adapter.wire == "openai" and chat.entry_wire == "openai":
+            meter = StreamMeter(adapter, keep_usage_event=chat.include_usage)
+        else:
+            meter = translate.EventStream(
+                adapter, chat, translate.chunk_encoder(chat, str(ex.request_id)))
+        ex.stream_meter = meter
         started = time.perf_counter()
-        ex.forwarded = True
-        response = await send(upstream, call)
         try:
             with upstream_errors(upstream):
                 async for chunk in response.content.iter_any():
@@ -145,9 +336,12 @@ class ProxyPipeline:
                                                     self.tokens)
             price(ex, self.prices)
             cost = f": x-ai-cost-gateway-cost {format_usd(ex.cost)}\n\n".encode()
-            yield meter.flush() + cost + (DONE if meter.done else b"")
+            if isinstance(meter, StreamMeter):
+                yield meter.flush() + cost + (DONE if meter.done else b"")
+            else:
+                yield meter.finish(cost)
         finally:
-            ex.upstream_s = time.perf_counter() - started
+            ex.upstream_s += time.perf_counter() - started
             ex.upstream_model = meter.model
             if ex.quote is None:  # cut short: what the upstream reported so far (finish counts)
                 ex.usage = meter.usage
@@ -176,3 +370,33 @@ class ProxyPipeline:
                      input_tokens=row.usage.input_tokens, output_tokens=row.usage.output_tokens,
                      cost_usd=format_usd(row.cost_usd), overhead_ms=row.overhead_ms,
                      upstream_ms=row.upstream_ms, error_code=row.error_code)
+
+
+def _provider_failure(exc: GatewayError) -> bool:
+    """Connect errors, timeouts, 429 and 5xx: the provider's trouble, worth another try."""
+    if isinstance(exc, UpstreamStatusError):
+        return exc.status == 429 or exc.status >= 500
+    return True
+
+
+def _credential_failure(exc: GatewayError) -> bool:
+    """The provider refused this key (401 / 403): another credential may be accepted."""
+    return isinstance(exc, UpstreamStatusError) and exc.status in (401, 403)
+
+
+def _final_error(failures: list[GatewayError]) -> GatewayError:
+    """One attempt: its own error. Several that failed alike (all unreachable, all 429, all
+    timed out): the last, saying how many. Otherwise 502 naming them all."""
+    if not failures:
+        return ServiceUnavailable("no credential is configured for this provider",
+                                  code="missing_provider_credential")
+    last = failures[-1]
+    if len(failures) == 1:
+        return last
+    summary = [{"status": f.status, "code": f.code, "message": f.message} for f in failures]
+    if len({(type(f), f.status, f.code) for f in failures}) == 1:
+        last.message = f"{last.message} (after {len(failures)} attempts)"
+        last.details = {**last.details, "attempts": summary}
+        return last
+    return BadGateway(f"all {len(failures)} upstream attempts failed; the last: {last.message}",
+                      code="all_upstreams_failed", details={"attempts": summary})

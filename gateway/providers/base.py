@@ -1,8 +1,16 @@
-"""The provider seam: an adapter translates, an `Upstream` owns the HTTP session."""
+"""The provider seam: an adapter translates, an `Upstream` owns the HTTP session.
+
+The pivot between entry shapes and providers is OpenAI's Chat Completions wire shape: every
+validated request carries an OpenAI-shaped body (`ChatRequest.body`), every adapter builds its
+provider's request from it and translates its provider's answers back into OpenAI completion
+objects and chunk dicts. Where the entry shape and the provider speak the same wire (`wire`),
+the gateway relays the provider's bytes as they are and only meters them.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -10,6 +18,8 @@ import aiohttp
 from gateway.domain import ChatRequest, Usage
 from gateway.errors import UpstreamStatusError
 from gateway.settings import ProviderSettings
+
+WIRES = ("openai", "anthropic", "gemini", "cohere")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,21 +29,69 @@ class UpstreamCall:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One way to reach a provider: an API key at a base URL (one of several, by weight).
+
+    `name` labels it in usage rows and logs (never the key itself). `options` carries the
+    provider's extra settings (Azure's `api_version`, a deployment map, ...).
+    """
+
+    name: str
+    api_key: str = field(repr=False)
+    base_url: str
+    weight: int = 1
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+class StreamTranslator(Protocol):
+    """A provider's SSE events, one at a time, as OpenAI `chat.completion.chunk` dicts.
+
+    `usage` holds what the provider reported so far (`NO_USAGE` until it reports any);
+    `model` the model it says served the call.
+    """
+
+    usage: Usage
+    model: str | None
+
+    def feed(self, event: str | None, data: Any) -> list[dict[str, Any]]:
+        """One SSE event (`event:` name or None, parsed `data:` JSON) -> chunks to emit."""
+        ...
+
+    def close(self) -> list[dict[str, Any]]:
+        """The upstream stream ended: any chunk still owed (a final finish_reason)."""
+        ...
+
+
 class ProviderAdapter(Protocol):
     """How to talk to one provider; pure functions of bytes and dataclasses, no I/O."""
 
-    name: str
+    name: str  # the configured provider name: "openai", "azure", "deepseek", ...
+    wire: str  # the wire format it speaks, one of WIRES
 
-    def build_call(self, chat: ChatRequest) -> UpstreamCall:
-        """The upstream request for a validated chat request (400 if it cannot be made)."""
+    def build_call(self, chat: ChatRequest, credential: Credential) -> UpstreamCall:
+        """The upstream request for a validated chat request.
+
+        When `chat.native_body` is set and `chat.entry_wire == self.wire`, that body is sent
+        as it is (pass-through); otherwise the OpenAI-shaped `chat.body` is translated.
+        A feature that cannot be translated raises `BadRequest` naming it.
+        """
         ...
 
     def parse_response(self, body: bytes) -> tuple[Usage, str | None]:
-        """Usage and served model of a complete response; ValueError if unparseable."""
+        """Usage and served model of a complete response on this wire; ValueError if not one."""
+        ...
+
+    def to_openai(self, body: bytes, chat: ChatRequest) -> dict[str, Any]:
+        """A complete response on this wire as an OpenAI `chat.completion` object."""
+        ...
+
+    def stream_translator(self, chat: ChatRequest) -> StreamTranslator:
+        """A fresh translator for one streamed response."""
         ...
 
     def stream_usage(self, event: dict[str, Any]) -> Usage | None:
-        """Usage carried by one parsed stream event, if any."""
+        """Usage carried by one parsed stream event, if any (the OpenAI-wire fast path)."""
         ...
 
     def map_error(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamStatusError:
@@ -42,11 +100,13 @@ class ProviderAdapter(Protocol):
 
 
 class Upstream:
-    """One provider endpoint: its adapter, settings and one keep-alive `ClientSession`."""
+    """One provider: its adapter, settings, credentials and one keep-alive `ClientSession`."""
 
-    def __init__(self, adapter: ProviderAdapter, settings: ProviderSettings) -> None:
+    def __init__(self, adapter: ProviderAdapter, settings: ProviderSettings,
+                 credentials: tuple[Credential, ...] = ()) -> None:
         self.adapter = adapter
         self.settings = settings
+        self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None
         # Read inactivity bounds the wait for the first byte and any stall mid-stream.
         self.read_timeout = aiohttp.ClientTimeout(

@@ -1,4 +1,9 @@
-"""OpenAI Chat Completions (and any server that speaks it)."""
+"""OpenAI Chat Completions, and any server that speaks it (`kind = "openai_compatible"`:
+vLLM, Ollama, DeepSeek, Groq, OpenRouter, ...). Azure and Mistral adapt it in their own files.
+
+On this wire the OpenAI-shaped body is the request: it is sent as it is (with usage asked for
+on streams), and answers need no translation for the OpenAI entry shapes.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +13,51 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
-from gateway.errors import BadRequest, UpstreamStatusError
-from gateway.providers.base import UpstreamCall
+from gateway.errors import BadGateway, BadRequest, UpstreamStatusError
+from gateway.providers.base import Credential, UpstreamCall
 from gateway.settings import ProviderSettings
 
-_OFFICIAL_HOSTS = frozenset({"api.openai.com"})
+# Hosts that certainly need a key: calling them without one is answered 400 here, at once.
+_KEYED_HOSTS = {"api.openai.com": "OPENAI_API_KEY", "api.mistral.ai": "MISTRAL_API_KEY"}
 
 
 class OpenAIAdapter:
-    name = "openai"
+    wire = "openai"
+    key_env = "OPENAI_API_KEY"
 
-    def __init__(self, settings: ProviderSettings) -> None:
-        self._url = settings.base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
-        if settings.api_key:
-            self._headers["Authorization"] = f"Bearer {settings.api_key}"
-        self._needs_key = urlsplit(settings.base_url).hostname in _OFFICIAL_HOSTS
-        self._has_key = bool(settings.api_key)
+    def __init__(self, settings: ProviderSettings, name: str = "openai") -> None:
+        self.name = name
+        self.settings = settings
 
-    def build_call(self, chat: ChatRequest) -> UpstreamCall:
-        if self._needs_key and not self._has_key:
-            raise BadRequest("no credential is configured for provider openai: set OPENAI_API_KEY",
-                             code="missing_provider_credential")
+    def build_call(self, chat: ChatRequest, credential: Credential) -> UpstreamCall:
+        self.require_key(credential)
+        return UpstreamCall(self.url(credential, chat), self.headers(credential),
+                            orjson.dumps(self.request_body(chat)))
+
+    def require_key(self, credential: Credential) -> None:
+        host = urlsplit(credential.base_url).hostname or ""
+        if not credential.api_key and host in _KEYED_HOSTS:
+            raise BadRequest(
+                f"no credential is configured for provider {self.name}: set "
+                f"{_KEYED_HOSTS[host]} or store one for the project",
+                code="missing_provider_credential", details={"provider": self.name})
+
+    def url(self, credential: Credential, chat: ChatRequest) -> str:
+        return credential.base_url.rstrip("/") + "/chat/completions"
+
+    def headers(self, credential: Credential) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if credential.api_key:
+            headers["Authorization"] = f"Bearer {credential.api_key}"
+        return headers
+
+    def request_body(self, chat: ChatRequest) -> dict[str, Any]:
         body = chat.body
+        if (self.settings.kind == "openai_compatible" and chat.entry_wire != "openai"
+                and "max_completion_tokens" in body):
+            # A translated request: servers such as Ollama know only the older name.
+            body = {k: v for k, v in body.items() if k != "max_completion_tokens"}
+            body["max_tokens"] = chat.body["max_completion_tokens"]
         if chat.stream:
             # Always ask for usage so streams are metered; the usage chunk is removed again
             # before the client sees it when the client did not ask for it itself.
@@ -38,15 +65,24 @@ class OpenAIAdapter:
             options = dict(options) if isinstance(options, dict) else {}
             options["include_usage"] = True
             body = {**body, "stream_options": options}
-        return UpstreamCall(self._url, self._headers, orjson.dumps(body))
+        return body
 
     def parse_response(self, body: bytes) -> tuple[Usage, str | None]:
+        data = self._completion(body)
+        model = data.get("model")
+        return self.stream_usage(data) or NO_USAGE, model if isinstance(model, str) else None
+
+    def to_openai(self, body: bytes, chat: ChatRequest) -> dict[str, Any]:
+        return self._completion(body)
+
+    def _completion(self, body: bytes) -> dict[str, Any]:
         data = orjson.loads(body)  # JSONDecodeError is a ValueError
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise ValueError("not a chat completion object")
-        usage = self.stream_usage(data)
-        model = data.get("model")
-        return usage or NO_USAGE, model if isinstance(model, str) else None
+        return data
+
+    def stream_translator(self, chat: ChatRequest) -> OpenAIStreamTranslator:
+        return OpenAIStreamTranslator(self)
 
     def stream_usage(self, event: dict[str, Any]) -> Usage | None:
         usage = event.get("usage")
@@ -67,14 +103,50 @@ class OpenAIAdapter:
         if isinstance(error, dict):
             message = str(error.get("message") or f"upstream answered {status}")
             kind = str(error.get("type") or "api_error")
+        elif isinstance(error, str):  # some compatible servers answer {"error": "text"}
+            message, kind = error, "api_error"
         else:
             message = body[:500].decode("utf-8", "replace").strip() or f"upstream answered {status}"
             kind, error = "api_error", None
-        relay = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
-        return UpstreamStatusError(
-            status, f"openai upstream error {status}: {message}", openai_type=kind,
-            details={"provider": self.name, "upstream_status": status, "upstream_error": error},
-            headers=relay)
+        return upstream_error(self.name, status, message, kind, error, headers)
+
+
+class OpenAIStreamTranslator:
+    """OpenAI chunks are already the pivot: pass them on, keep usage and model."""
+
+    def __init__(self, adapter: OpenAIAdapter) -> None:
+        self._adapter = adapter
+        self.usage: Usage = NO_USAGE
+        self.model: str | None = None
+
+    def feed(self, event: str | None, data: Any) -> list[dict[str, Any]]:
+        if not isinstance(data, dict):
+            return []
+        if isinstance(data.get("error"), dict | str):
+            raise BadGateway(f"{self._adapter.name} upstream stream failed: {data['error']}",
+                             code="upstream_stream_error",
+                             details={"provider": self._adapter.name})
+        if isinstance(data.get("model"), str) and data["model"]:
+            self.model = data["model"]
+        usage = self._adapter.stream_usage(data)
+        if usage is not None:
+            self.usage = usage
+        if not data.get("choices") and usage is None:
+            return []  # Azure's content-filter preamble: nothing a client needs
+        return [data]
+
+    def close(self) -> list[dict[str, Any]]:
+        return []
+
+
+def upstream_error(provider: str, status: int, message: str, kind: str, error: Any,
+                   headers: dict[str, str]) -> UpstreamStatusError:
+    """The gateway's error for an upstream's error answer (only Retry-After is relayed)."""
+    relay = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
+    return UpstreamStatusError(
+        status, f"{provider} upstream error {status}: {message}", openai_type=kind,
+        details={"provider": provider, "upstream_status": status, "upstream_error": error},
+        headers=relay)
 
 
 def _count(value: Any) -> int:

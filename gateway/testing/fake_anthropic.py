@@ -5,7 +5,8 @@ system text, each message's text blocks, tool_use inputs (compact JSON) and tool
 texts), each piece encoded separately; images and tool definitions count nothing. The 1.2
 stands for Claude's tokenizer being wordier than o200k, so an o200k estimate falls short.
 As Anthropic reports it, ``input_tokens`` excludes cache reads: with scripted cached_tokens
-C (clamped to the prompt P), cache_read_input_tokens = C and input_tokens = P - C.
+C (clamped to the prompt P), cache_read_input_tokens = C and input_tokens = P - C; a
+scripted cache_write_tokens W is reported as cache_creation_input_tokens and carved out too.
 output_tokens is the reply's word count, or the tool input's JSON tokens for a tool call.
 
 Requests need ``anthropic-version`` (else 400) and ``x-api-key`` or ``Authorization``
@@ -201,12 +202,14 @@ def plan_content(
     )
 
 
-def usage_object(prompt: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    """An Anthropic ``usage`` object; cache reads are carved out of the prompt."""
+def usage_object(prompt: int, output_tokens: int, cached_tokens: int,
+                 cache_write_tokens: int = 0) -> dict[str, Any]:
+    """An Anthropic ``usage`` object; cache reads and writes are carved out of the prompt."""
     cached = min(cached_tokens, prompt)
+    written = min(cache_write_tokens, prompt - cached)
     return {
-        "input_tokens": prompt - cached,
-        "cache_creation_input_tokens": 0,
+        "input_tokens": prompt - cached - written,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
         "output_tokens": output_tokens,
         "service_tier": "standard",
@@ -232,7 +235,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     usage = None
     if not behaviour.get("no_usage"):
         cached = behaviour.get("cached_tokens", 0)
-        usage = usage_object(count_input_tokens(body), content.output_tokens, cached)
+        usage = usage_object(count_input_tokens(body), content.output_tokens, cached,
+                             behaviour.get("cache_write_tokens", 0))
     message: dict[str, Any] = {
         "id": f"msg_fake_{number}",
         "type": "message",

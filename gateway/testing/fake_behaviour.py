@@ -25,7 +25,8 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 BODY_MODES = ("garbage", "truncated", "empty")
 # Allowed JSON types per behaviour field; unknown fields are rejected so typos fail loudly.
 BEHAVIOUR_FIELDS: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("status", "stream_cut_after", "reply_tokens", "cached_tokens"), (int,)),
+    **dict.fromkeys(("status", "stream_cut_after", "reply_tokens", "cached_tokens",
+                      "cache_write_tokens"), (int,)),
     **dict.fromkeys(("retry_after", "delay_ms", "chunk_delay_ms"), (int, float)),
     **dict.fromkeys(("hang", "drop", "stream_garbage", "no_usage"), (bool,)),
     **dict.fromkeys(("body", "reply"), (str,)),

@@ -191,7 +191,8 @@ def plan_answer(body: dict[str, Any], behaviour: dict[str, Any], default_tokens:
     """A functionCall when the fake calls a function, else the deterministic text reply."""
     function = chosen_function(body)
     if function is not None:
-        args = tool_arguments(function.get("parameters"))
+        args = tool_arguments(function.get("parameters")
+                              or field(function, "parametersJsonSchema"))
         parts = [{"functionCall": {"name": function.get("name"), "args": args}}]
         return Answer(parts, parts, "STOP", len(json_token_pieces(args)))
     config = field(body, "generationConfig") or {}

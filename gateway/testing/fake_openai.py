@@ -6,6 +6,12 @@ encoded role, name (+1) and text parts, plus 3 priming the reply; ``count_prompt
 completion_tokens is the reply's word count; cached_tokens is the scripted count, clamped to
 prompt_tokens (a subset of it, as OpenAI reports it).
 
+Tools: when the request offers function tools and tool_choice names one, is "required", or
+the last user text says "use tool", the answer is one tool call (``chosen_tool``) with sample
+arguments for its schema; completion_tokens are then the arguments' o200k tokens, streamed one
+token per delta. Mistral models (``_is_mistral``) get usage on a stream's last chunk without
+asking, as Mistral's API sends it.
+
 Azure answers the same body, plus its content-filter annotations (``prompt_filter_results``,
 ``content_filter_results``, and a first stream chunk with empty choices and model, as Azure
 sends). Its model is the body's ``model``, else the deployment name. Without ``api-version``
@@ -15,6 +21,7 @@ Azure answers 404 "Resource not found"; without ``api-key`` or ``Authorization``
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,7 +36,52 @@ from gateway.testing.fake_behaviour import (
     send_stream,
     wants_stream,
 )
-from gateway.testing.fake_reply import Reply, o200k, plan_reply
+from gateway.testing.fake_reply import (
+    Reply,
+    asks_for_tool,
+    json_token_pieces,
+    o200k,
+    plan_reply,
+    tool_arguments,
+)
+
+MISTRAL_PREFIXES = ("mistral", "ministral", "magistral", "codestral", "devstral", "pixtral",
+                    "open-mistral", "open-mixtral")
+
+
+def _is_mistral(model: str) -> bool:
+    """Mistral's API shares this route; it puts usage on a stream's last chunk unasked."""
+    return model.startswith(MISTRAL_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    pieces: list[str]  # the arguments' compact JSON, one o200k token per streamed delta
+
+    def complete(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": "".join(self.pieces)}}
+
+
+def chosen_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function the fake calls: the one tool_choice names, the first tool when tool_choice
+    is "required", or the first when the last user text says "use tool"."""
+    functions = [t.get("function") for t in body.get("tools") or () if isinstance(t, dict)]
+    tools: list[dict[str, Any]] = [f for f in functions if isinstance(f, dict)]
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((t for t in tools if t.get("name") == name), tools[0])
+    users = [m for m in body.get("messages") or () if isinstance(m, dict)
+             and m.get("role") == "user"]
+    content = users[-1].get("content") if users else ""
+    if isinstance(content, list):
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return tools[0] if choice == "required" or asks_for_tool(str(content)) else None
 
 FINGERPRINT = {"service_tier": "default", "system_fingerprint": "fp_fake"}
 _DETAILS = "reasoning_tokens audio_tokens accepted_prediction_tokens rejected_prediction_tokens"
@@ -152,11 +204,18 @@ async def _answer(
     if limit is None:
         limit = body.get("max_tokens")
     reply = plan_reply(behaviour, state.reply_tokens, limit)
+    tool = chosen_tool(body)
+    call = None
+    if tool is not None:
+        arguments = tool_arguments(tool.get("parameters"))
+        call = ToolCall(f"call_fake_{state.next_id()[-8:]}", str(tool.get("name")),
+                        json_token_pieces(arguments))
     usage = None
     if not behaviour.get("no_usage"):
         prompt_tokens = count_prompt_tokens(body["messages"])
         cached = min(behaviour.get("cached_tokens", 0), prompt_tokens)
-        usage = usage_object(prompt_tokens, len(reply.words), cached)
+        output = len(call.pieces) if call is not None else len(reply.words)
+        usage = usage_object(prompt_tokens, output, cached)
     head = {
         "id": state.next_id(),
         "object": "chat.completion",
@@ -166,16 +225,23 @@ async def _answer(
 
     if wants_stream(body, behaviour):
         options = body.get("stream_options")
-        if not (isinstance(options, dict) and options.get("include_usage") is True):
+        asked = isinstance(options, dict) and options.get("include_usage") is True
+        if not asked and not _is_mistral(model):
             usage = None
-        return await _stream(request, head, reply, usage, behaviour, azure)
+        return await _stream(request, head, reply, usage, behaviour, azure, call)
 
-    message = {"role": "assistant", "content": reply.text, "refusal": None, "annotations": ()}
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text, "refusal": None,
+                               "annotations": ()}
+    finish = reply.finish
+    if call is not None:
+        message["content"] = None
+        message["tool_calls"] = [call.complete()]
+        finish = "tool_calls"
     choice: dict[str, Any] = {
         "index": 0,
         "message": message,
         "logprobs": None,
-        "finish_reason": reply.finish,
+        "finish_reason": finish,
     }
     completion = {**head, "choices": [choice], **FINGERPRINT}
     if azure:
@@ -193,10 +259,11 @@ async def _stream(
     usage: dict[str, Any] | None,
     behaviour: dict[str, Any],
     azure: bool,
+    call: ToolCall | None = None,
 ) -> web.StreamResponse:
     """Send the reply as SSE chunks; ``usage`` is None unless a usage chunk is due."""
     base = {**head, "object": "chat.completion.chunk", **FINGERPRINT}
-    if usage is not None:
+    if usage is not None and not _is_mistral(str(head["model"])):
         # OpenAI adds "usage": null to every chunk once include_usage is requested.
         base["usage"] = None
 
@@ -212,15 +279,26 @@ async def _stream(
         # Azure's first chunk only carries the prompt's filter results.
         empty = {"choices": [], "created": 0, "id": "", "model": "", "object": ""}
         opening.insert(0, data({**empty, "prompt_filter_results": PROMPT_FILTER_RESULTS}))
-    closing = [chunk({}, reply.finish)]
+    if call is not None:
+        opening[-1] = chunk({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": ""}}]})
+        content = [chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                   for piece in call.pieces]
+    else:
+        content = [chunk({"content": piece}) for piece in reply.pieces()]
+    closing = [chunk({}, "tool_calls" if call is not None else reply.finish)]
     if usage is not None:
-        closing.append(data({**base, "choices": [], "usage": usage}))
+        if base.get("usage", 0) is None:
+            closing.append(data({**base, "choices": [], "usage": usage}))
+        else:  # Mistral: the usage rides on the last chunk, unasked
+            closing[-1] = data({**orjson.loads(closing[-1][6:]), "usage": usage})
     closing.append(DONE)
     return await send_stream(
         request,
         behaviour,
         opening=opening,
-        content=[chunk({"content": piece}) for piece in reply.pieces()],
+        content=content,
         closing=closing,
         garbage=b"data: {not json\n\n",
     )

@@ -1,0 +1,357 @@
+"""Per-project provider credentials: sealed in PostgreSQL, cached in-process, never shown.
+
+`GATEWAY_SECRET_KEY` is any string of at least 32 characters (for instance
+`python -c "import secrets; print(secrets.token_urlsafe(32))"`). It is used as text, never
+decoded as base64 or hex, so one value always means one key: HKDF-SHA256 derives the 256-bit
+AES-GCM key from its UTF-8 bytes (surrounding whitespace removed).
+
+Reading is strict: when a project's stored credential for a provider cannot be opened (no
+`GATEWAY_SECRET_KEY`, another key, an altered row), that provider answers 503 for the project;
+it never falls back to the gateway's own credential, which would bill another account.
+
+The cache mirrors `keystore.py`: one query per project per invalidation, dropped by NOTIFY on
+`gateway_credentials` (a trigger sends the project id), and living one second while the
+listener is down. While the database cannot be read, a project's last answer keeps serving
+(rechecked every second), as cached keys do; a project never read answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
+
+import asyncpg
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway import projects
+from gateway.errors import NotFound, ServiceUnavailable
+from gateway.providers.base import Credential
+from gateway.settings import SettingsError
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "gateway_credentials"
+LISTENER_NAME = "gateway-credentials-listener"  # application_name of the LISTEN connection
+UNLISTENED_TTL_S = 1.0
+MAX_PROJECTS = 100_000
+PING_INTERVAL_S = 5.0
+MIN_SECRET_CHARS = 32
+HKDF_INFO = b"gateway provider credentials v1"
+_SETTING = "GATEWAY_SECRET_KEY"
+_DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_ROWS = """SELECT provider, name, ciphertext, nonce, key_id, base_url, weight, options
+           FROM provider_credentials WHERE project_id = $1 ORDER BY provider, name"""
+
+
+class CredentialsUnavailable(ServiceUnavailable):
+    """A project's stored credential exists but cannot be used by this gateway."""
+
+    code = "credentials_unavailable"
+
+
+class UnsealError(ValueError):
+    """A ciphertext did not open: another key, other associated data, or altered bytes."""
+
+
+class SecretBox:
+    """AES-256-GCM under a key derived from `GATEWAY_SECRET_KEY`; `key_id` fingerprints it."""
+
+    __slots__ = ("_aead", "key_id")
+
+    def __init__(self, secret: str) -> None:
+        secret = secret.strip()
+        if len(secret) < MIN_SECRET_CHARS:
+            raise SettingsError(f"{_SETTING} (secrets.key) must be at least {MIN_SECRET_CHARS} "
+                                f"characters; it has {len(secret)}")
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=HKDF_INFO).derive(secret.encode())
+        self.key_id = hashlib.sha256(key).hexdigest()[:16]
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_setting(cls, secret: str) -> SecretBox | None:
+        """A box, or None when the setting is empty (storing credentials is then refused)."""
+        return cls(secret) if secret.strip() else None
+
+    def seal(self, plaintext: str, aad: bytes) -> tuple[bytes, bytes]:
+        """(nonce, ciphertext with tag); a fresh random 96-bit nonce each time."""
+        nonce = os.urandom(12)
+        return nonce, self._aead.encrypt(nonce, plaintext.encode(), aad)
+
+    def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> str:
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad).decode()
+        except InvalidTag:
+            raise UnsealError("the ciphertext does not open with this key and row") from None
+
+    def __repr__(self) -> str:
+        return f"SecretBox(key_id={self.key_id!r})"
+
+
+def row_aad(project_id: int, provider: str, name: str) -> bytes:
+    """The associated data binding a ciphertext to its row (names never hold ':')."""
+    return f"{project_id}:{provider}:{name}".encode()
+
+
+def key_hint(api_key: str) -> str:
+    """The last four characters, for recognising a key; nothing for short keys."""
+    return "\u2026" + (api_key[-4:] if len(api_key) >= 12 else "")
+
+
+# -- store -----------------------------------------------------------------------------------
+
+_PUBLIC = """id, project_id, provider, name, key_hint, base_url, weight, options,
+             key_id AS encryption_key_id, created_at, updated_at"""
+
+
+async def put_credential(conn: asyncpg.Connection, box: SecretBox, project_id: int,
+                         provider: str, name: str, api_key: str, base_url: str | None,
+                         weight: int, options: Mapping[str, str]) -> dict[str, Any]:
+    """Create or replace one credential; answers its public view (never the key)."""
+    nonce, ciphertext = box.seal(api_key, row_aad(project_id, provider, name))
+    try:
+        row = await conn.fetchrow(
+            f"""INSERT INTO provider_credentials (project_id, provider, name, ciphertext, nonce,
+                    key_id, key_hint, base_url, weight, options)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                ON CONFLICT (project_id, provider, name) DO UPDATE SET
+                    ciphertext = EXCLUDED.ciphertext, nonce = EXCLUDED.nonce,
+                    key_id = EXCLUDED.key_id, key_hint = EXCLUDED.key_hint,
+                    base_url = EXCLUDED.base_url, weight = EXCLUDED.weight,
+                    options = EXCLUDED.options, updated_at = now()
+                RETURNING {_PUBLIC}""",
+            project_id, provider, name, ciphertext, nonce, box.key_id, key_hint(api_key),
+            base_url, weight, dict(options))
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound(f"project {project_id} does not exist") from None
+    return dict(row)
+
+
+async def list_credentials(conn: asyncpg.Connection, project_id: int) -> list[dict[str, Any]]:
+    """A project's credentials, public views only; NotFound for an unknown project."""
+    await projects.get_project(conn, project_id)
+    rows = await conn.fetch(f"SELECT {_PUBLIC} FROM provider_credentials WHERE project_id = $1 "
+                            "ORDER BY provider, name", project_id)
+    return [dict(r) for r in rows]
+
+
+async def delete_credential(conn: asyncpg.Connection, project_id: int, provider: str,
+                            name: str) -> bool:
+    status = await conn.execute(
+        "DELETE FROM provider_credentials WHERE project_id = $1 AND provider = $2 AND name = $3",
+        project_id, provider, name)
+    return bool(status == "DELETE 1")
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    credentials: Mapping[str, tuple[Credential, ...]]  # provider -> usable credentials
+    broken: Mapping[str, str]  # provider -> why its stored credentials cannot be used
+    expires: float
+
+
+def _unseal(box: SecretBox | None, project_id: int,
+            rows: list[asyncpg.Record]) -> tuple[dict[str, list[Credential]], dict[str, str]]:
+    found: dict[str, list[Credential]] = {}
+    broken: dict[str, str] = {}
+    for row in rows:
+        provider, name = row["provider"], row["name"]
+        what = f"project {project_id}'s stored {provider} credential {name!r}"
+        if box is None:
+            broken[provider] = f"{what} cannot be used: {_SETTING} is not set"
+            continue
+        if row["key_id"] != box.key_id:
+            broken[provider] = (f"{what} was sealed with encryption key {row['key_id']}, but "
+                                f"{_SETTING} is key {box.key_id}: start the gateway with the "
+                                "key it was stored with, or store the credential again")
+            continue
+        try:
+            api_key = box.open(bytes(row["nonce"]), bytes(row["ciphertext"]),
+                               row_aad(project_id, provider, name))
+        except UnsealError:
+            broken[provider] = (f"{what} does not decrypt with {_SETTING} (key "
+                                f"{box.key_id}): the row was altered; store it again")
+            continue
+        options = MappingProxyType({str(k): str(v) for k, v in row["options"].items()})
+        found.setdefault(provider, []).append(Credential(
+            name=name, api_key=api_key, base_url=row["base_url"] or "",
+            weight=row["weight"], options=options))
+    for provider, creds in found.items():
+        if provider not in broken and not any(c.weight for c in creds):
+            broken[provider] = (f"every stored {provider} credential of project {project_id} "
+                                "has weight 0; give one a weight above 0")
+    return found, broken
+
+
+class ProjectCredentials:
+    """Each project's own provider credentials, decrypted once per invalidation.
+
+    `get` answers () when the project stores none for the provider (use the gateway's own),
+    else its credentials (`base_url` "" meaning the provider's), else raises
+    `CredentialsUnavailable` when they exist but cannot be opened or cannot be read.
+    """
+
+    def __init__(self, box: SecretBox | None, *, ttl_s: float,
+                 connect_timeout_s: float = 5.0) -> None:
+        self._box = box
+        self._ttl = ttl_s
+        self._connect_timeout = connect_timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._dsn = ""
+        self._cache: dict[int, _Entry] = {}
+        self._inflight: dict[int, asyncio.Future[_Entry]] = {}
+        self._generation = 0  # bumped by every invalidation; guards loads racing a NOTIFY
+        self._listening = False
+        self._listener: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+
+    @property
+    def box(self) -> SecretBox | None:
+        return self._box
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    async def start(self, pool: asyncpg.Pool, dsn: str) -> None:
+        """Serve from `pool`; LISTEN on a connection of its own to `dsn`."""
+        self._pool, self._dsn = pool, dsn
+        self._task = asyncio.create_task(self._listen_forever(), name="credentials-listener")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._cache.clear()
+
+    async def get(self, project_id: int, provider: str) -> tuple[Credential, ...]:
+        entry = self._cache.get(project_id)
+        if entry is None or entry.expires < time.monotonic():
+            entry = await self._load(project_id)
+        reason = entry.broken.get(provider)
+        if reason is not None:
+            raise CredentialsUnavailable(reason, details={"provider": provider})
+        return entry.credentials.get(provider, ())
+
+    async def _load(self, project_id: int) -> _Entry:
+        pending = self._inflight.get(project_id)
+        if pending is not None:  # one query per project however many requests wait for it
+            return await asyncio.shield(pending)
+        assert self._pool is not None, "ProjectCredentials.start() was not awaited"
+        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._inflight[project_id] = future
+        generation = self._generation
+        try:
+            try:
+                rows = await self._pool.fetch(_ROWS, project_id)
+            except _DB_ERRORS as exc:
+                entry = self._stale(project_id, exc)
+            else:
+                entry = self._fresh(project_id, list(rows), generation)
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved when nobody else waits
+            raise
+        finally:
+            del self._inflight[project_id]
+
+    def _fresh(self, project_id: int, rows: list[asyncpg.Record], generation: int) -> _Entry:
+        found, broken = _unseal(self._box, project_id, rows)
+        for provider, reason in broken.items():
+            log.warning("provider_credentials_unusable", project_id=project_id,
+                        provider=provider, reason=reason)
+        ttl = self._ttl if self._listening else UNLISTENED_TTL_S
+        if generation != self._generation:
+            ttl = 0.0  # an invalidation arrived mid-query: use it once, never cache it
+        entry = _Entry({p: tuple(c) for p, c in found.items() if p not in broken}, broken,
+                       time.monotonic() + ttl)
+        if len(self._cache) >= MAX_PROJECTS:
+            self._cache.clear()
+        self._cache[project_id] = entry
+        return entry
+
+    def _stale(self, project_id: int, exc: Exception) -> _Entry:
+        """The last answer for one more second while the database cannot be read, if any."""
+        stale = self._cache.get(project_id)
+        log.warning("provider_credentials_read_failed", project_id=project_id,
+                    error=str(exc) or type(exc).__name__, serving_stale=stale is not None)
+        if stale is None:
+            raise CredentialsUnavailable(
+                f"project {project_id}'s provider credentials cannot be read from the database "
+                "now, and the gateway does not fall back to its own without knowing",
+                details={"project_id": project_id}) from exc
+        entry = replace(stale, expires=time.monotonic() + UNLISTENED_TTL_S)
+        self._cache[project_id] = entry
+        return entry
+
+    def invalidate(self, payload: str) -> None:
+        """Drop one project's entry (payload: its id); any other payload expires them all.
+
+        Expired entries stay, so the database being down serves the last answer.
+        """
+        self._generation += 1
+        if payload.isdigit():
+            self._cache.pop(int(payload), None)
+        else:
+            self._cache = {p: replace(e, expires=0.0) for p, e in self._cache.items()}
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.invalidate(payload)
+
+    def _on_terminate(self, _conn: object) -> None:
+        self._lost.set()
+
+    async def _listen_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout,
+                                             server_settings={"application_name": LISTENER_NAME})
+                await conn.add_listener(CHANNEL, self._on_notify)
+                conn.add_termination_listener(self._on_terminate)
+                self._listener, self._lost = conn, asyncio.Event()
+                self.invalidate("*")  # anything cached before may have missed a notification
+                self._listening, delay = True, 0.1
+                log.info("credentials_listening")
+                await self._watch(conn)
+                log.warning("credentials_listener_lost")
+            except _DB_ERRORS as exc:
+                log.warning("credentials_listener_connect_failed", error=str(exc))
+            finally:
+                if self._listening:  # what was cached while listening may miss changes now
+                    self.invalidate("*")
+                self._listening = False
+                if self._listener is not None:
+                    self._listener.terminate()
+                    self._listener = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _watch(self, conn: asyncpg.Connection) -> None:
+        """Return when the listening connection is gone; a ping catches silent deaths."""
+        while not self._lost.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), PING_INTERVAL_S)
+                return
+            try:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_INTERVAL_S)
+            except _DB_ERRORS:
+                return
