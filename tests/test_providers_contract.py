@@ -183,7 +183,7 @@ def seen_anthropic_stream(events: list[tuple[str | None, Any]]) -> Seen:
     for name, data in events:
         assert data["type"] == name
         if name == "message_start":
-            usage.update(data["message"]["usage"])
+            usage.update(data["message"].get("usage") or {})
         elif name == "content_block_start":
             blocks[data["index"]] = {**data["content_block"], "json": ""}
         elif name == "content_block_delta":
@@ -194,14 +194,15 @@ def seen_anthropic_stream(events: list[tuple[str | None, Any]]) -> Seen:
                 blocks[data["index"]]["json"] += delta["partial_json"]
         elif name == "message_delta":
             seen.finish = data["delta"]["stop_reason"]
-            usage.update({k: v for k, v in data["usage"].items() if v is not None})
+            usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
     for block in blocks.values():
         if block["type"] == "text":
             seen.text += block["text"]
         elif block["type"] == "tool_use":
             seen.tool_calls.append((block["name"], orjson.loads(block["json"] or "{}")))
-    seen.input_tokens = _anthropic_input(usage)
-    seen.output_tokens = usage["output_tokens"]
+    if "input_tokens" in usage:  # relayed as the provider sent it, usage or none
+        seen.input_tokens = _anthropic_input(usage)
+        seen.output_tokens = usage.get("output_tokens")
     return seen
 
 
@@ -294,3 +295,96 @@ async def test_cached_input_is_metered_and_priced(contract_gateway: TestClient,
     full = compute_cost(_usage(row).__class__(input_tokens=row["input_tokens"],
                                               output_tokens=row["output_tokens"]), price)
     assert cost != full  # cache reads (and writes) are not billed at the input price
+
+
+@pytest.mark.parametrize("entry", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "cohere"])
+async def test_a_stream_without_usage_is_counted_and_flagged(
+        contract_gateway: TestClient, fake_upstream: FakeUpstream, provider: str,
+        entry: str) -> None:
+    _, key = await create_project(contract_gateway)
+    fake_upstream.script({"no_usage": True})
+    seen, cost = await call(contract_gateway, key, entry, provider, stream=True, tools=False)
+    assert seen.text == REPLY
+    [row] = await wait_for_rows(contract_gateway, 1)
+    exact = provider == "openai"  # gpt-4o-mini's own tokenizer; the others are estimates
+    kind = "counted" if exact else "estimated"
+    assert (row["input_source"], row["output_source"]) == (kind, kind)
+    assert row["input_tokens"] > 0 and row["output_tokens"] >= 12
+    assert row["cost_usd"] == cost > 0  # never free
+
+
+@pytest.mark.parametrize("entry", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "cohere"])
+async def test_a_stream_cut_upstream_ends_with_an_error_event_and_charges_what_was_sent(
+        contract_gateway: TestClient, fake_upstream: FakeUpstream, provider: str,
+        entry: str) -> None:
+    _, key = await create_project(contract_gateway)
+    fake_upstream.script({"stream_cut_after": 4})
+    path, body = request_for(entry, provider, stream=True, tools=False)
+    resp = await contract_gateway.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200  # the stream had begun
+    events, _ = parse_sse(await resp.read())
+    last_name, last = events[-1]
+    if entry == "anthropic":
+        assert last_name == "error" and last["type"] == "error"
+        assert last["error"]["message"]
+    else:
+        assert "error" in last and last["error"]["code"].startswith("upstream")
+    [row] = await wait_for_rows(contract_gateway, 1)
+    assert row["status"] == 502
+    assert row["output_tokens"] > 0 and row["cost_usd"] > 0  # what was streamed is charged
+
+
+PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+         "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "cohere"])
+async def test_images_reach_every_provider_in_its_own_shape(
+        contract_gateway: TestClient, fake_upstream: FakeUpstream, provider: str) -> None:
+    _, key = await create_project(contract_gateway)
+    content = [{"type": "text", "text": "What is this?"},
+               {"type": "image_url", "image_url": {"url": PIXEL}}]
+    body = {"model": MODELS[provider][0], "max_tokens": 50,
+            "messages": [{"role": "user", "content": content}]}
+    resp = await contract_gateway.post("/v1/chat/completions", json=body,
+                                       headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200, await resp.text()
+    sent = orjson.dumps(fake_upstream.state.log[-1]["body"])
+    assert PIXEL.split(",", 1)[1].encode() in sent  # the image bytes went upstream
+    if provider == "anthropic":
+        assert b'"type":"image"' in sent and b'"media_type":"image/png"' in sent
+    elif provider == "gemini":
+        assert b'"inlineData"' in sent or b'"inline_data"' in sent
+
+
+async def test_an_anthropic_image_block_reaches_openai(contract_gateway: TestClient,
+                                                       fake_upstream: FakeUpstream) -> None:
+    _, key = await create_project(contract_gateway)
+    data = PIXEL.split(",", 1)[1]
+    resp = await contract_gateway.post("/v1/messages", headers={"x-api-key": key}, json={
+        "model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": data}},
+            {"type": "text", "text": "What is this?"}]}]})
+    assert resp.status == 200, await resp.text()
+    [message] = fake_upstream.state.log[-1]["body"]["messages"]
+    assert message["content"][0] == {"type": "image_url", "image_url": {"url": PIXEL}}
+
+
+@pytest.mark.parametrize(("provider", "field", "value"), [
+    ("anthropic", "logprobs", True), ("anthropic", "n", 2), ("gemini", "logit_bias", {"1": 2}),
+    ("cohere", "n", 3), ("mistral", "logprobs", True)])
+async def test_what_a_provider_cannot_take_is_a_400_naming_it(
+        contract_gateway: TestClient, fake_upstream: FakeUpstream, provider: str, field: str,
+        value: Any) -> None:
+    _, key = await create_project(contract_gateway)
+    body = {"model": MODELS[provider][0], "messages": [{"role": "user", "content": "hi"}],
+            field: value}
+    resp = await contract_gateway.post("/v1/chat/completions", json=body,
+                                       headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["code"] == "untranslatable_feature" and field in error["message"]
+    assert fake_upstream.state.received == 0  # nothing was sent, nothing silently dropped
