@@ -122,6 +122,10 @@ class TokensSettings:
     models_file: Path = _opt(PROJECT_ROOT / "config" / "tokens.toml")
     inline_max_chars: int = _opt(8192, minimum=0)
     threads: int = _opt(0, minimum=0)  # 0: one per CPU, at most 8
+    backend: str = _opt("auto", choices=("auto", "cpu", "gpu"))  # gpu: CUDA via cuda-python
+    gpu_device: int = _opt(0, minimum=0)
+    gpu_min_batch_bytes: int = _opt(1_048_576, minimum=0)  # smaller batches stay on the CPU
+    gpu_batch_window_ms: float = _opt(2.0, minimum=0)  # how long concurrent callers are gathered
 
 
 @dataclass(frozen=True)

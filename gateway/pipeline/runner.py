@@ -50,7 +50,7 @@ from gateway.pipeline.meter import (
 from gateway.pipeline.price import price
 from gateway.pipeline.record import record
 from gateway.pricing import PriceTable, format_usd
-from gateway.providers.base import Credential, Upstream
+from gateway.providers.base import Credential, Upstream, untranslatable
 from gateway.providers.resilience import (
     CircuitBreaker,
     backoff_delay,
@@ -157,13 +157,8 @@ class ProxyPipeline:
     def _check_translatable(self, chat: ChatRequest, route: Route) -> None:
         wire = self.upstreams[route.provider].adapter.wire
         if chat.untranslatable and wire != chat.entry_wire:
-            features = ", ".join(chat.untranslatable)
-            raise BadRequest(
-                f"{features} cannot be translated to provider {route.provider!r} (it speaks "
-                f"{wire}'s API, the request is {chat.entry_wire}'s)",
-                code="untranslatable_feature",
-                details={"feature": chat.untranslatable[0],
-                         "features": list(chat.untranslatable), "provider": route.provider})
+            raise untranslatable(list(chat.untranslatable), route.provider,
+                                 f"it speaks {wire}'s API, the request is {chat.entry_wire}'s")
 
     @staticmethod
     def _retarget(chat: ChatRequest, route: Route) -> ChatRequest:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadGateway, BadRequest, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall
+from gateway.providers.base import Credential, UpstreamCall, require_key
+from gateway.providers.base import untranslatable as base_untranslatable
 from gateway.providers.openai import upstream_error
 from gateway.settings import ProviderSettings
 
@@ -50,12 +50,9 @@ _NEUTRAL: dict[str, Any] = {"n": 1, "logprobs": False, "top_logprobs": 0, "prese
 
 
 def untranslatable(features: list[str], provider: str, why: str = "") -> BadRequest:
-    """The 400 for features a provider's API has no counterpart for."""
-    reason = why or "Anthropic's Messages API has no counterpart"
-    return BadRequest(
-        f"{', '.join(features)} cannot be translated to provider {provider}: {reason}",
-        code="untranslatable_feature",
-        details={"feature": features[0], "features": features, "provider": provider})
+    """The 400 for features Anthropic's API has no counterpart for."""
+    return base_untranslatable(features, provider,
+                               why or "Anthropic's Messages API has no counterpart")
 
 
 class AnthropicAdapter:
@@ -68,11 +65,7 @@ class AnthropicAdapter:
 
     def build_call(self, chat: ChatRequest, credential: Credential) -> UpstreamCall:
         base = credential.base_url.rstrip("/")
-        if not credential.api_key and (urlsplit(base).hostname or "") in _KEYED_HOSTS:
-            raise BadRequest(
-                f"no credential is configured for provider {self.name}: set {self.key_env} "
-                "or store one for the project",
-                code="missing_provider_credential", details={"provider": self.name})
+        require_key(self.name, credential, _KEYED_HOSTS, self.key_env)
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if credential.api_key:
             headers["x-api-key"] = credential.api_key

@@ -9,14 +9,15 @@ the gateway relays the provider's bytes as they are and only meters them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from gateway.domain import ChatRequest, Usage
-from gateway.errors import UpstreamStatusError
+from gateway.errors import BadRequest, UpstreamStatusError
 from gateway.settings import ProviderSettings
 
 WIRES = ("openai", "anthropic", "gemini", "cohere")
@@ -42,6 +43,27 @@ class Credential:
     base_url: str
     weight: int = 1
     options: Mapping[str, str] = field(default_factory=dict)
+
+
+def require_key(provider: str, credential: Credential, keyed_hosts: Collection[str],
+                env: str) -> None:
+    """400 at once for a provider's own API host without a key (a local or compatible
+    server may need none)."""
+    host = urlsplit(credential.base_url).hostname or ""
+    if not credential.api_key and host in keyed_hosts:
+        raise BadRequest(
+            f"no credential is configured for provider {provider}: set {env} or store one for "
+            "the project", code="missing_provider_credential", details={"provider": provider})
+
+
+def untranslatable(features: str | Sequence[str], provider: str, why: str = "") -> BadRequest:
+    """The 400 for request features a provider's API has no counterpart for."""
+    names = [features] if isinstance(features, str) else list(features)
+    reason = f": {why}" if why else ""
+    return BadRequest(
+        f"{', '.join(names)} cannot be translated to provider {provider}{reason}",
+        code="untranslatable_feature",
+        details={"feature": names[0], "features": names, "provider": provider})
 
 
 class StreamTranslator(Protocol):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadRequest, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall
+from gateway.providers.base import Credential, UpstreamCall, require_key, untranslatable
 from gateway.settings import ProviderSettings
 
 _OFFICIAL_HOSTS = frozenset({"api.cohere.com", "api.cohere.ai"})
@@ -58,10 +57,7 @@ class CohereAdapter:
 
     def build_call(self, chat: ChatRequest, credential: Credential) -> UpstreamCall:
         base = credential.base_url.rstrip("/")
-        if not credential.api_key and urlsplit(base).hostname in _OFFICIAL_HOSTS:
-            raise BadRequest(
-                f"no credential is configured for provider {self.name}: set COHERE_API_KEY",
-                code="missing_provider_credential")
+        require_key(self.name, credential, _OFFICIAL_HOSTS, "COHERE_API_KEY")
         headers = {"Content-Type": "application/json",
                    "Accept": "text/event-stream" if chat.stream else "application/json"}
         if credential.api_key:
@@ -70,7 +66,7 @@ class CohereAdapter:
         if chat.native_body is not None and chat.entry_wire == self.wire:
             body = {**chat.native_body, "model": model}
         elif chat.untranslatable:
-            raise _untranslatable(", ".join(chat.untranslatable), self.name)
+            raise untranslatable(list(chat.untranslatable), self.name)
         else:
             body = {**_request(chat.body, self.name), "model": model, "stream": chat.stream}
         return UpstreamCall(f"{base}/v2/chat", headers, orjson.dumps(body))
@@ -201,7 +197,7 @@ def _request(body: dict[str, Any], provider: str) -> dict[str, Any]:
         if value is None or key in _IGNORED or key in _TRANSLATED:
             continue
         if key not in _DEFAULT_ONLY or value not in _DEFAULT_ONLY[key]:
-            raise _untranslatable(key, provider)
+            raise untranslatable(key, provider)
     request: dict[str, Any] = {"messages": _messages(body.get("messages") or [], provider)}
     for source, target in _RENAMED.items():
         if body.get(source) is not None:
@@ -242,7 +238,7 @@ def _messages(messages: list[Any], provider: str) -> list[dict[str, Any]]:
         if role not in _MESSAGE_KEYS or extra:
             feature = f"{where}.role={role}" if role not in _MESSAGE_KEYS else \
                 f"{where}.{sorted(extra)[0]}"
-            raise _untranslatable(feature, provider)
+            raise untranslatable(feature, provider)
         content = message.get("content")
         if role in ("system", "developer"):
             translated.append({"role": "system", "content": _text(content, where, provider)})
@@ -267,7 +263,7 @@ def _text(content: Any, where: str, provider: str) -> str:
         if kind in ("text", "refusal") and isinstance(part.get(kind), str):
             texts.append(part[kind])
         else:
-            raise _untranslatable(f"{where}.content[{j}].type={kind}", provider)
+            raise untranslatable(f"{where}.content[{j}].type={kind}", provider)
     return "".join(texts)
 
 
@@ -284,7 +280,7 @@ def _user_content(content: Any, where: str, provider: str) -> str | list[dict[st
             image = {k: v for k, v in part["image_url"].items() if k in ("url", "detail")}
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise _untranslatable(f"{where}.content[{j}].type={kind}", provider)
+            raise untranslatable(f"{where}.content[{j}].type={kind}", provider)
     return parts
 
 
@@ -298,7 +294,7 @@ def _assistant(message: dict[str, Any], where: str, provider: str) -> dict[str, 
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or call.get("type", "function") != "function":
             kind = call.get("type") if isinstance(call, dict) else None
-            raise _untranslatable(f"{where}.tool_calls[{j}].type={kind}", provider)
+            raise untranslatable(f"{where}.tool_calls[{j}].type={kind}", provider)
         calls.append({"id": call.get("id"), "type": "function",
                       "function": {"name": function.get("name"),
                                    "arguments": function.get("arguments") or "{}"}})
@@ -316,7 +312,7 @@ def _tools(tools: Any, provider: str) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         function = tool.get("function") if isinstance(tool, dict) else None
         if tool.get("type") != "function" or not isinstance(function, dict):
-            raise _untranslatable(f"tools[{i}].type={tool.get('type')}", provider)
+            raise untranslatable(f"tools[{i}].type={tool.get('type')}", provider)
         spec = {k: function[k] for k in ("name", "description", "parameters") if k in function}
         translated.append({"type": "function", "function": spec})
     return translated
@@ -328,7 +324,7 @@ def _tool_choice(request: dict[str, Any], choice: Any, provider: str) -> None:
         return
     function = choice.get("function") if isinstance(choice, dict) else None
     if not isinstance(function, dict) or choice.get("type") != "function":
-        raise _untranslatable(f"tool_choice={orjson.dumps(choice).decode()[:100]}", provider)
+        raise untranslatable(f"tool_choice={orjson.dumps(choice).decode()[:100]}", provider)
     # Cohere cannot name the tool to call: offering only that one and requiring a call does.
     name = function.get("name")
     tools = [t for t in request.get("tools", ()) if t["function"].get("name") == name]
@@ -351,7 +347,7 @@ def _response_format(form: Any, provider: str) -> dict[str, Any] | None:
             raise BadRequest("response_format.json_schema.schema is required",
                              details={"field": "response_format.json_schema.schema"})
         return {"type": "json_object", "json_schema": spec["schema"]}
-    raise _untranslatable(f"response_format.type={kind}", provider)
+    raise untranslatable(f"response_format.type={kind}", provider)
 
 
 # -- response ----------------------------------------------------------------------------------
@@ -422,8 +418,3 @@ def _obj(value: Any) -> dict[str, Any]:
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
-
-def _untranslatable(feature: str, provider: str) -> BadRequest:
-    return BadRequest(f"{feature} cannot be translated for provider {provider}",
-                      code="untranslatable_feature",
-                      details={"feature": feature, "provider": provider})

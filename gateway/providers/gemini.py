@@ -21,7 +21,7 @@ import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadRequest, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall
+from gateway.providers.base import Credential, UpstreamCall, require_key, untranslatable
 from gateway.settings import ProviderSettings
 
 _OFFICIAL_HOSTS = frozenset({"generativelanguage.googleapis.com"})
@@ -67,10 +67,7 @@ class GeminiAdapter:
 
     def build_call(self, chat: ChatRequest, credential: Credential) -> UpstreamCall:
         base = credential.base_url.rstrip("/")
-        if not credential.api_key and urlsplit(base).hostname in _OFFICIAL_HOSTS:
-            raise BadRequest(
-                f"no credential is configured for provider {self.name}: set GEMINI_API_KEY",
-                code="missing_provider_credential")
+        require_key(self.name, credential, _OFFICIAL_HOSTS, "GEMINI_API_KEY")
         model = str(chat.body.get("model") or chat.model).removeprefix("models/")
         method = "streamGenerateContent?alt=sse" if chat.stream else "generateContent"
         url = f"{base}/v1beta/models/{quote(model, safe='')}:{method}"
@@ -80,7 +77,7 @@ class GeminiAdapter:
         if chat.native_body is not None and chat.entry_wire == self.wire:
             return UpstreamCall(url, headers, orjson.dumps(chat.native_body))
         if chat.untranslatable:
-            raise _untranslatable(", ".join(chat.untranslatable), self.name)
+            raise untranslatable(list(chat.untranslatable), self.name)
         return UpstreamCall(url, headers, orjson.dumps(_request(chat.body, self.name)))
 
     def parse_response(self, body: bytes) -> tuple[Usage, str | None]:
@@ -250,7 +247,7 @@ def _request(body: dict[str, Any], provider: str) -> dict[str, Any]:
         if value is None or key in _IGNORED or key in _TRANSLATED:
             continue
         if key not in _DEFAULT_ONLY or value not in _DEFAULT_ONLY[key]:
-            raise _untranslatable(key, provider)
+            raise untranslatable(key, provider)
     system, contents = _contents(body.get("messages") or [], provider)
     request: dict[str, Any] = {"contents": contents}
     if system:
@@ -280,7 +277,7 @@ def _contents(messages: list[Any], provider: str) -> tuple[list[dict[str, Any]],
         if role not in _MESSAGE_KEYS or extra:
             feature = f"{where}.role={role}" if role not in _MESSAGE_KEYS else \
                 f"{where}.{sorted(extra)[0]}"
-            raise _untranslatable(feature, provider)
+            raise untranslatable(feature, provider)
         content = message.get("content")
         if role in ("system", "developer"):
             # Gemini has one system instruction: every system message joins it, in order.
@@ -330,7 +327,7 @@ def _texts(content: Any, where: str, provider: str) -> list[str]:
         if kind in ("text", "refusal") and isinstance(part.get(kind), str):
             texts.append(part[kind])
         else:
-            raise _untranslatable(f"{where}.content[{j}].type={kind}", provider)
+            raise untranslatable(f"{where}.content[{j}].type={kind}", provider)
     return texts
 
 
@@ -350,13 +347,13 @@ def _user_parts(content: Any, where: str, provider: str) -> list[dict[str, Any]]
             audio = part["input_audio"]
             mime = _AUDIO_TYPES.get(str(audio.get("format")))
             if mime is None:
-                raise _untranslatable(f"{at}.input_audio.format={audio.get('format')}", provider)
+                raise untranslatable(f"{at}.input_audio.format={audio.get('format')}", provider)
             parts.append({"inlineData": {"mimeType": mime, "data": str(audio.get("data", ""))}})
         elif kind == "file" and isinstance(part.get("file"), dict) and \
                 isinstance(part["file"].get("file_data"), str):
             parts.append(_inline(part["file"]["file_data"], f"{at}.file.file_data"))
         else:
-            raise _untranslatable(f"{at}.type={kind}", provider)
+            raise untranslatable(f"{at}.type={kind}", provider)
     return parts
 
 
@@ -387,7 +384,7 @@ def _call(call: Any, where: str, provider: str) -> tuple[str, dict[str, Any]]:
     call = call if isinstance(call, dict) else {}
     function = call.get("function")
     if not isinstance(function, dict) or call.get("type", "function") != "function":
-        raise _untranslatable(f"{where}.type={call.get('type')}", provider)
+        raise untranslatable(f"{where}.type={call.get('type')}", provider)
     arguments = function.get("arguments") or "{}"
     try:
         args = orjson.loads(arguments) if isinstance(arguments, str) else arguments
@@ -412,7 +409,7 @@ def _tools(tools: Any, provider: str) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         function = tool.get("function") if isinstance(tool, dict) else None
         if tool.get("type") != "function" or not isinstance(function, dict):
-            raise _untranslatable(f"tools[{i}].type={tool.get('type')}", provider)
+            raise untranslatable(f"tools[{i}].type={tool.get('type')}", provider)
         declaration: dict[str, Any] = {"name": function.get("name")}
         if function.get("description"):
             declaration["description"] = function["description"]
@@ -429,7 +426,7 @@ def _tool_choice(choice: Any, provider: str) -> dict[str, Any]:
     function = choice.get("function") if isinstance(choice, dict) else None
     if isinstance(function, dict) and choice.get("type") == "function":
         return {"mode": "ANY", "allowedFunctionNames": [function.get("name")]}
-    raise _untranslatable(f"tool_choice={orjson.dumps(choice).decode()[:100]}", provider)
+    raise untranslatable(f"tool_choice={orjson.dumps(choice).decode()[:100]}", provider)
 
 
 def _generation_config(body: dict[str, Any], provider: str) -> dict[str, Any]:
@@ -459,11 +456,11 @@ def _generation_config(body: dict[str, Any], provider: str) -> dict[str, Any]:
         config["responseMimeType"] = "application/json"
         config["responseJsonSchema"] = spec["schema"]
     elif form is not None and kind != "text":
-        raise _untranslatable(f"response_format.type={kind}", provider)
+        raise untranslatable(f"response_format.type={kind}", provider)
     effort = body.get("reasoning_effort")
     if effort is not None:
         if effort not in _THINKING_BUDGETS:
-            raise _untranslatable(f"reasoning_effort={effort}", provider)
+            raise untranslatable(f"reasoning_effort={effort}", provider)
         config["thinkingConfig"] = {"thinkingBudget": _THINKING_BUDGETS[effort]}
     return config
 
@@ -566,8 +563,3 @@ def _openai_usage(meta: Any) -> dict[str, Any] | None:
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
-
-def _untranslatable(feature: str, provider: str) -> BadRequest:
-    return BadRequest(f"{feature} cannot be translated for provider {provider}",
-                      code="untranslatable_feature",
-                      details={"feature": feature, "provider": provider})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.domain import ChatRequest
-from gateway.errors import BadRequest
+from gateway.providers.base import untranslatable
 from gateway.providers.openai import OpenAIAdapter
 from gateway.settings import ProviderSettings
 
@@ -31,10 +31,7 @@ class MistralAdapter(OpenAIAdapter):
         body = chat.body
         present = [name for name in UNSUPPORTED if body.get(name) is not None]
         if present:
-            raise BadRequest(
-                f"{', '.join(present)} cannot be translated to provider {self.name}: Mistral's "
-                "chat API has no such parameter", code="untranslatable_feature",
-                details={"feature": present[0], "features": present, "provider": self.name})
+            raise untranslatable(present, self.name, "Mistral's chat API has no such parameter")
         out = {k: v for k, v in body.items() if k not in DROPPED}
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens is not None:

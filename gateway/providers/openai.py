@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
-from gateway.errors import BadGateway, BadRequest, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall
+from gateway.errors import BadGateway, UpstreamStatusError
+from gateway.providers.base import Credential, UpstreamCall, require_key
 from gateway.settings import ProviderSettings
 
 # Hosts that certainly need a key: calling them without one is answered 400 here, at once.
@@ -36,11 +36,7 @@ class OpenAIAdapter:
 
     def require_key(self, credential: Credential) -> None:
         host = urlsplit(credential.base_url).hostname or ""
-        if not credential.api_key and host in _KEYED_HOSTS:
-            raise BadRequest(
-                f"no credential is configured for provider {self.name}: set "
-                f"{_KEYED_HOSTS[host]} or store one for the project",
-                code="missing_provider_credential", details={"provider": self.name})
+        require_key(self.name, credential, _KEYED_HOSTS, _KEYED_HOSTS.get(host, self.key_env))
 
     def url(self, credential: Credential, chat: ChatRequest) -> str:
         return credential.base_url.rstrip("/") + "/chat/completions"

@@ -91,7 +91,7 @@ def test_features_another_entry_could_not_carry_are_a_400() -> None:
     error = rejected({"messages": [user()]}, entry_wire="anthropic",
                      native_body={"messages": []}, untranslatable=("thinking",))
     assert error.code == "untranslatable_feature"
-    assert error.details == {"feature": "thinking", "provider": "cohere"}
+    assert error.details == {"feature": "thinking", "features": ["thinking"], "provider": "cohere"}
 
 
 # -- build_call: messages and parameters -------------------------------------------------------
@@ -213,7 +213,7 @@ def test_transport_and_identity_fields_are_ignored() -> None:
 def test_untranslatable_request_fields(extra: dict[str, Any], feature: str) -> None:
     error = rejected({"messages": [user()], **extra})
     assert error.code == "untranslatable_feature"
-    assert error.details == {"feature": feature, "provider": "cohere"}
+    assert error.details == {"feature": feature, "features": [feature], "provider": "cohere"}
     assert feature in error.message and "cohere" in error.message
 
 

@@ -88,7 +88,7 @@ def test_features_another_entry_could_not_carry_are_a_400() -> None:
     error = rejected({"messages": [user()]}, entry_wire="anthropic",
                      native_body={"messages": []}, untranslatable=("thinking",))
     assert error.code == "untranslatable_feature"
-    assert error.details == {"feature": "thinking", "provider": "gemini"}
+    assert error.details == {"feature": "thinking", "features": ["thinking"], "provider": "gemini"}
 
 
 # -- build_call: messages ----------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_transport_and_identity_fields_are_ignored() -> None:
 def test_untranslatable_request_fields(extra: dict[str, Any], feature: str) -> None:
     error = rejected({"messages": [user()], **extra})
     assert error.code == "untranslatable_feature"
-    assert error.details == {"feature": feature, "provider": "gemini"}
+    assert error.details == {"feature": feature, "features": [feature], "provider": "gemini"}
     assert feature in error.message and "gemini" in error.message
 
 
