@@ -13,6 +13,7 @@ from gateway import db, migrate
 from gateway.budgets import BudgetBook
 from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.health import Readiness
+from gateway.http.metrics import metrics_middleware
 from gateway.idempotency import create_claims
 from gateway.keys import (
     BUDGETS,
@@ -21,6 +22,7 @@ from gateway.keys import (
     KEYSTORE,
     LEDGER,
     LIMITER,
+    METRICS,
     PIPELINE,
     PLANS,
     POOL,
@@ -33,6 +35,7 @@ from gateway.keys import (
 )
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
+from gateway.metrics import Metrics
 from gateway.middlewares import add_request_id, error_middleware_factory
 from gateway.pipeline.budget import BudgetGuard
 from gateway.pipeline.idempotency import IdempotencyGuard
@@ -54,9 +57,12 @@ from gateway.tokens.service import TokenService
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware_factory()],
+    metrics = Metrics()
+    # The metrics middleware wraps the error middleware, so it sees every final status.
+    app = web.Application(middlewares=[metrics_middleware(metrics), error_middleware_factory()],
                           client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
     app[TOKENIZERS] = ModelTokenizers.load(settings.tokens.models_file)
     app[PLANS] = Plans.load(settings.ratelimit.plans_file)
@@ -159,7 +165,10 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     app[PIPELINE] = ProxyPipeline(keys=app[KEYSTORE], limits=limits, upstreams=app[UPSTREAMS],
                                   prices=app[PRICES], ledger=app[LEDGER], tokens=app[TOKENS],
                                   router=router, guards=guards, credentials=app[CREDENTIALS],
-                                  log_requests=settings.logging.requests)
+                                  log_requests=settings.logging.requests,
+                                  metrics=app[METRICS])
+    app[METRICS].watch_ledger(app[LEDGER])
+    app[METRICS].watch_breakers(app[PIPELINE].breakers)
     app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS])
     yield
     app[READINESS].draining = True

@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.budgets import BudgetBook
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
+from gateway.metrics import Metrics
 from gateway.plans import Plans
 from gateway.pricing import PriceTable
 from gateway.settings import Settings
@@ -41,5 +42,6 @@ BUDGETS = web.AppKey("budgets", BudgetBook)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 CLAIMS: web.AppKey[ClaimStore] = web.AppKey("claims")
 CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
+METRICS = web.AppKey("metrics", Metrics)
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http import admin, budgets, credentials, docs, health, models, proxy, tokens
+from gateway.http import (
+    admin,
+    budgets,
+    credentials,
+    docs,
+    health,
+    metrics,
+    models,
+    proxy,
+    tokens,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,6 +28,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)
     app.router.add_get("/api/openapi.json", docs.openapi_handler())
+    app.router.add_get("/metrics", metrics.scrape)
 
     app.router.add_post("/api/admin/projects", admin.create_project)
     app.router.add_get("/api/admin/projects", admin.list_projects)

@@ -34,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
+from gateway.metrics import Metrics
 from gateway.pipeline import translate, validate
 from gateway.pipeline.authenticate import authenticate
 from gateway.pipeline.authorize import authorize
@@ -85,6 +86,7 @@ class ProxyPipeline:
                  upstreams: Mapping[str, Upstream], prices: PriceTable, ledger: Ledger,
                  tokens: TokenService, router: Router, guards: Sequence[Guard] = (),
                  credentials: CredentialSource | None = None, log_requests: bool = False,
+                 metrics: Metrics | None = None,
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.router = router
@@ -98,6 +100,7 @@ class ProxyPipeline:
         self.guards = tuple(guards)
         self.credentials = credentials
         self.log_requests = log_requests
+        self.metrics = metrics
         self.breakers = {name: CircuitBreaker(u.settings.breaker_failures,
                                               u.settings.breaker_cooldown_s)
                          for name, u in upstreams.items()}
@@ -359,6 +362,8 @@ class ProxyPipeline:
             except Exception:  # one guard failing must not keep the others or the row
                 log.exception("guard_settle_failed", guard=type(guard).__name__)
         row = record(ex, self.ledger)
+        if self.metrics is not None and row is not None:
+            self.metrics.observe(row)
         if self.log_requests and row is not None:  # never the key, never the prompt
             log.info("request", status=row.status, project_id=row.project_id,
                      provider=row.provider, model=row.model, streamed=row.streamed,
