@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 from gateway import db, migrate
+from gateway.alerts import AlertHook
 from gateway.budgets import BudgetBook
 from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.health import Readiness
@@ -32,6 +32,7 @@ from gateway.keys import (
     TOKENIZERS,
     TOKENS,
     UPSTREAMS,
+    WEBHOOKS,
 )
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
@@ -50,10 +51,10 @@ from gateway.ratelimit import create_limiter
 from gateway.routes import setup_routes
 from gateway.routing import Router
 from gateway.settings import Settings
-from gateway.tokens.cpu import CpuCounter
 from gateway.tokens.encodings import load_all
 from gateway.tokens.models import ModelTokenizers
-from gateway.tokens.service import TokenService
+from gateway.tokens.service import build_token_service
+from gateway.webhooks import WebhookWorker
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -69,23 +70,22 @@ def build_app(settings: Settings) -> web.Application:
     app[CREDENTIALS] = ProjectCredentials(  # a too-short GATEWAY_SECRET_KEY fails the start
         SecretBox.from_setting(settings.secrets.key), ttl_s=settings.auth.key_cache_ttl_s,
         connect_timeout_s=settings.database.connect_timeout_s)
-    app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _limits,
-                            _pipeline])
+    app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _webhooks,
+                            _limits, _pipeline])
     app.on_response_prepare.append(add_request_id)
     setup_routes(app)
     return app
 
 
 async def _tokens(app: web.Application) -> AsyncIterator[None]:
-    """Encodings load once, off the loop, before the gateway serves (or reports ready)."""
-    settings = app[SETTINGS].tokens
+    """Encodings (and the GPU kernel, for tokens.backend gpu/auto) load once, off the loop,
+    before the gateway serves (or reports ready)."""
     encodings = await asyncio.to_thread(load_all)
-    threads = settings.threads or min(os.cpu_count() or 1, 8)
-    service = TokenService(CpuCounter(encodings), app[TOKENIZERS],
-                           inline_max_chars=settings.inline_max_chars, threads=threads)
+    service = await asyncio.to_thread(build_token_service, app[SETTINGS].tokens,
+                                      app[TOKENIZERS], encodings)
     app[TOKENS] = service
     yield
-    service.close()
+    await asyncio.to_thread(service.close)  # waits for a GPU batch in flight
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -130,11 +130,27 @@ async def _keystore(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
-    ledger = Ledger(app[POOL], app[SETTINGS].ledger)
+    """The usage ledger; budget alerts and usage events are made in each batch's transaction,
+    and batches spill to disk while PostgreSQL is unreachable."""
+    settings = app[SETTINGS]
+    alerts = AlertHook(settings.webhooks, ZoneInfo(settings.budgets.timezone))
+    ledger = Ledger(app[POOL], settings.ledger, hooks=[alerts],
+                    spill_dir=settings.ledger.spill_path(settings.database.data_dir))
     await ledger.start()
     app[LEDGER] = ledger
     yield
-    await ledger.close(deadline_s=app[SETTINGS].server.shutdown_timeout_s)
+    await ledger.close(deadline_s=settings.server.shutdown_timeout_s)
+
+
+async def _webhooks(app: web.Application) -> AsyncIterator[None]:
+    """The outbox's delivery worker (replicas share the work; each row goes out once)."""
+    settings = app[SETTINGS].webhooks
+    worker = WebhookWorker(app[POOL], settings, app[CREDENTIALS].box)
+    if settings.enabled:
+        await worker.start()
+    app[WEBHOOKS] = worker
+    yield
+    await worker.close()
 
 
 async def _limits(app: web.Application) -> AsyncIterator[None]:

@@ -23,6 +23,8 @@ from gateway.keys import POOL, READINESS
 from gateway.logging import configure_logging
 from gateway.plans import LIMIT_FIELDS
 from gateway.settings import Settings, SettingsError, load_settings
+from gateway.tokens import bulk
+from gateway.tokens.gpu import GpuUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.run(args, settings)
         return result
-    except (GatewayError, migrate.MigrationError) as exc:
+    except (GatewayError, migrate.MigrationError, GpuUnavailable) as exc:
         print(f"gateway: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -63,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", parents=[common], help="apply pending migrations").set_defaults(
         run=lambda a, s: _with_db(s, None))
+
+    tok = sub.add_parser("tokens", help="token counting").add_subparsers(required=True,
+                                                                         metavar="ACTION")
+    count = tok.add_parser("count", parents=[common],
+                           help="count and price JSONL chat logs, totals per model")
+    count.add_argument("files", nargs="+", metavar="FILE")
+    count.add_argument("--model", help="count every line as this model")
+    count.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    count.set_defaults(run=lambda a, s: bulk.run(s, a.files, model=a.model, as_json=a.json))
 
     proj = sub.add_parser("projects", help="manage projects").add_subparsers(required=True,
                                                                               metavar="ACTION")

@@ -97,7 +97,7 @@ class UsageRecord:
 
     request_id: uuid.UUID
     project_id: int
-    api_key_id: int
+    api_key_id: int | None  # None: tracked with the admin token
     provider: str
     model: str
     endpoint: str

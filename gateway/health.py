@@ -31,7 +31,7 @@ class Readiness:
             "ledger": {"ok": True, "pending": self.ledger.pending,
                        "written": self.ledger.written, "failed_flushes": self.ledger.failures},
             "key_invalidation": {"ok": True, "listening": self.keys.listening},
-            "tokens": {"ok": True, "backend": self.tokens.counter.name,
+            "tokens": {"ok": True, "backend": self.tokens.backend, "device": self.tokens.device,
                        "encodings": list(self.tokens.counter.encodings)},
             "draining": self.draining,
         }

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.providers.base import Upstream
     from gateway.ratelimit import RateLimiter
     from gateway.tokens.service import TokenService
+    from gateway.webhooks import WebhookWorker
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -43,5 +44,6 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 CLAIMS: web.AppKey[ClaimStore] = web.AppKey("claims")
 CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
 METRICS = web.AppKey("metrics", Metrics)
+WEBHOOKS: web.AppKey[WebhookWorker] = web.AppKey("webhooks")
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

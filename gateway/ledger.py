@@ -1,22 +1,44 @@
-"""The usage ledger writer: rows are queued in memory and copied to PostgreSQL in batches.
+"""The usage ledger writer: rows are queued in memory and written to PostgreSQL in batches.
 
-`record()` never waits: the request path appends and moves on. A background task flushes a
-batch when it is full or when the flush interval passes, with `COPY` (one round trip per
-batch). A failed flush keeps its rows and retries with backoff; `close()` flushes what is left.
+`record()` never waits and never drops a row: the request path appends and moves on. A
+background task writes a batch when it is full or when the flush interval passes: `COPY` into
+a temporary table, then one `INSERT ... SELECT ... ON CONFLICT (request_id) DO NOTHING`, so a
+replayed row never counts twice and a duplicate never poisons its batch. The batch hooks run
+in that same transaction with the rows really inserted.
+
+When PostgreSQL cannot take a batch, the queued rows go to a spill file (one JSON line per
+row, fsync'd per batch) and are replayed once it answers again; the file is emptied only after
+the replay commits. Files left by a process that died are replayed by the next ledger to start
+on the same directory. Past `spill_max_bytes` rows wait in memory, and past `max_pending`
+`check_capacity()` turns requests away with 503 rather than grow without limit. `close()`
+writes what is left, or spills it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import itertools
+import os
+import secrets
+import threading
 import time
+import uuid
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import asyncpg
+import orjson
 import structlog
 
 from gateway.domain import UsageRecord
+from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.settings import LedgerSettings
 
 log = structlog.get_logger(__name__)
@@ -31,6 +53,51 @@ COLUMNS = (
 )
 
 
+class InsertedRow(NamedTuple):
+    """A usage row as the batch hooks see it: one that this transaction really inserted."""
+
+    request_id: uuid.UUID
+    project_id: int
+    provider: str
+    model: str
+    endpoint: str
+    status: int
+    error_code: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    started_at: datetime
+    metadata: dict[str, Any]
+
+
+BatchHook = Callable[[asyncpg.Connection, Sequence[InsertedRow]], Awaitable[None]]
+
+_COLS = ", ".join(COLUMNS)
+_RETURNING = ", ".join(InsertedRow._fields)
+_STAGE = f"CREATE TEMP TABLE ledger_batch ON COMMIT DROP AS SELECT {_COLS} FROM usage_records " \
+         "WITH NO DATA"
+# Sorted, so two writers holding the same replayed ids lock them in the same order.
+_MOVE = (f"INSERT INTO usage_records ({_COLS}) SELECT {_COLS} FROM ledger_batch "
+         f"ORDER BY request_id ON CONFLICT (request_id) DO NOTHING RETURNING {_RETURNING}")
+_MOVE_COUNTED = _MOVE.partition(" RETURNING ")[0]  # no hooks: the rows are not needed back
+_INSERT_ONE = (f"INSERT INTO usage_records ({_COLS}) "
+               f"VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
+               f"ON CONFLICT (request_id) DO NOTHING RETURNING {_RETURNING}")
+
+# PostgreSQL could not take the batch: it goes to the spill file (or waits in memory).
+FLUSH_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The rows themselves are wrong: written one by one, the bad ones logged and left out.
+ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# COPY encodes on the client and raises these bare (one-by-one, they come back as DataError).
+_COPY_ROW_ERRORS = (*ROW_ERRORS, TypeError, ValueError, OverflowError)
+# The connection is gone: a hook's failure then fails the whole batch.
+_CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError,
+                      asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
+MAX_BACKOFF_S = 5.0
+REPLAY_BATCHES_PER_FLUSH = 20  # then queued rows get their turn, so memory keeps draining
+RETRY_AFTER_S = "1"
+
+
 def as_row(r: UsageRecord) -> tuple[Any, ...]:
     u = r.usage
     return (r.request_id, r.project_id, r.api_key_id, r.provider, r.model, r.endpoint, r.status,
@@ -42,92 +109,495 @@ def as_row(r: UsageRecord) -> tuple[Any, ...]:
 
 
 class Ledger:
-    def __init__(self, pool: asyncpg.Pool, settings: LedgerSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: LedgerSettings,
+                 hooks: Iterable[BatchHook] = (), *, spill_dir: Path | None = None) -> None:
+        """`spill_dir` (else `settings.spill_dir`; neither: no spilling) holds the spill files."""
         self._pool = pool
         self._settings = settings
+        self._hooks = tuple(hooks)
         self._pending: deque[tuple[Any, ...]] = deque()
+        self._batch_size = settings.batch_size
+        self._max_pending = settings.max_pending
+        directory = spill_dir if spill_dir is not None else (
+            None if settings.spill_dir == Path("") else settings.spill_dir)
+        self._spill = (SpillFiles(directory, settings.spill_max_bytes)
+                       if directory is not None and settings.spill_max_bytes > 0 else None)
+        self._lock = asyncio.Lock()  # one writer at a time: flush, replay, spill
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.written = 0
-        self.failures = 0
-        self.last_flush = time.time()
+        self._closed = False
+        self.written = 0  # rows inserted by this ledger
+        self.duplicates = 0  # rows skipped because their request_id was already stored
+        self.rejected = 0  # rows PostgreSQL refused as invalid (each one logged)
+        self.spilled = 0  # rows moved to the spill file
+        self.replayed = 0  # rows read back from spill files and committed
+        self.failures = 0  # flushes that failed
+        self.last_flush = time.time()  # when the queue was last written out entirely
 
     @property
     def pending(self) -> int:
+        """Rows queued in memory."""
         return len(self._pending)
 
+    @property
+    def spill_bytes(self) -> int:
+        """Bytes in spill files that are still to be replayed."""
+        return self._spill.backlog if self._spill is not None else 0
+
+    @property
+    def flush_lag_s(self) -> float:
+        """Seconds since everything queued was last written; 0 when nothing is waiting."""
+        if not self._pending and not self.spill_bytes:
+            return 0.0
+        return max(time.time() - self.last_flush, 0.0)
+
     def record(self, record: UsageRecord) -> None:
-        """Queue one row; never blocks, never raises on the request path."""
+        """Queue one row; never blocks, never raises, never drops it."""
+        if self._closed:
+            self._record_after_close(as_row(record))
+            return
         self._pending.append(as_row(record))
-        if len(self._pending) >= self._settings.batch_size:
+        queued = len(self._pending)
+        if queued % self._batch_size == 0:
             self._wake.set()
-        if len(self._pending) == self._settings.max_pending:
-            log.error("ledger_backlog", pending=len(self._pending))
+        if queued == self._max_pending:
+            log.error("ledger_backlog", pending=queued, spill_bytes=self.spill_bytes)
+
+    def check_capacity(self) -> None:
+        """At admission: refuse new work (503, Retry-After) while the queue is full."""
+        if len(self._pending) >= self._max_pending:
+            raise ServiceUnavailable(
+                "the usage ledger is behind; retry shortly", code="ledger_backlog",
+                headers={"Retry-After": RETRY_AFTER_S})
+
+    async def write_now(self, record: UsageRecord) -> bool:
+        """Write one row at once, hooks included; False if its request_id was already stored.
+
+        PostgreSQL unreachable: the row is queued like any other (spilled, replayed) and the
+        answer is True. A row PostgreSQL refuses raises BadRequest."""
+        row = as_row(record)
+        try:
+            async with asyncio.timeout(self._settings.flush_timeout_s):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    found = await conn.fetchrow(_INSERT_ONE, *row)
+                    inserted = [InsertedRow(*found)] if found is not None else []
+                    await self._run_hooks(conn, inserted)
+        except ROW_ERRORS as exc:
+            raise BadRequest(f"the usage row was refused: {exc}") from None
+        except FLUSH_ERRORS as exc:
+            log.warning("ledger_write_deferred", request_id=str(record.request_id),
+                        error=_describe(exc))
+            self.record(record)
+            return True
+        self.written += len(inserted)
+        self.duplicates += 1 - len(inserted)
+        return bool(inserted)
 
     async def start(self) -> None:
+        if self._spill is not None:
+            found = await asyncio.to_thread(self._spill.adopt_orphans)
+            if found:
+                log.info("ledger_spill_found", files=found, bytes=self._spill.backlog)
+                self._wake.set()
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def close(self, deadline_s: float) -> None:
-        """Stop the writer and flush everything still queued, retrying for `deadline_s`."""
+        """Stop the writer and write what is queued within `deadline_s`; spill what is not."""
         self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._wake.set()
             try:
                 await asyncio.wait_for(self._task, deadline_s)
             except TimeoutError:
-                log.error("ledger_unflushed_on_close", pending=len(self._pending))
+                log.error("ledger_flush_timed_out_on_close", pending=len(self._pending))
+            self._task = None
+        elif self._pending:
+            with contextlib.suppress(*FLUSH_ERRORS):
+                await asyncio.wait_for(self.flush(), deadline_s)
+        if self._pending and self._spill is not None:
+            async with self._lock:
+                await self._spill_pending(force=True)
+        if self._pending:
+            log.error("ledger_unflushed_on_close", pending=len(self._pending))
+        if self._spill is not None:
+            left = self._spill.backlog
+            await asyncio.to_thread(self._spill.close)
+            if left:
+                log.warning("ledger_spill_left_for_next_start", bytes=left)
+        self._closed = True
 
     async def flush(self) -> int:
-        """Write queued rows now, batch by batch; answer how many were written."""
-        done = 0
-        while self._pending:
-            batch = [self._pending.popleft()
-                     for _ in range(min(self._settings.batch_size, len(self._pending)))]
+        """Replay spilled rows (a bounded share), then write every queued row; answer how
+        many queued rows were written. On failure the queue is spilled and the error raised."""
+        async with self._lock:
             try:
-                async with self._pool.acquire() as conn:
+                replay_done = await self._replay(REPLAY_BATCHES_PER_FLUSH)
+                done = 0
+                while self._pending:
+                    batch = [self._pending.popleft()
+                             for _ in range(min(self._batch_size, len(self._pending)))]
                     try:
-                        await conn.copy_records_to_table("usage_records", records=batch,
-                                                         columns=COLUMNS)
-                    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError):
-                        await _insert_one_by_one(conn, batch)
-            except BaseException:
-                self._pending.extendleft(reversed(batch))  # keep order, lose nothing
+                        await self._write_batch(batch)
+                    except BaseException:
+                        self._pending.extendleft(reversed(batch))  # keep order, lose nothing
+                        raise
+                    done += len(batch)
+            except FLUSH_ERRORS as exc:
+                self.failures += 1
+                log.warning("ledger_flush_failed", error=_describe(exc),
+                            pending=len(self._pending), spill_bytes=self.spill_bytes)
+                await self._spill_pending(force=self._closing)
                 raise
-            done += len(batch)
-            self.written += len(batch)
+        if not replay_done:
+            self._wake.set()  # more to replay: come back at once
         self.last_flush = time.time()
         return done
 
     async def _run(self) -> None:
-        backoff = self._settings.flush_interval_s
+        interval = self._settings.flush_interval_s
+        backoff = interval
+        loop = asyncio.get_running_loop()
+        probe_at = 0.0  # while PostgreSQL is down: when to try it again
         while True:
             if not self._closing:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.flush_interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
+            if not self._closing and loop.time() < probe_at:
+                if self._pending and self._spill is not None and self._spill.has_room():
+                    async with self._lock:  # keep memory short while it is down
+                        await self._spill_pending(force=False)
+                continue
             try:
                 await self.flush()
-                backoff = self._settings.flush_interval_s
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.failures += 1
-                log.warning("ledger_flush_failed", error=str(exc), pending=len(self._pending))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                if not isinstance(exc, FLUSH_ERRORS):  # a bug: keep the writer alive
+                    log.exception("ledger_writer_error", pending=len(self._pending))
+                if not self._closing:
+                    probe_at = loop.time() + backoff
+                elif self._spill is not None or not self._pending:
+                    return  # flush() spilled what was left (close() spills the rest)
+                else:
+                    await asyncio.sleep(backoff)  # nowhere to spill: retry until the deadline
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
+            backoff, probe_at = interval, 0.0
             if self._closing and not self._pending:
                 return
 
+    async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
+        async with asyncio.timeout(self._settings.flush_timeout_s):
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        await conn.execute(_STAGE)
+                        await conn.copy_records_to_table("ledger_batch", records=rows,
+                                                         columns=COLUMNS)
+                        if self._hooks:
+                            inserted = [InsertedRow(*r) for r in await conn.fetch(_MOVE)]
+                            await self._run_hooks(conn, inserted)
+                            count = len(inserted)
+                        else:  # "INSERT 0 <rows>"
+                            count = int((await conn.execute(_MOVE_COUNTED)).rpartition(" ")[2])
+                    rejected = 0
+                except _COPY_ROW_ERRORS:
+                    inserted, rejected = await self._insert_one_by_one(conn, rows)
+                    count = len(inserted)
+        self.written += count
+        self.rejected += rejected
+        self.duplicates += len(rows) - count - rejected
 
-_INSERT = (f"INSERT INTO usage_records ({', '.join(COLUMNS)}) "
-           f"VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
-           "ON CONFLICT (request_id) DO NOTHING")
+    async def _insert_one_by_one(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]
+                                 ) -> tuple[list[InsertedRow], int]:
+        """A batch PostgreSQL refused: keep every row it accepts; log each one it refuses."""
+        inserted: list[InsertedRow] = []
+        refused: list[tuple[tuple[Any, ...], Exception]] = []
+        async with conn.transaction():
+            for row in rows:
+                try:
+                    async with conn.transaction():  # a savepoint per row
+                        found = await conn.fetchrow(_INSERT_ONE, *row)
+                except ROW_ERRORS as exc:
+                    refused.append((row, exc))
+                    continue
+                if found is not None:
+                    inserted.append(InsertedRow(*found))
+            await self._run_hooks(conn, inserted)
+        for row, error in refused:  # logged once committed, so a retried batch logs once
+            _log_rejected(row, error)
+        return inserted, len(refused)
+
+    async def _run_hooks(self, conn: asyncpg.Connection, inserted: list[InsertedRow]) -> None:
+        if not inserted:
+            return
+        for hook in self._hooks:
+            try:
+                async with conn.transaction():  # a savepoint: a failing hook never costs rows
+                    await hook(conn, inserted)
+            except _CONNECTION_ERRORS:
+                raise
+            except Exception:
+                if conn.is_closed():
+                    raise
+                log.exception("ledger_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)),
+                              rows=len(inserted))
+
+    async def _replay(self, max_batches: int) -> bool:
+        """Write up to `max_batches` spilled batches, oldest file first; each file is emptied
+        only once all of it is committed. Answer whether nothing is left to replay."""
+        spill = self._spill
+        if spill is None:
+            return True
+        for source in spill.sources():
+            if source.own and source.size == 0:
+                continue
+            while True:
+                if max_batches == 0:
+                    return False
+                rows, end, unreadable = await asyncio.to_thread(
+                    spill.read, source, self._batch_size)
+                for offset, error in unreadable:
+                    log.error("ledger_spill_line_unreadable", file=str(source.path),
+                              offset=offset, error=error)
+                if end == source.replayed:
+                    break
+                if rows:
+                    await self._write_batch(rows)
+                    max_batches -= 1
+                source.replayed = end  # committed: never sent again by this process
+                self.replayed += len(rows)
+            log.info("ledger_spill_replayed", file=str(source.path), bytes=source.replayed)
+            await asyncio.to_thread(spill.finish, source)
+        return True
+
+    async def _spill_pending(self, *, force: bool) -> None:
+        """Move queued rows to the spill file, a batch (one fsync) at a time, while it has
+        room (`force`: regardless, at close). Caller holds the lock."""
+        spill = self._spill
+        while spill is not None and self._pending:
+            batch = list(itertools.islice(self._pending, self._batch_size))
+            try:
+                stored, refused = await asyncio.to_thread(spill.append, batch, force)
+            except OSError as exc:
+                log.error("ledger_spill_failed", error=_describe(exc), pending=len(self._pending))
+                return
+            if not stored:
+                log.warning("ledger_spill_full", spill_bytes=spill.backlog,
+                            pending=len(self._pending))
+                return
+            for _ in batch:  # only record() touches the queue meanwhile, and only its end
+                self._pending.popleft()
+            self.spilled += len(batch) - len(refused)
+            self.rejected += len(refused)
+            for row, error in refused:
+                _log_rejected(row, error)
+
+    def _record_after_close(self, row: tuple[Any, ...]) -> None:
+        """A row after close() (should not happen): spilled at once, blocking, or kept."""
+        if self._spill is not None:
+            with contextlib.suppress(OSError):
+                stored, _ = self._spill.append([row], True)
+                if stored:
+                    log.warning("ledger_row_after_close_spilled", request_id=str(row[0]))
+                    return
+        self._pending.append(row)
+        log.error("ledger_row_after_close", request_id=str(row[0]))
 
 
-async def _insert_one_by_one(conn: asyncpg.Connection, batch: list[tuple[Any, ...]]) -> None:
-    """A batch that COPY refused: keep every row that can be kept, skip duplicates, log the rest."""
-    for row in batch:
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip(": ")
+
+
+def _log_rejected(row: tuple[Any, ...], exc: Exception) -> None:
+    try:
+        line = encode_row(row).decode().rstrip("\n")
+    except (TypeError, ValueError):
+        line = repr(row)
+    log.error("ledger_row_rejected", request_id=str(row[0]), error=_describe(exc), row=line)
+
+
+# -- spill files ---------------------------------------------------------------------------
+
+SPILL_GLOB = "ledger-*.jsonl"
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "request_id": uuid.UUID, "cost_usd": Decimal,
+    "started_at": datetime.fromisoformat, "finished_at": datetime.fromisoformat,
+}
+
+
+def encode_row(row: tuple[Any, ...]) -> bytes:
+    """One JSON line; decode_row gives back an equal tuple (Decimal, UUID, datetime too)."""
+    data = dict(zip(COLUMNS, row, strict=True))
+    data["cost_usd"] = str(data["cost_usd"])
+    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def decode_row(line: bytes) -> tuple[Any, ...]:
+    data = orjson.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("a spill line must be a JSON object")
+    return tuple(_DECODERS[c](data[c]) if c in _DECODERS and data.get(c) is not None
+                 else data.get(c) for c in COLUMNS)
+
+
+@dataclass(eq=False)
+class SpillSource:
+    path: Path
+    fd: int
+    size: int
+    own: bool
+    replayed: int = 0  # bytes from the start of the file already committed
+
+
+class SpillFiles:
+    """The spill files of one directory: this ledger's own (created when first needed, locked
+    with flock while it lives) and orphans, whose lock could be taken because their process
+    is gone. Blocking I/O: call through asyncio.to_thread."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._own: SpillSource | None = None
+        self._orphans: list[SpillSource] = []
+        self._io = threading.Lock()
+
+    @property
+    def backlog(self) -> int:
+        return sum(s.size - s.replayed for s in self.sources())
+
+    def has_room(self) -> bool:
+        return self.backlog < self.max_bytes
+
+    def sources(self) -> list[SpillSource]:
+        """Oldest first: orphans by name (names start with their creation time), then ours."""
+        return [*self._orphans, *([self._own] if self._own is not None else [])]
+
+    def adopt_orphans(self) -> int:
+        """Lock every spill file no live process holds; answer how many were found."""
+        if not self.directory.is_dir():
+            return 0
+        known = {s.path for s in self.sources()}
+        found = 0
+        with self._io:
+            for path in sorted(self.directory.glob(SPILL_GLOB)):
+                if path in known:
+                    continue
+                source = self._lock_orphan(path)
+                if source is not None:
+                    self._orphans.append(source)
+                    found += 1
+        return found
+
+    def append(self, rows: list[tuple[Any, ...]], force: bool
+               ) -> tuple[bool, list[tuple[tuple[Any, ...], Exception]]]:
+        """Append rows and fsync; (False, []) when they do not fit (unless `force`). Rows
+        that cannot be encoded (nor, then, stored) come back as refused."""
+        lines: list[bytes] = []
+        refused: list[tuple[tuple[Any, ...], Exception]] = []
+        for row in rows:
+            try:
+                lines.append(encode_row(row))
+            except (TypeError, ValueError) as exc:
+                refused.append((row, exc))
+        data = b"".join(lines)
+        with self._io:
+            if not force and self.backlog + len(data) > self.max_bytes:
+                return False, []
+            own = self._own_file()
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(own.fd, view):]
+                os.fsync(own.fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # no torn line left behind
+                    os.ftruncate(own.fd, own.size)
+                raise
+            own.size += len(data)
+        return True, refused
+
+    def read(self, source: SpillSource, max_rows: int
+             ) -> tuple[list[tuple[Any, ...]], int, list[tuple[int, str]]]:
+        """Up to `max_rows` rows from `source.replayed` on: (rows, end offset, unreadable)."""
+        rows: list[tuple[Any, ...]] = []
+        unreadable: list[tuple[int, str]] = []
+        with self._io, open(source.path, "rb") as file:
+            offset = source.replayed
+            file.seek(offset)
+            while len(rows) < max_rows and offset < source.size:
+                line = file.readline(source.size - offset)
+                if not line:
+                    break
+                if not line.endswith(b"\n"):  # cut short by a crash mid-append
+                    unreadable.append((offset, "incomplete last line"))
+                    offset += len(line)
+                    break
+                try:
+                    rows.append(decode_row(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    unreadable.append((offset, _describe(exc)))
+                offset += len(line)
+        return rows, offset, unreadable
+
+    def finish(self, source: SpillSource) -> None:
+        """Everything in `source` is committed: empty ours, remove an orphan."""
+        with self._io:
+            if source.own:
+                os.ftruncate(source.fd, 0)
+                os.fsync(source.fd)
+                source.size = source.replayed = 0
+                return
+            source.path.unlink(missing_ok=True)
+            self._fsync_directory()
+            os.close(source.fd)
+            self._orphans.remove(source)
+
+    def close(self) -> None:
+        """Release every lock; our file is removed when empty, else left for the next start."""
+        with self._io:
+            own, self._own = self._own, None
+            if own is not None:
+                if own.size == own.replayed:
+                    own.path.unlink(missing_ok=True)
+                os.close(own.fd)
+            for orphan in self._orphans:
+                os.close(orphan.fd)
+            self._orphans.clear()
+
+    def _own_file(self) -> SpillSource:
+        if self._own is not None:
+            return self._own
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"ledger-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+        temporary = self.directory / f".{name}.tmp"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # locked before its name can be globbed
+        path = self.directory / f"{name}.jsonl"
+        os.rename(temporary, path)
+        self._fsync_directory()
+        self._own = SpillSource(path, fd, 0, own=True)
+        return self._own
+
+    def _lock_orphan(self, path: Path) -> SpillSource | None:
         try:
-            await conn.execute(_INSERT, *row)
-        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-            log.error("ledger_row_rejected", request_id=str(row[0]), error=str(exc))
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Still the file under that name, not one another ledger replayed and removed?
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except (BlockingIOError, FileNotFoundError):
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        return SpillSource(path, fd, os.fstat(fd).st_size, own=False)
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.http import (
     admin,
+    analytics,
     budgets,
     credentials,
     docs,
@@ -13,7 +14,10 @@ from gateway.http import (
     metrics,
     models,
     proxy,
+    teams,
     tokens,
+    track,
+    webhooks,
 )
 
 
@@ -24,6 +28,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)
     app.router.add_get("/api/budgets/status", budgets.budget_status)
+    app.router.add_post("/api/budgets", webhooks.create_budget)
+    app.router.add_post("/api/track", track.track)
+    app.router.add_get("/api/analytics/usage", analytics.usage)
+    app.router.add_get("/api/analytics/timeseries", analytics.timeseries)
+    app.router.add_get("/api/analytics/burn-rate", analytics.burn_rate)
+    app.router.add_get("/api/costs", analytics.costs)
+    app.router.add_get("/api/costs/forecast", analytics.forecast)
+    app.router.add_get("/api/teams/usage", analytics.teams_usage)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)
@@ -45,3 +57,19 @@ def setup_routes(app: web.Application) -> None:
                        credentials.put_provider_credential)
     app.router.add_delete("/api/admin/projects/{id}/providers/{provider}",
                           credentials.delete_provider_credential)
+    app.router.add_post("/api/admin/teams", teams.create_team)
+    app.router.add_get("/api/admin/teams", teams.list_teams)
+    app.router.add_get("/api/admin/teams/{id}", teams.get_team)
+    app.router.add_patch("/api/admin/teams/{id}", teams.update_team)
+    app.router.add_delete("/api/admin/teams/{id}", teams.delete_team)
+    app.router.add_put("/api/admin/teams/{id}/projects/{project_id}", teams.add_project)
+    app.router.add_delete("/api/admin/teams/{id}/projects/{project_id}", teams.remove_project)
+    app.router.add_post("/api/admin/webhooks", webhooks.create_webhook)
+    app.router.add_get("/api/admin/webhooks", webhooks.list_webhooks)
+    app.router.add_get("/api/admin/webhooks/{id}", webhooks.get_webhook)
+    app.router.add_patch("/api/admin/webhooks/{id}", webhooks.update_webhook)
+    app.router.add_delete("/api/admin/webhooks/{id}", webhooks.delete_webhook)
+    app.router.add_post("/api/admin/webhooks/{id}/test", webhooks.test_webhook)
+    app.router.add_get("/api/admin/webhooks/{id}/deliveries", webhooks.list_deliveries)
+    app.router.add_put("/api/admin/projects/{id}/alerts", webhooks.put_alerts)
+    app.router.add_get("/api/admin/projects/{id}/alerts", webhooks.get_alerts)

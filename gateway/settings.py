@@ -152,7 +152,35 @@ class BudgetSettings:
 class LedgerSettings:
     batch_size: int = _opt(500, minimum=1)
     flush_interval_s: float = _opt(0.2, minimum=0.001)
-    max_pending: int = _opt(100_000, minimum=1)
+    max_pending: int = _opt(100_000, minimum=1)  # queued rows; beyond: 503 ledger_backlog
+    flush_timeout_s: float = _opt(10.0, minimum=0.01)  # a slower batch write is an outage
+    spill_dir: Path = _opt(Path(""))  # empty: <database.data_dir>/spill
+    spill_max_bytes: int = _opt(268_435_456, minimum=0)  # 0: never spill; rows wait in memory
+
+    def spill_path(self, data_dir: Path) -> Path:
+        """Where spill files go: `spill_dir`, or `spill` under the database's data_dir."""
+        return data_dir / "spill" if self.spill_dir == Path("") else self.spill_dir
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The `[webhooks]` section: delivery, retries, retention, and the anomaly rule."""
+
+    enabled: bool = _opt(True)  # run the delivery worker in this process
+    poll_interval_s: float = _opt(1.0, minimum=0.001)
+    batch_size: int = _opt(50, minimum=1, maximum=1000)  # rows claimed per poll
+    concurrency: int = _opt(8, minimum=1)  # deliveries in flight per process
+    max_attempts: int = _opt(10, minimum=1, maximum=100)
+    backoff_s: float = _opt(5.0, minimum=0)  # pause before the 2nd attempt; doubles, jittered
+    backoff_max_s: float = _opt(3600.0, minimum=0)
+    connect_timeout_s: float = _opt(5.0, minimum=0.01)
+    timeout_s: float = _opt(10.0, minimum=0.01)  # one whole delivery
+    retention_hours: float = _opt(168.0, minimum=0)  # delivered or failed rows kept this long
+    anomaly_multiplier: Decimal = _opt(Decimal(3), minimum=1)
+    anomaly_sigmas: Decimal = _opt(Decimal(4), minimum=0)
+    anomaly_min_spend_usd: Decimal = _opt(Decimal(1), minimum=0)
+    anomaly_baseline_hours: int = _opt(168, minimum=1, maximum=24 * 90)
+    anomaly_min_history_hours: int = _opt(24, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -204,6 +232,7 @@ class Settings:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -223,6 +252,7 @@ _SECTIONS: dict[str, type] = {
     "budgets": BudgetSettings,
     "ledger": LedgerSettings,
     "logging": LoggingSettings,
+    "webhooks": WebhookSettings,
     "routing": RoutingSettings,
     "secrets": SecretsSettings,
 }

@@ -33,8 +33,9 @@ from gateway.testing.fake_upstream import STATE, FakeUpstreamState, start_fake_u
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_TOKEN = "test-admin-token"
+# usage_hourly and usage_daily are emptied by usage_records' own TRUNCATE trigger.
 TABLES = ("usage_records, api_keys, projects, teams, budget_periods, budget_leases, "
-          "provider_credentials")
+          "provider_credentials, webhook_endpoints, webhook_outbox, alerts_fired")
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -142,15 +143,18 @@ def fake_providers(v1_url: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def make_settings(database_url: str, fake_upstream: FakeUpstream) -> SettingsFactory:
+def make_settings(database_url: str, fake_upstream: FakeUpstream,
+                  tmp_path: Path) -> SettingsFactory:
     """Settings for a test gateway; keyword overrides are `section={key: value}` tables."""
+
+    spill_dir = tmp_path / "spill"  # each test its own: a spill never reaches another test
 
     def make(**sections: dict[str, Any]) -> Settings:
         raw: dict[str, Any] = {
             "database": {"url": database_url, "migrate_on_start": False, "pool_min_size": 1,
                          "pool_max_size": 4},
             "auth": {"admin_token": ADMIN_TOKEN},
-            "ledger": {"flush_interval_s": 0.02},
+            "ledger": {"flush_interval_s": 0.02, "spill_dir": str(spill_dir)},
             "logging": {"level": "warning"},
             "providers": fake_providers(fake_upstream.url),
         }

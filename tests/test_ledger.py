@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import pytest
 from conftest import with_database
+from structlog.testing import capture_logs
 
 from gateway import db as gwdb
 from gateway.domain import Usage, UsageRecord
-from gateway.ledger import Ledger
+from gateway.errors import BadRequest, ServiceUnavailable
+from gateway.ledger import COLUMNS, InsertedRow, Ledger, as_row, decode_row, encode_row
 from gateway.settings import DatabaseSettings, LedgerSettings
 from gateway.testing.tcp_proxy import TcpProxy
 
@@ -93,3 +98,142 @@ async def test_a_duplicate_row_does_not_poison_its_batch(
     await ledger.flush()
     await pool.close()
     assert await db.fetchval("SELECT count(*) FROM usage_records") == 3
+
+
+# -- issue 6: idempotent batches, hooks, write_now, back-pressure, the spill line format --
+
+async def _ledger_pool(database_url: str) -> asyncpg.Pool:
+    return await gwdb.create_pool(database_url, DatabaseSettings(pool_min_size=1))
+
+
+async def test_hooks_see_only_inserted_rows_inside_the_transaction(
+        database_url: str, db: asyncpg.Connection) -> None:
+    seen: list[InsertedRow] = []
+    visible: list[int] = []
+
+    async def hook(conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
+        assert conn.is_in_transaction()
+        seen.extend(rows)
+        visible.append(await conn.fetchval(
+            "SELECT count(*) FROM usage_records WHERE request_id = ANY($1::uuid[])",
+            [r.request_id for r in rows]))
+
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(batch_size=10, flush_interval_s=10), hooks=[hook])
+    first, second = row(status=429, error_code="rate_limited"), row()
+    ledger.record(first)
+    await ledger.flush()
+    for r in (second, row(request_id=first.request_id), second):  # two replays
+        ledger.record(r)
+    assert await ledger.flush() == 3
+    await pool.close()
+    assert [r.request_id for r in seen] == [first.request_id, second.request_id]
+    assert visible == [1, 1]  # the hook runs after the insert, before the commit
+    got = seen[0]
+    assert (got.project_id, got.provider, got.model, got.status, got.error_code) == (
+        1, "openai", "gpt-4o-mini", 429, "rate_limited")
+    assert (got.input_tokens, got.output_tokens, got.cost_usd) == (10, 5, Decimal("0.0000042"))
+    assert got.started_at == first.started_at and got.metadata == {"feature": "x"}
+    assert ledger.written == 2 and ledger.duplicates == 2
+
+
+async def test_a_failing_hook_costs_no_rows(database_url: str, db: asyncpg.Connection) -> None:
+    calls: list[int] = []
+
+    async def broken(conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
+        await conn.execute("SELECT 1/0")
+
+    async def counting(conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
+        calls.append(len(rows))
+
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(flush_interval_s=10), hooks=[broken, counting])
+    for _ in range(5):
+        ledger.record(row())
+    await ledger.flush()
+    await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM usage_records") == 5
+    assert calls == [5]  # the next hook still ran, in the same (still valid) transaction
+
+
+async def test_write_now_answers_whether_the_row_is_new(
+        database_url: str, db: asyncpg.Connection) -> None:
+    seen: list[uuid.UUID] = []
+
+    async def hook(conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
+        seen.extend(r.request_id for r in rows)
+
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(), hooks=[hook])
+    tracked = row(cost_usd=Decimal("1.000000000000000000000001"))
+    assert await ledger.write_now(tracked) is True
+    assert await ledger.write_now(tracked) is False
+    with pytest.raises(BadRequest):
+        await ledger.write_now(row(usage=Usage(2**40, 0, 0)))
+    await pool.close()
+    assert seen == [tracked.request_id]
+    assert await db.fetchval("SELECT cost_usd FROM usage_records") == tracked.cost_usd
+    assert await db.fetchval("SELECT cost_usd FROM usage_hourly") == tracked.cost_usd
+
+
+async def test_invalid_rows_are_logged_and_the_rest_of_the_batch_is_kept(
+        database_url: str, db: asyncpg.Connection) -> None:
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(batch_size=10, flush_interval_s=10))
+    good = [row() for _ in range(4)]
+    too_big = row(usage=Usage(2**40, 0, 0))  # COPY refuses it on the client side
+    bad_source = row(usage=Usage(1, 0, 1, input_source="guessed"))  # a CHECK refuses it
+    for r in (good[0], too_big, good[1], bad_source, good[2], good[3]):
+        ledger.record(r)
+    with capture_logs() as logs:
+        assert await ledger.flush() == 6
+    await pool.close()
+    stored = {r["request_id"] for r in await db.fetch("SELECT request_id FROM usage_records")}
+    assert stored == {r.request_id for r in good}
+    assert ledger.rejected == 2 and ledger.written == 4
+    rejected = [e for e in logs if e["event"] == "ledger_row_rejected"]
+    assert {e["request_id"] for e in rejected} == {str(too_big.request_id),
+                                                   str(bad_source.request_id)}
+    assert all(e["row"] for e in rejected)  # enough to put the row back by hand
+
+
+async def test_check_capacity_refuses_at_the_bound(database_url: str) -> None:
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(max_pending=3, flush_interval_s=10))
+    for _ in range(2):
+        ledger.record(row())
+    ledger.check_capacity()
+    ledger.record(row())
+    with pytest.raises(ServiceUnavailable) as caught:
+        ledger.check_capacity()
+    assert caught.value.code == "ledger_backlog" and caught.value.status == 503
+    assert int(caught.value.headers["Retry-After"]) >= 1
+    ledger.record(row())  # record() itself never refuses nor drops
+    assert ledger.pending == 4
+    await ledger.flush()
+    ledger.check_capacity()
+    await pool.close()
+
+
+def test_spill_lines_round_trip_exactly() -> None:
+    moment = datetime(2025, 1, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    record = row(cost_usd=Decimal("0.000000000123456789012345678901"), started_at=moment,
+                 finished_at=moment.astimezone(timezone(timedelta(hours=5, minutes=30))),
+                 metadata={"feature": "chat", "n": 3, "ratio": 0.1, "nested": {"a": [1, None]}},
+                 upstream_ms=None, overhead_ms=0.30000000000000004, usage=Usage(7, 1, 2, "counted",
+                                                                                 "estimated", 3),
+                 attempts=[{"provider": "openai", "status": 500, "ms": 1.5}])
+    original = as_row(record)
+    line = encode_row(original)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    decoded = decode_row(line)
+    assert decoded == original
+    assert [type(v) for v in decoded] == [type(v) for v in original]
+    assert decoded[COLUMNS.index("finished_at")].utcoffset() == timedelta(hours=5, minutes=30)
+
+
+def test_spill_settings() -> None:
+    settings = LedgerSettings()
+    assert settings.spill_path(Path("/var/lib/gw")) == Path("/var/lib/gw/spill")
+    assert LedgerSettings(spill_dir=Path("/x")).spill_path(Path("/var/lib/gw")) == Path("/x")
+    assert settings.spill_max_bytes > 0 and settings.flush_timeout_s > 0

@@ -110,6 +110,7 @@ class ProxyPipeline:
     async def admit(self, ex: Exchange, headers: Mapping[str, str],
                     read: Callable[[], Awaitable[bytes]], entry: str) -> ChatRequest:
         ex.principal = await authenticate(self.keys, headers)
+        self.ledger.check_capacity()  # 503 while the usage ledger cannot keep up
         ex.client_request_id = validate.client_request_id(headers.get("X-Request-Id"))
         body = validate.parse_json_object(await read(), self.limits.max_body_bytes)
         pinned = None

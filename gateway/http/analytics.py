@@ -1,0 +1,430 @@
+"""Usage analytics, costs, the end-of-month forecast and team usage (`/api/analytics/*`,
+`/api/costs*`, `/api/teams/usage`).
+
+A project key sees its own project; the admin token sees everything and may filter by
+`project_id` and `team_id`. Either may filter by `provider` and `model`. Dates are ISO 8601
+dates or date-times (naive means UTC; a date-only `end_date` includes that day); ranges are
+widened to whole UTC hours, the rollups' grain, and every answer gives the bounds it covers.
+Money is rendered as exact JSON numbers (the NUMERIC value's own digits, never a float).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from aiohttp import web
+
+from gateway import analytics
+from gateway.analytics import UNITS, ZERO, Scope, Totals, buckets, label, truncate
+from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.http.admin import is_admin
+from gateway.keys import KEYSTORE, POOL, SETTINGS
+from gateway.pipeline.authenticate import authenticate
+from gateway.pricing import format_usd
+
+DEFAULT_RANGE = timedelta(days=30)
+MAX_RANGE = timedelta(days=731)
+MAX_HOURLY_RANGE = timedelta(days=31)
+MAX_BURN_HOURS = 24 * 366
+METRICS = ("cost", "tokens", "input_tokens", "output_tokens", "cached_input_tokens",
+           "requests", "errors")
+COST_KEYS = {"provider": "provider", "model": "model", "project": "project_id",
+             "team": "team_id"}
+NO_VALUE = "(none)"  # the group of rows whose metadata lacks the key
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_PLUS_LOST = re.compile(r"(?<=\d) (\d{2}(?::?\d{2})?)$")
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
+_RATE = Decimal("0.000000001")
+
+
+def exact_json(data: Any, status: int = 200) -> web.Response:
+    """JSON with money as exact decimal numbers and date-times in UTC with a `Z`."""
+    return web.Response(body=orjson.dumps(data, default=_exact, option=orjson.OPT_UTC_Z),
+                        status=status, content_type="application/json")
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(format_usd(value).encode())
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+def _bad(name: str, message: str, value: Any = None) -> BadRequest:
+    return BadRequest(f"{name}: {message}", details={"field": name, "value": value})
+
+
+def _id_param(query: Any, name: str) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise _bad(name, "must be a positive integer id", value)
+    return int(value)
+
+
+def _text_param(query: Any, name: str) -> str | None:
+    value = query.get(name)
+    if value is not None and not 1 <= len(value) <= 200:
+        raise _bad(name, "must be 1 to 200 characters", value)
+    return value
+
+
+def _choice(query: Any, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = query.get(name, default)
+    if value not in allowed:
+        raise _bad(name, f"must be one of {', '.join(allowed)}", value)
+    return str(value)
+
+
+async def read_scope(request: web.Request) -> Scope:
+    """Authenticate, then the scope: the key's own project, or the admin's filters."""
+    query = request.query
+    if is_admin(request):
+        return Scope(_id_param(query, "project_id"), _id_param(query, "team_id"),
+                     _text_param(query, "provider"), _text_param(query, "model"))
+    principal = await authenticate(request.app[KEYSTORE], request.headers)
+    own = principal.project.id
+    if "team_id" in query:
+        raise Forbidden("team_id needs the admin token; a project key sees its own project",
+                        details={"field": "team_id"})
+    asked = _id_param(query, "project_id")
+    if asked is not None and asked != own:
+        raise Forbidden(f"this key belongs to project {own} and sees only that project",
+                        details={"field": "project_id", "value": asked})
+    return Scope(own, None, _text_param(query, "provider"), _text_param(query, "model"))
+
+
+def _moment(name: str, value: str, *, end: bool) -> datetime:
+    if _DATE_ONLY.fullmatch(value):
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise _bad(name, "is not a valid date", value) from None
+        start = datetime.combine(day, time(), UTC)
+        return start + timedelta(days=1) if end else start  # a date-only end includes the day
+    # An unencoded "+02:00" offset arrives as " 02:00" (a query string's "+" is a space).
+    value = _PLUS_LOST.sub(r"+\1", value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(name, "must be an ISO 8601 date or date-time", value) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def read_range(query: Any, now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) from `start_date`/`end_date` (default: the last 30 days), whole hours."""
+    end = _moment("end_date", query["end_date"], end=True) if "end_date" in query else now
+    start = (_moment("start_date", query["start_date"], end=False) if "start_date" in query
+             else end - DEFAULT_RANGE)
+    if end <= start:
+        raise _bad("end_date", "must be after start_date", query.get("end_date"))
+    start = truncate(start, "hour")
+    end = truncate(end - timedelta(microseconds=1), "hour") + timedelta(hours=1)
+    if end - start > MAX_RANGE:
+        raise _bad("start_date", f"the range may span at most {MAX_RANGE.days} days",
+                   query.get("start_date"))
+    return start, end
+
+
+def _check_hourly(unit: str, name: str, start: datetime, end: datetime) -> None:
+    if unit == "hour" and end - start > MAX_HOURLY_RANGE:
+        raise _bad(name, f"hourly grouping covers at most {MAX_HOURLY_RANGE.days} days; "
+                   "narrow start_date/end_date or group by day", unit)
+
+
+def _header(scope: Scope, start: datetime, end: datetime) -> dict[str, Any]:
+    return {"start_date": start, "end_date": end, "project_id": scope.project_id,
+            "team_id": scope.team_id, "provider": scope.provider, "model": scope.model}
+
+
+def _costs(groups: dict[Any, Totals]) -> dict[str, Decimal]:
+    ranked = sorted(groups.items(), key=lambda kv: (-kv[1].cost, str(kv[0])))
+    return {str(key): totals.cost for key, totals in ranked}
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+async def usage(request: web.Request) -> web.Response:
+    """Requests, tokens and cost per period, with totals by provider and by model."""
+    scope = await read_scope(request)
+    start, end = read_range(request.query, datetime.now(UTC))
+    unit = _choice(request.query, "group_by", UNITS, "day")
+    _check_hourly(unit, "group_by", start, end)
+    rows = await analytics.rollup(request.app[POOL], scope, start, end, unit=unit,
+                                  keys=("provider", "model"))
+    total = Totals()
+    providers: dict[str, Totals] = defaultdict(Totals)
+    models: dict[str, Totals] = defaultdict(Totals)
+    periods = {bucket: Totals() for bucket in buckets(start, end, unit)}
+    period_models: dict[datetime, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
+    for row in rows:
+        for totals in (total, providers[row["provider"]], models[row["model"]],
+                       periods.setdefault(row["bucket"], Totals()),
+                       period_models[row["bucket"]][row["model"]]):
+            totals.add(row)
+    return exact_json({
+        **_header(scope, start, end), "group_by": unit,
+        "total_requests": total.requests, "total_tokens": total.tokens,
+        "input_tokens": total.input_tokens, "cached_input_tokens": total.cached_input_tokens,
+        "cache_write_tokens": total.cache_write_tokens, "output_tokens": total.output_tokens,
+        "errors": total.errors, "total_cost": total.cost,
+        "by_provider": _costs(providers), "by_model": _costs(models),
+        "periods": [{"period": label(bucket, unit), **totals.render(),
+                     "by_model": _costs(period_models.get(bucket, {}))}
+                    for bucket, totals in sorted(periods.items())],
+    })
+
+
+def _metric(totals: Totals, metric: str) -> int | Decimal:
+    if metric == "cost":
+        return totals.cost
+    return totals.tokens if metric == "tokens" else int(getattr(totals, metric))
+
+
+async def timeseries(request: web.Request) -> web.Response:
+    """One metric per interval, gaps filled with zeros, and its aggregations."""
+    scope = await read_scope(request)
+    start, end = read_range(request.query, datetime.now(UTC))
+    metric = _choice(request.query, "metric", METRICS, "cost")
+    unit = _choice(request.query, "interval", UNITS, "day")
+    _check_hourly(unit, "interval", start, end)
+    rows = await analytics.rollup(request.app[POOL], scope, start, end, unit=unit)
+    points = {bucket: Totals() for bucket in buckets(start, end, unit)}
+    for row in rows:
+        points.setdefault(row["bucket"], Totals()).add(row)
+    series = [(bucket, _metric(totals, metric), totals)
+              for bucket, totals in sorted(points.items())]
+    values = [value for _, value, _ in series]
+    total = analytics.exact_sum(Decimal(v) for v in values)
+    peak = max(series, key=lambda point: point[1])
+    return exact_json({
+        **_header(scope, start, end), "metric": metric, "interval": unit,
+        "series": [{"date": label(bucket, unit), "value": value, "cost": totals.cost,
+                    "total_tokens": totals.tokens, "requests": totals.requests}
+                   for bucket, value, totals in series],
+        "aggregations": {"total": total, "points": len(values),
+                         "average": (total / len(values)).quantize(_RATE),
+                         "min": min(values), "max": max(values),
+                         "peak_date": label(peak[0], unit)},
+    })
+
+
+def _rates(totals: Totals, hours: Decimal) -> dict[str, Any]:
+    per_hour_cost = (totals.cost / hours).quantize(_RATE)
+    per_hour_tokens = (Decimal(totals.tokens) / hours).quantize(Decimal("0.001"))
+    return {"tokens_per_hour": per_hour_tokens, "cost_per_hour": per_hour_cost,
+            "tokens_per_day": per_hour_tokens * 24, "cost_per_day": per_hour_cost * 24}
+
+
+async def burn_rate(request: web.Request) -> web.Response:
+    """Tokens and cost per hour and per day over the last `hours` hours (the current hour
+    included, so far), and the current rate: the last complete hour and the current one."""
+    scope = await read_scope(request)
+    raw = request.query.get("hours", "24")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_BURN_HOURS:
+        raise _bad("hours", f"must be a whole number from 1 to {MAX_BURN_HOURS}", raw)
+    hours = int(raw)
+    now = datetime.now(UTC)
+    current = truncate(now, "hour")
+    start = current - timedelta(hours=hours - 1)
+    rows = await analytics.rollup(request.app[POOL], scope,
+                                  min(start, current - timedelta(hours=1)),
+                                  current + timedelta(hours=1), unit="hour", keys=("provider",))
+    window, recent = Totals(), Totals()
+    providers: dict[str, Totals] = defaultdict(Totals)
+    hourly = {bucket: Totals() for bucket in buckets(start, current + timedelta(hours=1), "hour")}
+    for row in rows:
+        if row["bucket"] >= start:
+            for totals in (window, providers[row["provider"]],
+                           hourly.setdefault(row["bucket"], Totals())):
+                totals.add(row)
+        if row["bucket"] >= current - timedelta(hours=1):
+            recent.add(row)
+    elapsed = max(Decimal((now - start).total_seconds()), Decimal(1)) / 3600
+    recent_hours = 1 + Decimal((now - current).total_seconds()) / 3600
+    return exact_json({
+        "project_id": scope.project_id, "team_id": scope.team_id, "provider": scope.provider,
+        "model": scope.model, "hours": hours, "window_start": start, "window_end": now,
+        "window_hours": elapsed.quantize(Decimal("0.0001")),
+        "total_tokens": window.tokens, "total_cost": window.cost,
+        "requests": window.requests,
+        "burn_rate": _rates(window, elapsed),
+        "current_rate": _rates(recent, recent_hours),
+        "by_provider": {name: {"total_tokens": totals.tokens, "total_cost": totals.cost,
+                               **_rates(totals, elapsed)}
+                        for name, totals in sorted(providers.items(),
+                                                   key=lambda kv: -kv[1].cost)},
+        "hourly": [{"hour": label(bucket, "hour"), "requests": totals.requests,
+                    "total_tokens": totals.tokens, "cost": totals.cost}
+                   for bucket, totals in sorted(hourly.items())],
+    })
+
+
+def _group_by(value: str) -> tuple[str, str]:
+    """('time', unit) | ('key', rollup column) | ('metadata', key)."""
+    if value in UNITS:
+        return "time", value
+    if value in COST_KEYS:
+        return "key", COST_KEYS[value]
+    key = value.removeprefix("metadata.")
+    if not _METADATA_KEY.fullmatch(key):
+        raise _bad("group_by", "must be provider, model, project, team, hour, day, week, "
+                   "month, or a metadata key (metadata.<key> or a bare key such as feature)",
+                   value)
+    return "metadata", key
+
+
+async def costs(request: web.Request) -> web.Response:
+    """Cost, tokens and requests by provider, model, project, team, period or metadata key."""
+    scope = await read_scope(request)
+    start, end = read_range(request.query, datetime.now(UTC))
+    raw_group = request.query.get("group_by", "provider")
+    kind, what = _group_by(raw_group)
+    pool = request.app[POOL]
+    groups: dict[Any, Totals] = {}
+    if kind == "metadata":
+        for row in await analytics.metadata_groups(pool, scope, start, end, what):
+            groups.setdefault(NO_VALUE if row["key"] is None else row["key"], Totals()).add(row)
+    elif kind == "time":
+        _check_hourly(what, "group_by", start, end)
+        groups = {bucket: Totals() for bucket in buckets(start, end, what)}
+        for row in await analytics.rollup(pool, scope, start, end, unit=what):
+            groups.setdefault(row["bucket"], Totals()).add(row)
+    else:
+        for row in await analytics.rollup(pool, scope, start, end, keys=(what,)):
+            groups.setdefault(row[what], Totals()).add(row)
+    named: dict[int, str] = {}
+    if kind == "key" and what in ("project_id", "team_id"):
+        table = "projects" if what == "project_id" else "teams"
+        named = await analytics.names(pool, table, [k for k in groups if k is not None])
+    order = (sorted(groups.items()) if kind == "time"
+             else sorted(groups.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))))
+    total = Totals()
+    for totals in groups.values():
+        total.add(totals.render())
+    out: dict[str, Any] = {}
+    for key, totals in order:
+        entry: dict[str, Any] = {"total": totals.cost, "tokens": totals.tokens,
+                                 "requests": totals.requests,
+                                 "input_tokens": totals.input_tokens,
+                                 "output_tokens": totals.output_tokens}
+        if kind == "key" and what in ("project_id", "team_id"):
+            entry["name"] = named.get(key) if key is not None else None
+        text = label(key, what) if kind == "time" else (
+            "unassigned" if key is None else str(key))
+        out[text] = entry
+    group_name = f"metadata.{what}" if kind == "metadata" else raw_group
+    return exact_json({**_header(scope, start, end), "group_by": group_name,
+                       "total_cost": total.cost, "total_tokens": total.tokens,
+                       "requests": total.requests, "groups": out})
+
+
+async def _budget(request: web.Request, scope: Scope) -> Decimal | None:
+    pool = request.app[POOL]
+    if scope.project_id is not None:
+        row = await pool.fetchrow("SELECT monthly_budget_usd FROM projects WHERE id = $1",
+                                  scope.project_id)
+        if row is None:
+            raise NotFound(f"project {scope.project_id} does not exist")
+        budget: Decimal | None = row["monthly_budget_usd"]
+        return budget
+    if scope.team_id is not None:
+        row = await pool.fetchrow("SELECT monthly_budget_usd FROM teams WHERE id = $1",
+                                  scope.team_id)
+        if row is None:
+            raise NotFound(f"team {scope.team_id} does not exist")
+        team_budget: Decimal | None = row["monthly_budget_usd"]
+        return team_budget
+    return None
+
+
+async def forecast(request: web.Request) -> web.Response:
+    """This month's spend projected to its end (method: `analytics.forecast_month`), against
+    the project's budget (the team's with `team_id`; none for everything). Months and days
+    follow budgets.timezone; they are cut from hourly rollups, so in a zone with a
+    fractional-hour offset the hour that straddles midnight counts for the day it starts."""
+    scope = await read_scope(request)
+    budget = await _budget(request, scope)
+    tz_name = request.app[SETTINGS].budgets.timezone
+    tz = ZoneInfo(tz_name)
+    now = datetime.now(tz)
+    today = now.date()
+    month = today.replace(day=1)
+    next_month = (month + timedelta(days=32)).replace(day=1)
+    start, end = datetime.combine(month, time(), tz), datetime.combine(next_month, time(), tz)
+    day_start = datetime.combine(today, time(), tz)
+    day_length = datetime.combine(today + timedelta(days=1), time(), tz) - day_start
+    elapsed = Decimal((now - day_start) / day_length)
+    rows = await analytics.rollup(request.app[POOL], scope, start, end, unit="day",
+                                  tz=tz_name)
+    daily: dict[date, Decimal] = defaultdict(lambda: ZERO)
+    for row in rows:
+        daily[row["bucket"].date()] = analytics.EXACT.add(daily[row["bucket"].date()],
+                                                          row["cost"])
+    last_day = next_month - timedelta(days=1)
+    result = analytics.forecast_month(dict(daily), today, elapsed, last_day, budget)
+    trend = None
+    if result.daily_trend is not None:
+        trend = ("rising" if result.daily_trend > 0 else
+                 "falling" if result.daily_trend < 0 else "flat")
+    return exact_json({
+        "project_id": scope.project_id, "team_id": scope.team_id, "timezone": tz_name,
+        "period_start": start, "period_end": end, "days_in_month": last_day.day,
+        "days_remaining": (next_month - today).days, "days_observed": result.days_observed,
+        "current_spend": result.current_spend,
+        "end_of_month": {"estimated_cost": result.estimated, "low": result.low,
+                         "high": result.high, "confidence": result.confidence,
+                         "method": result.method, "daily_trend": result.daily_trend,
+                         "trend": trend},
+        "budget_impact": {"budget_limit": budget, "will_exceed_budget": result.will_exceed,
+                          "probability_of_exceeding": result.probability_of_exceeding,
+                          "exceeds_on": result.exceeds_on},
+    })
+
+
+async def teams_usage(request: web.Request) -> web.Response:
+    """Spend per team (the team a project belonged to when its usage arrived)."""
+    scope = await read_scope(request)
+    start, end = read_range(request.query, datetime.now(UTC))
+    pool = request.app[POOL]
+    rows = await analytics.rollup(pool, scope, start, end, keys=("team_id", "model"))
+    teams: dict[int | None, Totals] = defaultdict(Totals)
+    models: dict[int | None, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
+    for row in rows:
+        teams[row["team_id"]].add(row)
+        models[row["team_id"]][row["model"]].add(row)
+    admin = is_admin(request)
+    info: dict[int, Any] = {}
+    if admin:
+        listed = await pool.fetch(
+            """SELECT t.id, t.name, t.monthly_budget_usd, count(p.id) AS projects
+               FROM teams t LEFT JOIN projects p ON p.team_id = t.id
+               WHERE $1::bigint IS NULL OR t.id = $1 GROUP BY t.id""", scope.team_id)
+        info = {row["id"]: row for row in listed}
+        if scope.project_id is None and scope.provider is None and scope.model is None:
+            for known in info:
+                teams.setdefault(known, Totals())
+    else:
+        named = await analytics.names(pool, "teams", [t for t in teams if t is not None])
+        info = {team_id: {"name": name} for team_id, name in named.items()}
+    entries = []
+    for team_id, totals in sorted(teams.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))):
+        meta = info.get(team_id) if team_id is not None else None
+        by_model = _costs(models.get(team_id, {}))
+        entries.append({
+            "id": team_id, "name": meta["name"] if meta else None,
+            "total_cost": totals.cost, "requests": totals.requests,
+            "total_tokens": totals.tokens, "input_tokens": totals.input_tokens,
+            "output_tokens": totals.output_tokens,
+            "projects": meta["projects"] if admin and meta else None,
+            "monthly_budget_usd": meta["monthly_budget_usd"] if admin and meta else None,
+            "top_model": next(iter(by_model), None), "by_model": by_model})
+    return exact_json({**_header(scope, start, end), "teams": entries})
