@@ -637,6 +637,11 @@ def run(args: argparse.Namespace) -> int:
         wait_ready(bare, None, 30)
         wait_ready(gateway, "/api/health/ready", 60)
         wait_ready(limited, "/api/health/ready", 60)
+        # Project ids of their own: the rate-limit counters in Redis are keyed by project id
+        # and outlive this run's database, so reused ids would inherit earlier runs' counts.
+        first_id = secrets.randbelow(2**40) + 2**20
+        asyncio.run(_admin_sql(gateway_dsn,
+                               f"ALTER TABLE projects ALTER COLUMN id RESTART WITH {first_id}"))
 
         key = create_key(gateway.url, admin_token, {"name": f"bench-{secrets.token_hex(4)}",
                                                     "plan": "enterprise"})  # no limits

@@ -74,12 +74,44 @@ BatchHook = Callable[[asyncpg.Connection, Sequence[InsertedRow]], Awaitable[None
 
 _COLS = ", ".join(COLUMNS)
 _RETURNING = ", ".join(InsertedRow._fields)
-_STAGE = f"CREATE TEMP TABLE ledger_batch ON COMMIT DROP AS SELECT {_COLS} FROM usage_records " \
-         "WITH NO DATA"
-# Sorted, so two writers holding the same replayed ids lock them in the same order.
-_MOVE = (f"INSERT INTO usage_records ({_COLS}) SELECT {_COLS} FROM ledger_batch "
-         f"ORDER BY request_id ON CONFLICT (request_id) DO NOTHING RETURNING {_RETURNING}")
-_MOVE_COUNTED = _MOVE.partition(" RETURNING ")[0]  # no hooks: the rows are not needed back
+# Each column's PostgreSQL type: a batch goes in as one array per column, unnested.
+_TYPES = {
+    "request_id": "uuid", "project_id": "bigint", "api_key_id": "bigint", "provider": "text",
+    "model": "text", "endpoint": "text", "status": "smallint", "streamed": "boolean",
+    "input_tokens": "integer", "cached_input_tokens": "integer", "output_tokens": "integer",
+    "usage_source": "text", "input_source": "text", "output_source": "text",
+    "cost_usd": "numeric", "priced_by_fallback": "boolean", "price_model": "text",
+    "overhead_ms": "real", "upstream_ms": "real", "error_code": "text", "metadata": "jsonb",
+    "started_at": "timestamptz", "finished_at": "timestamptz", "cache_write_tokens": "bigint",
+    "requested_model": "text", "credential": "text", "attempts": "jsonb",
+}
+# jsonb goes as text (a JSON list would read as one more array dimension), cast back here.
+_JSON = frozenset(c for c in COLUMNS if _TYPES[c] == "jsonb")
+_UNNEST = ", ".join(f"${i + 1}::{'text' if c in _JSON else _TYPES[c]}[]"
+                    for i, c in enumerate(COLUMNS))
+_SELECT = ", ".join(f"{c}::jsonb" if c in _JSON else c for c in COLUMNS)
+_JSON_AT = tuple(i for i, c in enumerate(COLUMNS) if c in _JSON)
+# One prepared statement, no DDL: the batch's columns unnested, sorted so that two writers
+# holding the same replayed ids lock them in the same order, duplicates skipped.
+_MOVE = (f"INSERT INTO usage_records ({_COLS}) SELECT {_SELECT} FROM unnest({_UNNEST}) "
+         f"AS batch ({_COLS}) ORDER BY request_id ON CONFLICT (request_id) DO NOTHING "
+         f"RETURNING {_RETURNING}")
+
+_INSERTED_AT = tuple(COLUMNS.index(name) for name in InsertedRow._fields)
+
+
+def _inserted(row: tuple[Any, ...]) -> InsertedRow:
+    return InsertedRow(*(row[i] for i in _INSERTED_AT))
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """A batch as one list per column, JSON columns as JSON text."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    for i in _JSON_AT:
+        columns[i] = [orjson.dumps(value).decode() for value in columns[i]]
+    return columns
+
+
 _INSERT_ONE = (f"INSERT INTO usage_records ({_COLS}) "
                f"VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
                f"ON CONFLICT (request_id) DO NOTHING RETURNING {_RETURNING}")
@@ -287,23 +319,28 @@ class Ledger:
                 return
 
     async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction: COPY straight into usage_records (the fast path: one round trip,
+        the hooks see the batch's own tuples); a batch holding rows already stored (a replay,
+        or a retry of a batch whose commit went unanswered) is written instead with
+        INSERT ... ON CONFLICT DO NOTHING, the hooks seeing only the rows it inserted."""
         async with asyncio.timeout(self._settings.flush_timeout_s):
             async with self._pool.acquire() as conn:
+                rejected = 0
                 try:
-                    async with conn.transaction():
-                        await conn.execute(_STAGE)
-                        await conn.copy_records_to_table("ledger_batch", records=rows,
-                                                         columns=COLUMNS)
-                        if self._hooks:
-                            inserted = [InsertedRow(*r) for r in await conn.fetch(_MOVE)]
+                    try:
+                        async with conn.transaction():
+                            await conn.copy_records_to_table("usage_records", records=rows,
+                                                             columns=COLUMNS)
+                            inserted = [_inserted(row) for row in rows]
                             await self._run_hooks(conn, inserted)
-                            count = len(inserted)
-                        else:  # "INSERT 0 <rows>"
-                            count = int((await conn.execute(_MOVE_COUNTED)).rpartition(" ")[2])
-                    rejected = 0
+                    except asyncpg.UniqueViolationError:
+                        async with conn.transaction():
+                            found = await conn.fetch(_MOVE, *_columns(rows))
+                            inserted = [InsertedRow(*r) for r in found]
+                            await self._run_hooks(conn, inserted)
                 except _COPY_ROW_ERRORS:
                     inserted, rejected = await self._insert_one_by_one(conn, rows)
-                    count = len(inserted)
+                count = len(inserted)
         self.written += count
         self.rejected += rejected
         self.duplicates += len(rows) - count - rejected
