@@ -185,6 +185,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                                   metrics=app[METRICS])
     app[METRICS].watch_ledger(app[LEDGER])
     app[METRICS].watch_breakers(app[PIPELINE].breakers)
+    app[METRICS].watch_tokens(app[TOKENS].usage)
     app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS])
     yield
     app[READINESS].draining = True

@@ -176,6 +176,7 @@ class Metrics:
         self.started = clock()
         self._ledger: object | None = None
         self._breakers: Mapping[str, HasState] = {}
+        self._token_usage: Mapping[str, object] = {}
         cap = max_label_sets
         by_model = ("provider", "model")
         self.requests = Counter("gateway_requests_total", "Proxied requests of known projects, "
@@ -211,6 +212,7 @@ class Metrics:
                       "breaker state, 0 for the others.", "gauge", ("provider", "state"),
                       self._breaker_samples),
             *self._ledger_families(),
+            *self._tokenizer_families(),
             Collected("gateway_build_info", "Build version, value 1.", "gauge",
                       ("version", "python"),
                       lambda: [((version, platform.python_version()), 1)]),
@@ -228,6 +230,11 @@ class Metrics:
 
     def watch_breakers(self, breakers: Mapping[str, HasState]) -> None:
         self._breakers = breakers
+
+    def watch_tokens(self, usage: Mapping[str, object]) -> None:
+        """Read the token service's per-backend counts at scrape time (`TokenService.usage`:
+        backend -> documents, bytes, long_pieces, fallback_docs, errors)."""
+        self._token_usage = usage
 
     def observe(self, row: UsageRecord) -> None:
         """Count one usage row (called once per row, after it is queued to the ledger)."""
@@ -275,6 +282,32 @@ class Metrics:
             current = breaker.state
             for state in BREAKER_STATES:
                 yield (provider, state), int(current == state)
+
+    def _tokenizer_families(self) -> list[Family]:
+        def read(*attrs: str) -> Callable[[], Iterable[Sample]]:
+            def collect() -> Iterable[Sample]:
+                samples: list[Sample] = []
+                for backend, usage in sorted(self._token_usage.items()):
+                    for attr in attrs:
+                        value = getattr(usage, attr, None)
+                        if isinstance(value, int):
+                            reason = {"long_pieces": ("long_piece",),
+                                      "fallback_docs": ("document",),
+                                      "errors": ("batch_error",)}.get(attr, ())
+                            samples.append(((backend, *reason), value))
+                return samples
+            return collect
+
+        return [
+            Collected("gateway_tokenizer_documents_total", "Texts counted, by backend.",
+                      "counter", ("backend",), read("documents")),
+            Collected("gateway_tokenizer_bytes_total", "UTF-8 bytes counted, by backend.",
+                      "counter", ("backend",), read("bytes")),
+            Collected("gateway_tokenizer_fallbacks_total", "Work the GPU handed back to the "
+                      "CPU: pieces too long for the kernel, documents whose long-piece list "
+                      "overflowed, failed batches.", "counter", ("backend", "reason"),
+                      read("long_pieces", "fallback_docs", "errors")),
+        ]
 
     def _ledger_families(self) -> list[Family]:
         def read(attr: str) -> Callable[[], Iterable[Sample]]:

@@ -15,7 +15,14 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import FakeUpstream, SettingsFactory, chat_body, create_project, wait_for_rows
+from conftest import (
+    FakeUpstream,
+    SettingsFactory,
+    admin_headers,
+    chat_body,
+    create_project,
+    wait_for_rows,
+)
 
 from gateway import __version__
 from gateway.app import build_app
@@ -444,3 +451,16 @@ def test_scrape_gauges_before_anything_is_watched() -> None:
     assert m.series("gateway_circuit_breaker_state") == {}
     assert m.types["gateway_overhead_seconds"] == "histogram"
     assert m.types["gateway_ledger_written_rows_total"] == "counter"
+
+
+async def test_tokenizer_counts_by_backend_are_scraped(make_gateway: Any) -> None:
+    gateway = await make_gateway()
+    resp = await gateway.post("/api/tokens/count", headers=admin_headers(),
+                              json={"model": "gpt-4o-mini", "texts": ["hello world", "héllo"]})
+    assert resp.status == 200, await resp.text()
+    text = await (await gateway.get("/metrics")).text()
+    lines = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in text.splitlines()
+             if line.startswith("gateway_tokenizer_")}
+    assert int(lines['gateway_tokenizer_documents_total{backend="cpu"}']) >= 2
+    assert int(lines['gateway_tokenizer_bytes_total{backend="cpu"}']) >= len("hello world")
+    assert "# TYPE gateway_tokenizer_fallbacks_total counter" in text
