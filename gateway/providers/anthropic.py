@@ -16,9 +16,14 @@ import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadGateway, BadRequest, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall, require_key
+from gateway.providers.base import (
+    Credential,
+    UpstreamCall,
+    body_message,
+    require_key,
+    upstream_error,
+)
 from gateway.providers.base import untranslatable as base_untranslatable
-from gateway.providers.openai import upstream_error
 from gateway.settings import ProviderSettings
 
 API_VERSION = "2023-06-01"
@@ -107,8 +112,7 @@ class AnthropicAdapter:
             kind = str(error.get("type") or "api_error")
             kind = ERROR_TYPES.get(kind, kind)
         else:
-            message = body[:500].decode("utf-8", "replace").strip() or f"upstream answered {status}"
-            kind, error = "api_error", None
+            message, kind, error = body_message(body, status), "api_error", None
         return upstream_error(self.name, status, message, kind, error, headers)
 
 

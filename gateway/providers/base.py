@@ -66,6 +66,21 @@ def untranslatable(features: str | Sequence[str], provider: str, why: str = "") 
         details={"feature": names[0], "features": names, "provider": provider})
 
 
+def upstream_error(provider: str, status: int, message: str, kind: str, error: Any,
+                   headers: dict[str, str]) -> UpstreamStatusError:
+    """The gateway's error for an upstream's error answer (only Retry-After is relayed)."""
+    relay = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
+    return UpstreamStatusError(
+        status, f"{provider} upstream error {status}: {message}", openai_type=kind,
+        details={"provider": provider, "upstream_status": status, "upstream_error": error},
+        headers=relay)
+
+
+def body_message(body: bytes, status: int) -> str:
+    """An error body that is not the provider's JSON error: its start, as text."""
+    return body[:500].decode("utf-8", "replace").strip() or f"upstream answered {status}"
+
+
 class StreamTranslator(Protocol):
     """A provider's SSE events, one at a time, as OpenAI `chat.completion.chunk` dicts.
 

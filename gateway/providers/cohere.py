@@ -16,7 +16,14 @@ import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadRequest, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall, require_key, untranslatable
+from gateway.providers.base import (
+    Credential,
+    UpstreamCall,
+    body_message,
+    require_key,
+    untranslatable,
+    upstream_error,
+)
 from gateway.settings import ProviderSettings
 
 _OFFICIAL_HOSTS = frozenset({"api.cohere.com", "api.cohere.ai"})
@@ -113,14 +120,9 @@ class CohereAdapter:
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             message = error["message"] or f"upstream answered {status}"
         else:
-            message = body[:500].decode("utf-8", "replace").strip() or f"upstream answered {status}"
-            error = None
+            message, error = body_message(body, status), None
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-        relay = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
-        return UpstreamStatusError(
-            status, f"{self.name} upstream error {status}: {message}", openai_type=kind,
-            details={"provider": self.name, "upstream_status": status, "upstream_error": error},
-            headers=relay)
+        return upstream_error(self.name, status, message, kind, error, headers)
 
 
 class CohereStreamTranslator:

@@ -21,7 +21,14 @@ import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadRequest, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall, require_key, untranslatable
+from gateway.providers.base import (
+    Credential,
+    UpstreamCall,
+    body_message,
+    require_key,
+    untranslatable,
+    upstream_error,
+)
 from gateway.settings import ProviderSettings
 
 _OFFICIAL_HOSTS = frozenset({"generativelanguage.googleapis.com"})
@@ -137,14 +144,9 @@ class GeminiAdapter:
         if isinstance(error, dict):
             message = str(error.get("message") or f"upstream answered {status}")
         else:
-            message = body[:500].decode("utf-8", "replace").strip() or f"upstream answered {status}"
-            error = None
+            message, error = body_message(body, status), None
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-        relay = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
-        return UpstreamStatusError(
-            status, f"{self.name} upstream error {status}: {message}", openai_type=kind,
-            details={"provider": self.name, "upstream_status": status, "upstream_error": error},
-            headers=relay)
+        return upstream_error(self.name, status, message, kind, error, headers)
 
 
 class GeminiStreamTranslator:

@@ -14,7 +14,13 @@ import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
 from gateway.errors import BadGateway, UpstreamStatusError
-from gateway.providers.base import Credential, UpstreamCall, require_key
+from gateway.providers.base import (
+    Credential,
+    UpstreamCall,
+    body_message,
+    require_key,
+    upstream_error,
+)
 from gateway.settings import ProviderSettings
 
 # Hosts that certainly need a key: calling them without one is answered 400 here, at once.
@@ -102,8 +108,7 @@ class OpenAIAdapter:
         elif isinstance(error, str):  # some compatible servers answer {"error": "text"}
             message, kind = error, "api_error"
         else:
-            message = body[:500].decode("utf-8", "replace").strip() or f"upstream answered {status}"
-            kind, error = "api_error", None
+            message, kind, error = body_message(body, status), "api_error", None
         return upstream_error(self.name, status, message, kind, error, headers)
 
 
@@ -133,16 +138,6 @@ class OpenAIStreamTranslator:
 
     def close(self) -> list[dict[str, Any]]:
         return []
-
-
-def upstream_error(provider: str, status: int, message: str, kind: str, error: Any,
-                   headers: dict[str, str]) -> UpstreamStatusError:
-    """The gateway's error for an upstream's error answer (only Retry-After is relayed)."""
-    relay = {k: v for k, v in headers.items() if k.lower() == "retry-after"}
-    return UpstreamStatusError(
-        status, f"{provider} upstream error {status}: {message}", openai_type=kind,
-        details={"provider": provider, "upstream_status": status, "upstream_error": error},
-        headers=relay)
 
 
 def _count(value: Any) -> int:
