@@ -18,7 +18,6 @@ listener is down. While the database cannot be read, a project's last answer kee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import time
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway import projects
 from gateway.errors import NotFound, ServiceUnavailable
+from gateway.listener import NotifyListener
 from gateway.providers.base import Credential
 from gateway.settings import SettingsError
 
@@ -45,7 +45,6 @@ CHANNEL = "gateway_credentials"
 LISTENER_NAME = "gateway-credentials-listener"  # application_name of the LISTEN connection
 UNLISTENED_TTL_S = 1.0
 MAX_PROJECTS = 100_000
-PING_INTERVAL_S = 5.0
 MIN_SECRET_CHARS = 32
 HKDF_INFO = b"gateway provider credentials v1"
 _SETTING = "GATEWAY_SECRET_KEY"
@@ -210,14 +209,10 @@ class ProjectCredentials:
         self._ttl = ttl_s
         self._connect_timeout = connect_timeout_s
         self._pool: asyncpg.Pool | None = None
-        self._dsn = ""
         self._cache: dict[int, _Entry] = {}
         self._inflight: dict[int, asyncio.Future[_Entry]] = {}
         self._generation = 0  # bumped by every invalidation; guards loads racing a NOTIFY
-        self._listening = False
-        self._listener: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
+        self._listener: NotifyListener | None = None
 
     @property
     def box(self) -> SecretBox | None:
@@ -225,19 +220,21 @@ class ProjectCredentials:
 
     @property
     def listening(self) -> bool:
-        return self._listening
+        return self._listener is not None and self._listener.listening
 
     async def start(self, pool: asyncpg.Pool, dsn: str) -> None:
         """Serve from `pool`; LISTEN on a connection of its own to `dsn`."""
-        self._pool, self._dsn = pool, dsn
-        self._task = asyncio.create_task(self._listen_forever(), name="credentials-listener")
+        self._pool = pool
+        self._listener = NotifyListener(
+            dsn, CHANNEL, name="credentials", on_notify=self.invalidate,
+            on_state=lambda _listening: self.invalidate("*"),  # on either edge: may have missed
+            connect_timeout_s=self._connect_timeout, application_name=LISTENER_NAME)
+        self._listener.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         self._cache.clear()
 
     async def get(self, project_id: int, provider: str) -> tuple[Credential, ...]:
@@ -278,7 +275,7 @@ class ProjectCredentials:
         for provider, reason in broken.items():
             log.warning("provider_credentials_unusable", project_id=project_id,
                         provider=provider, reason=reason)
-        ttl = self._ttl if self._listening else UNLISTENED_TTL_S
+        ttl = self._ttl if self.listening else UNLISTENED_TTL_S
         if generation != self._generation:
             ttl = 0.0  # an invalidation arrived mid-query: use it once, never cache it
         entry = _Entry({p: tuple(c) for p, c in found.items() if p not in broken}, broken,
@@ -312,46 +309,3 @@ class ProjectCredentials:
             self._cache.pop(int(payload), None)
         else:
             self._cache = {p: replace(e, expires=0.0) for p, e in self._cache.items()}
-
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self.invalidate(payload)
-
-    def _on_terminate(self, _conn: object) -> None:
-        self._lost.set()
-
-    async def _listen_forever(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout,
-                                             server_settings={"application_name": LISTENER_NAME})
-                await conn.add_listener(CHANNEL, self._on_notify)
-                conn.add_termination_listener(self._on_terminate)
-                self._listener, self._lost = conn, asyncio.Event()
-                self.invalidate("*")  # anything cached before may have missed a notification
-                self._listening, delay = True, 0.1
-                log.info("credentials_listening")
-                await self._watch(conn)
-                log.warning("credentials_listener_lost")
-            except _DB_ERRORS as exc:
-                log.warning("credentials_listener_connect_failed", error=str(exc))
-            finally:
-                if self._listening:  # what was cached while listening may miss changes now
-                    self.invalidate("*")
-                self._listening = False
-                if self._listener is not None:
-                    self._listener.terminate()
-                    self._listener = None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    async def _watch(self, conn: asyncpg.Connection) -> None:
-        """Return when the listening connection is gone; a ping catches silent deaths."""
-        while not self._lost.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), PING_INTERVAL_S)
-                return
-            try:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_INTERVAL_S)
-            except _DB_ERRORS:
-                return

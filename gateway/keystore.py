@@ -9,7 +9,6 @@ replica within a second either way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import time
 from dataclasses import dataclass
@@ -20,13 +19,13 @@ import structlog
 from gateway import projects
 from gateway.domain import Principal, Project
 from gateway.errors import Unauthorized
+from gateway.listener import NotifyListener
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = "gateway_auth"
 UNLISTENED_TTL_S = 1.0
 MAX_ENTRIES = 100_000
-PING_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,29 +41,24 @@ class KeyStore:
     def __init__(self, pool: asyncpg.Pool, dsn: str, *, ttl_s: float,
                  connect_timeout_s: float = 5.0) -> None:
         self._pool = pool
-        self._dsn = dsn
         self._ttl = ttl_s
         self._connect_timeout = connect_timeout_s
         self._cache: dict[str, _Entry | None] = {}
         self._inflight: dict[str, asyncio.Future[_Entry | None]] = {}
         self._generation = 0  # bumped by every invalidation; guards fetches racing a NOTIFY
-        self._listening = False
-        self._listener: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._lost = asyncio.Event()
+        self._listener = NotifyListener(dsn, CHANNEL, name="keystore", on_notify=self.invalidate,
+                                        on_state=self._on_listening,
+                                        connect_timeout_s=connect_timeout_s)
 
     @property
     def listening(self) -> bool:
-        return self._listening
+        return self._listener.listening
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen_forever(), name="keystore-listener")
+        self._listener.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._listener.close()
 
     async def authenticate(self, key: str) -> Principal:
         prefix = projects.split_key(key)
@@ -91,7 +85,7 @@ class KeyStore:
                 found = await projects.find_key(conn, prefix)
             entry = None
             if found is not None:
-                ttl = self._ttl if self._listening else UNLISTENED_TTL_S
+                ttl = self._ttl if self.listening else UNLISTENED_TTL_S
                 if generation != self._generation:
                     ttl = 0.0  # an invalidation arrived mid-query: use it once, never cache it
                 entry = _Entry(*found, expires=time.monotonic() + ttl)
@@ -120,43 +114,7 @@ class KeyStore:
         else:
             self._cache.clear()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self.invalidate(payload)
-
-    def _on_terminate(self, _conn: object) -> None:
-        self._lost.set()
-
-    async def _listen_forever(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-                await conn.add_listener(CHANNEL, self._on_notify)
-                conn.add_termination_listener(self._on_terminate)
-                self._listener, self._lost = conn, asyncio.Event()
-                self._cache.clear()  # anything cached before may have missed a notification
-                self._generation += 1
-                self._listening, delay = True, 0.1
-                log.info("keystore_listening")
-                await self._watch(conn)
-                log.warning("keystore_listener_lost")
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("keystore_listener_connect_failed", error=str(exc))
-            finally:
-                self._listening = False
-                if self._listener is not None:
-                    self._listener.terminate()
-                    self._listener = None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    async def _watch(self, conn: asyncpg.Connection) -> None:
-        """Return when the listening connection is gone; a ping catches silent deaths."""
-        while not self._lost.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), PING_INTERVAL_S)
-                return
-            try:
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), PING_INTERVAL_S)
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                return
+    def _on_listening(self, listening: bool) -> None:
+        if listening:  # anything cached before may have missed a notification
+            self._cache.clear()
+            self._generation += 1
