@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
-from conftest import FakeUpstream, GatewayFactory, chat_body, create_project
+from conftest import FakeUpstream, GatewayFactory, admin_headers, chat_body, create_project
 
 from gateway.keys import PRICES, SETTINGS
 from gateway.routing import Route, Router
@@ -90,3 +90,25 @@ def test_aliases_globs_and_fallback_chains(gateway: TestClient) -> None:
                                              Route("openai", "gpt-4o-mini")]
     assert router.chain("gpt-4o-mini") == [Route("openai", "gpt-4o-mini")]
     assert ("fast", "gemini") in set(router.catalogue())
+
+
+async def test_models_lists_only_providers_the_project_can_reach(
+        make_gateway: GatewayFactory) -> None:
+    client = await make_gateway(
+        secrets={"key": "k" * 40},
+        providers={"anthropic": {"base_url": "https://api.anthropic.com", "api_key": ""}})
+    project, key = await create_project(client)
+    auth = {"Authorization": f"Bearer {key}"}
+    owners = {m["owned_by"] for m in (await (await client.get("/v1/models",
+                                                            headers=auth)).json())["data"]}
+    assert "anthropic" not in owners and "openai" in owners  # no key for api.anthropic.com
+    resp = await client.put(f"/api/admin/projects/{project['id']}/providers/anthropic",
+                            headers=admin_headers(), json={"api_key": "sk-ant-project-own"})
+    assert resp.status == 200, await resp.text()
+    ids = {m["id"] for m in (await (await client.get("/v1/models",
+                                                     headers=auth)).json())["data"]}
+    assert "claude-sonnet-4-5" in ids  # the project's own key reaches it
+    _, other = await create_project(client)
+    ids = {m["id"] for m in (await (await client.get(
+        "/v1/models", headers={"Authorization": f"Bearer {other}"})).json())["data"]}
+    assert "claude-sonnet-4-5" not in ids  # not for a project without one

@@ -18,7 +18,11 @@ import aiohttp
 
 from gateway.domain import ChatRequest, Usage
 from gateway.errors import BadRequest, UpstreamStatusError
-from gateway.settings import ProviderSettings
+from gateway.settings import BUILTIN_PROVIDERS, ProviderSettings
+
+# The providers' own API hosts: calling one without a key can only fail.
+OFFICIAL_HOSTS = frozenset(
+    host for _, url, _, _ in BUILTIN_PROVIDERS.values() if (host := urlsplit(url).hostname))
 
 WIRES = ("openai", "anthropic", "gemini", "cohere")
 
@@ -136,6 +140,17 @@ class ProviderAdapter(Protocol):
         ...
 
 
+def credential_usable(kind: str, credential: Credential) -> bool:
+    """Whether a call with this credential can be made at all: a key, or (not for Azure) a
+    server of one's own that may need none."""
+    if kind == "azure":
+        return bool(credential.api_key and credential.base_url)
+    if credential.api_key:
+        return True
+    host = urlsplit(credential.base_url).hostname or ""
+    return bool(host) and host not in OFFICIAL_HOSTS
+
+
 class Upstream:
     """One provider: its adapter, settings, credentials and one keep-alive `ClientSession`."""
 
@@ -153,6 +168,11 @@ class Upstream:
     @property
     def name(self) -> str:
         return self.adapter.name
+
+    @property
+    def usable(self) -> bool:
+        """The gateway's own credentials can reach it (a project may still bring its own)."""
+        return any(credential_usable(self.settings.kind, c) for c in self.credentials)
 
     @property
     def session(self) -> aiohttp.ClientSession:
