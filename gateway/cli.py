@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway import db, demo, migrate, projects
 from gateway.errors import GatewayError
-from gateway.http.json import _default as json_default
+from gateway.http.json import json_default
 from gateway.keys import POOL, READINESS
 from gateway.logging import configure_logging
 from gateway.plans import LIMIT_FIELDS

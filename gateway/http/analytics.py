@@ -24,9 +24,9 @@ from gateway import analytics
 from gateway.analytics import UNITS, ZERO, Scope, Totals, buckets, label, truncate
 from gateway.errors import BadRequest, Forbidden, NotFound
 from gateway.http.admin import is_admin
+from gateway.http.json import json_default
 from gateway.keys import KEYSTORE, POOL, SETTINGS
 from gateway.pipeline.authenticate import authenticate
-from gateway.pricing import format_usd
 
 DEFAULT_RANGE = timedelta(days=30)
 MAX_RANGE = timedelta(days=731)
@@ -45,14 +45,9 @@ _RATE = Decimal("0.000000001")
 
 def exact_json(data: Any, status: int = 200) -> web.Response:
     """JSON with money as exact decimal numbers and date-times in UTC with a `Z`."""
-    return web.Response(body=orjson.dumps(data, default=_exact, option=orjson.OPT_UTC_Z),
+    return web.Response(body=orjson.dumps(data, default=json_default,
+                                          option=orjson.OPT_UTC_Z),
                         status=status, content_type="application/json")
-
-
-def _exact(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return orjson.Fragment(format_usd(value).encode())
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 # -- parameters ------------------------------------------------------------------------------

@@ -9,16 +9,18 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
+from gateway.pricing import format_usd
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """Money (Decimal) as an exact JSON number: the value's own digits, never a float's."""
     if isinstance(value, Decimal):
-        return float(value)  # money is exact in the database; JSON numbers are for display
+        return orjson.Fragment(format_usd(value).encode())
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data, default=_default), status=status,
+    return web.Response(body=orjson.dumps(data, default=json_default), status=status,
                         content_type="application/json")
 
 
