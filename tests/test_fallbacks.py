@@ -319,3 +319,23 @@ def test_weighted_order_follows_weights(seed: int) -> None:
     assert "z" not in firsts
     order = weighted_order(items, lambda i: i[1], rng)
     assert sorted(order) == sorted(items) and order[-1] == ("z", 0)
+
+
+async def test_a_fallback_that_refuses_the_request_moves_on_and_the_error_names_all(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream) -> None:
+    client, _, key = await _gateway(
+        make_gateway, providers={"openai": {"max_retries": 0}},
+        routing={"fallbacks": {"gpt-4o": ["claude-sonnet-4-5", "gemini-2.5-flash"]}})
+    fake_upstream.script({"status": 500}, {"status": 404})  # openai down, anthropic lacks it
+    resp = await client.post("/v1/chat/completions", json=chat_body(model="gpt-4o"),
+                             headers=_auth(key))
+    assert resp.status == 200, await resp.text()  # gemini served
+    [row] = await wait_for_rows(client, 1)
+    assert [(a["provider"], a["status"]) for a in row["attempts"]] == [
+        ("openai", 500), ("anthropic", 404), ("gemini", 200)]
+    fake_upstream.script({"status": 500}, {"status": 404}, {"status": 404})
+    resp = await client.post("/v1/chat/completions", json=chat_body(model="gpt-4o"),
+                             headers=_auth(key))
+    assert resp.status == 502
+    error = (await resp.json())["error"]
+    assert error["code"] == "all_upstreams_failed" and "3 upstream attempts" in error["message"]

@@ -219,7 +219,9 @@ class ProxyPipeline:
                             breaker.success()  # it answered: the request was at fault
                             if _credential_failure(exc):
                                 break  # this key is refused: the next credential
-                            raise
+                            if n == 0:
+                                raise  # the client's own request was refused: say so as is
+                            break  # a fallback refused it (a model it lacks): the next one
                         breaker.failure()
                         wait = self._retry_wait(exc, retry, settings)
                         if wait is None:
