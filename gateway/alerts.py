@@ -165,6 +165,10 @@ class AlertHook:
         self._baselines: dict[int, Baseline | None] = {}
         self._baseline_hour: datetime | None = None
         self.fired: Counter[str] = Counter()  # kind -> events fired by this process
+        # Called once the batch that queued events has committed (the delivery worker's
+        # wake-up, so deliveries leave at once instead of at its next poll).
+        self.on_queued: Callable[[], None] | None = None
+        self._queued = False
 
     async def __call__(self, conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
         """Fire what these rows make due. The ledger runs each hook in a savepoint and logs
@@ -211,6 +215,13 @@ class AlertHook:
         await self._fire(conn, _unique(candidates))
         if tracked:
             await enqueue_many(conn, [_tracked_event(r) for r in rows if r.project_id in tracked])
+        self._queued = self._queued or bool(candidates) or bool(tracked)
+
+    def committed(self) -> None:
+        """The ledger's transaction that ran this hook has committed."""
+        if self._queued and self.on_queued is not None:
+            self.on_queued()
+        self._queued = False
 
     def _summarise(self, rows: Sequence[InsertedRow], cutoff: datetime) -> _Batch:
         batch = _Batch()

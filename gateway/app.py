@@ -16,6 +16,7 @@ from gateway.health import Readiness
 from gateway.http.metrics import metrics_middleware
 from gateway.idempotency import create_claims
 from gateway.keys import (
+    ALERTS,
     BUDGETS,
     CLAIMS,
     CREDENTIALS,
@@ -134,6 +135,7 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
     and batches spill to disk while PostgreSQL is unreachable."""
     settings = app[SETTINGS]
     alerts = AlertHook(settings.webhooks, ZoneInfo(settings.budgets.timezone))
+    app[ALERTS] = alerts
     ledger = Ledger(app[POOL], settings.ledger, hooks=[alerts],
                     spill_dir=settings.ledger.spill_path(settings.database.data_dir))
     await ledger.start()
@@ -148,6 +150,7 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     worker = WebhookWorker(app[POOL], settings, app[CREDENTIALS].box)
     if settings.enabled:
         await worker.start()
+        app[ALERTS].on_queued = worker.wake  # events committed with usage go out at once
     app[WEBHOOKS] = worker
     yield
     await worker.close()

@@ -19,6 +19,7 @@ from gateway.settings import Settings
 from gateway.tokens.models import ModelTokenizers
 
 if TYPE_CHECKING:
+    from gateway.alerts import AlertHook
     from gateway.credentials import ProjectCredentials
     from gateway.health import Readiness
     from gateway.idempotency import ClaimStore
@@ -45,5 +46,6 @@ CLAIMS: web.AppKey[ClaimStore] = web.AppKey("claims")
 CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
 METRICS = web.AppKey("metrics", Metrics)
 WEBHOOKS: web.AppKey[WebhookWorker] = web.AppKey("webhooks")
+ALERTS: web.AppKey[AlertHook] = web.AppKey("alerts")
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

@@ -222,9 +222,17 @@ class Ledger:
                         error=_describe(exc))
             self.record(record)
             return True
+        self._committed()
         self.written += len(inserted)
         self.duplicates += 1 - len(inserted)
         return bool(inserted)
+
+    def _committed(self) -> None:
+        """Tell the hooks that want to know (`committed()`) that their transaction is in."""
+        for hook in self._hooks:
+            committed = getattr(hook, "committed", None)
+            if committed is not None:
+                committed()
 
     async def start(self) -> None:
         if self._spill is not None:
@@ -341,6 +349,7 @@ class Ledger:
                 except _COPY_ROW_ERRORS:
                     inserted, rejected = await self._insert_one_by_one(conn, rows)
                 count = len(inserted)
+        self._committed()
         self.written += count
         self.rejected += rejected
         self.duplicates += len(rows) - count - rejected

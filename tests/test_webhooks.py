@@ -433,3 +433,26 @@ async def test_alert_thresholds_and_seed_budgets(client: TestClient) -> None:
     resp = await client.post("/api/budgets", json={"limit": 5})
     assert resp.status == 401
     assert ADMIN_TOKEN not in json.dumps(body)
+
+
+async def test_a_budget_alert_from_a_proxied_call_is_delivered_at_once(
+        make_gateway: Any, receiver: Receiver, fake_upstream: Any) -> None:
+    """End to end: a call crosses the budget's 50 % threshold; the alert commits with its
+    usage row and wakes the worker, so it arrives long before the worker's next poll."""
+    client = await make_gateway(webhooks={"poll_interval_s": 60})  # polls would take a minute
+    # gpt-4o-mini, about 10 prompt tokens and 5 out: about $0.0000045, most of the budget
+    project, key = await create_project(client, monthly_budget_usd="0.000006")
+    resp = await client.post("/api/admin/webhooks", headers=admin_headers(), json={
+        "url": receiver.url, "project_id": project["id"], "events": ["budget.alert"]})
+    assert resp.status == 201, await resp.text()
+    secret = (await resp.json())["secret"]
+    resp = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "gpt-4o-mini", "max_tokens": 5,
+                                   "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200, await resp.text()
+    await asyncio.wait_for(receiver.arrived.wait(), 10)  # bounded; a poll would take 60 s
+    headers, body = receiver.seen[0]
+    assert headers[webhooks.HEADER_EVENT] == "budget.alert"
+    assert verify_signature(secret, headers[webhooks.HEADER_TIMESTAMP], body,
+                            headers[webhooks.HEADER_SIGNATURE])
+    assert json.loads(body)["project_id"] == project["id"]

@@ -13,7 +13,7 @@ from gateway import alerts, webhooks
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
 from gateway.http.admin import is_admin, require_admin
 from gateway.http.json import int_param, json_response, read_json
-from gateway.keys import CREDENTIALS, KEYSTORE, POOL
+from gateway.keys import CREDENTIALS, KEYSTORE, POOL, WEBHOOKS
 from gateway.pipeline.authenticate import authenticate
 
 _FIELDS = ("url", "events", "format", "project_id", "description", "enabled", "secret")
@@ -157,6 +157,8 @@ async def test_webhook(request: web.Request) -> web.Response:
             conn, webhooks.TEST_EVENT, view["project_id"],
             {"message": "test event from the AI cost gateway", "webhook_id": endpoint_id},
             endpoint_id=endpoint_id)
+    if WEBHOOKS in request.app:
+        request.app[WEBHOOKS].wake()
     return json_response({"event_id": str(event_id), "status": "queued"}, status=202)
 
 
