@@ -85,6 +85,27 @@ def body_message(body: bytes, status: int) -> str:
     return body[:500].decode("utf-8", "replace").strip() or f"upstream answered {status}"
 
 
+# The fields of each OpenAI message role a translating adapter knows how to carry.
+MESSAGE_KEYS = {"system": {"role", "content"}, "developer": {"role", "content"},
+                "user": {"role", "content"}, "assistant": {"role", "content", "tool_calls",
+                                                           "refusal"},
+                "tool": {"role", "content", "tool_call_id", "name"}}
+
+
+def message_role(message: dict[str, Any], where: str, provider: str) -> str:
+    """A pivot message's role, once its role and fields are ones a translation can carry
+    (400 naming the first that is not). Unset fields (None, or no annotations), as SDKs echo
+    a previous reply's message, are not features."""
+    role = message.get("role")
+    known = MESSAGE_KEYS.get(role) if isinstance(role, str) else None
+    if known is None:
+        raise untranslatable(f"{where}.role={role}", provider)
+    extra = {k for k, v in message.items() if v not in (None, [])} - known
+    if extra:
+        raise untranslatable(f"{where}.{sorted(extra)[0]}", provider)
+    return str(role)
+
+
 class StreamTranslator(Protocol):
     """A provider's SSE events, one at a time, as OpenAI `chat.completion.chunk` dicts.
 

@@ -20,6 +20,7 @@ from gateway.providers.base import (
     Credential,
     UpstreamCall,
     body_message,
+    message_role,
     require_key,
     untranslatable,
     upstream_error,
@@ -40,10 +41,6 @@ _RENAMED = {"temperature": "temperature", "top_p": "p", "seed": "seed",
             "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"}
 _TRANSLATED = frozenset({*_RENAMED, "max_tokens", "max_completion_tokens", "stop",
                          "response_format", "tools", "tool_choice"})
-_MESSAGE_KEYS = {"system": {"role", "content"}, "developer": {"role", "content"},
-                 "user": {"role", "content"}, "assistant": {"role", "content", "tool_calls",
-                                                            "refusal"},
-                 "tool": {"role", "content", "tool_call_id", "name"}}
 # Cohere's p must lie within [0.01, 0.99]; OpenAI's top_p 1 (no cut) is nearest to 0.99.
 _P_RANGE = (0.01, 0.99)
 # ERROR and TIMEOUT end a reply before the model finished it: OpenAI's only word for an
@@ -233,14 +230,7 @@ def _messages(messages: list[Any], provider: str) -> list[dict[str, Any]]:
     translated: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        role = message.get("role")
-        # Unset fields (None, or no annotations) as SDKs echo a previous reply's message.
-        extra = {k for k, v in message.items() if v not in (None, [])} - _MESSAGE_KEYS.get(
-            role, set())
-        if role not in _MESSAGE_KEYS or extra:
-            feature = f"{where}.role={role}" if role not in _MESSAGE_KEYS else \
-                f"{where}.{sorted(extra)[0]}"
-            raise untranslatable(feature, provider)
+        role = message_role(message, where, provider)
         content = message.get("content")
         if role in ("system", "developer"):
             translated.append({"role": "system", "content": _text(content, where, provider)})

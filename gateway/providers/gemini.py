@@ -25,6 +25,7 @@ from gateway.providers.base import (
     Credential,
     UpstreamCall,
     body_message,
+    message_role,
     require_key,
     untranslatable,
     upstream_error,
@@ -44,10 +45,6 @@ _DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
 _TRANSLATED = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop",
                          "n", "presence_penalty", "frequency_penalty", "seed", "response_format",
                          "tools", "tool_choice", "reasoning_effort"})
-_MESSAGE_KEYS = {"system": {"role", "content"}, "developer": {"role", "content"},
-                 "user": {"role", "content"}, "assistant": {"role", "content", "tool_calls",
-                                                            "refusal"},
-                 "tool": {"role", "content", "tool_call_id", "name"}}
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 # Google's own OpenAI compatibility layer maps reasoning_effort to these thinking budgets.
 _THINKING_BUDGETS = {"none": 0, "low": 1024, "medium": 8192, "high": 24576}
@@ -272,14 +269,7 @@ def _contents(messages: list[Any], provider: str) -> tuple[list[dict[str, Any]],
     call_names: dict[str, str] = {}  # tool call id -> function name, for the tool results
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        role = message.get("role")
-        # Unset fields (None, or no annotations) as SDKs echo a previous reply's message.
-        extra = {k for k, v in message.items() if v not in (None, [])} - _MESSAGE_KEYS.get(
-            role, set())
-        if role not in _MESSAGE_KEYS or extra:
-            feature = f"{where}.role={role}" if role not in _MESSAGE_KEYS else \
-                f"{where}.{sorted(extra)[0]}"
-            raise untranslatable(feature, provider)
+        role = message_role(message, where, provider)
         content = message.get("content")
         if role in ("system", "developer"):
             # Gemini has one system instruction: every system message joins it, in order.
