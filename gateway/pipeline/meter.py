@@ -44,6 +44,18 @@ def completion_from_body(adapter: ProviderAdapter, body: bytes,
                                   "body_start": body[:200].decode("utf-8", "replace")}) from None
 
 
+def split_events(pending: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """(every complete SSE event so far, the incomplete rest) of what was pending plus a new
+    chunk; CRLF line ends become LF (SSE allows both; one form keeps the parsing simple)."""
+    data = pending + chunk if pending else chunk
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    end = data.rfind(b"\n\n")
+    if end < 0:
+        return b"", data
+    return data[:end + 2], data[end + 2:]
+
+
 def _event_data(event: bytes) -> Any:
     """The JSON of an event's data lines; ValueError if it has none or they are not JSON."""
     lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
@@ -66,14 +78,9 @@ class StreamMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to pass on now: every complete event so far, minus the held-back ones."""
-        data = self._pending + chunk if self._pending else chunk
-        if b"\r" in data:  # SSE allows CRLF line ends; one form keeps the parsing simple
-            data = data.replace(b"\r\n", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._pending = data
+        complete, self._pending = split_events(self._pending, chunk)
+        if not complete:
             return b""
-        complete, self._pending = data[:end + 2], data[end + 2:]
         self._seen.append(complete)
         if not self.started:
             self._check_first(complete)

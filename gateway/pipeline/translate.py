@@ -18,7 +18,7 @@ import orjson
 from gateway.domain import ChatRequest, Usage
 from gateway.entries.anthropic import AnthropicStreamEncoder, render_completion
 from gateway.errors import BadGateway
-from gateway.pipeline.meter import DONE, completion_texts
+from gateway.pipeline.meter import DONE, completion_texts, split_events
 from gateway.providers.base import ProviderAdapter
 
 
@@ -105,14 +105,7 @@ class EventStream:
         return self._translator.model
 
     def feed(self, data: bytes) -> bytes:
-        data = self._pending + data if self._pending else data
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._pending = data
-            return b""
-        complete, self._pending = data[:end + 2], data[end + 2:]
+        complete, self._pending = split_events(self._pending, data)
         out = []
         for raw in complete.split(b"\n\n")[:-1]:
             out.append(self._event(raw))
