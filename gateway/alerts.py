@@ -50,7 +50,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import structlog
 
-from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway import checks
+from gateway.errors import Forbidden, NotFound
 from gateway.ledger import InsertedRow
 from gateway.webhooks import Event as WebhookEvent
 from gateway.webhooks import WebhookSettings, encode_payload, enqueue_many
@@ -395,17 +396,22 @@ MAX_THRESHOLD = Decimal(1000)
 
 def parse_thresholds(value: Any, field_name: str = "thresholds") -> list[Decimal]:
     """A JSON list of percentages (0 < p <= 1000, at most 20) -> sorted, unique Decimals."""
-    message = (f"{field_name} must be a list of at most {MAX_THRESHOLDS} percentages above 0 "
-               f"and at most {MAX_THRESHOLD}, such as [50, 80, 100]")
-    if not isinstance(value, list) or len(value) > MAX_THRESHOLDS:
-        raise BadRequest(message, details={"field": field_name})
+    problems = checks.Problems()
+    thresholds = check_thresholds(value, field_name, problems)
+    problems.raise_if_any()
+    return thresholds or []
+
+
+def check_thresholds(value: Any, field: str, problems: checks.Problems) -> list[Decimal] | None:
+    """`parse_thresholds` noting its problem in `problems` (None then) instead of raising."""
     out: set[Decimal] = set()
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int | float):
-            raise BadRequest(message, details={"field": field_name})
-        number = Decimal(str(item))
-        if not number.is_finite() or not ZERO < number <= MAX_THRESHOLD:
-            raise BadRequest(message, details={"field": field_name})
+    for item in value if isinstance(value, list) and len(value) <= MAX_THRESHOLDS else [None]:
+        number = (Decimal(str(item)) if not isinstance(item, bool)
+                  and isinstance(item, int | float) else None)
+        if number is None or not number.is_finite() or not ZERO < number <= MAX_THRESHOLD:
+            problems.add(field, f"must be a list of at most {MAX_THRESHOLDS} percentages above "
+                                f"0 and at most {MAX_THRESHOLD}, such as [50, 80, 100]")
+            return None
         out.add(Decimal(int(number)) if number == number.to_integral_value() else number)
     return sorted(out)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
+from gateway import checks
 from gateway.domain import PLANS, Project
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.errors import Conflict, NotFound
 from gateway.plans import LIMIT_FIELDS
 
 KEY_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -65,86 +66,75 @@ def render_project(row: asyncpg.Record) -> dict[str, Any]:
 
 # -- body validation -------------------------------------------------------------------------
 
+MAX_BUDGET_USD = Decimal(10**12)
+MAX_METADATA_BYTES = 16_384
+MAX_NAMES = 1000
+PROJECT_FIELDS = ("name", "team", "plan", "monthly_budget_usd", "allowed_providers",
+                  "allowed_models", "enabled", "metadata", *LIMIT_FIELDS)
+
+
 def parse_project_fields(body: Any, *, partial: bool) -> dict[str, Any]:
-    """Check an admin project body; answer only the fields it sets."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    allowed = {"name", "team", "plan", "monthly_budget_usd", "allowed_providers",
-               "allowed_models", "enabled", "metadata", *LIMIT_FIELDS}
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest(f"unknown project field(s): {', '.join(unknown)}",
-                         details={"allowed": sorted(allowed)})
+    """Check an admin project body (one 400 naming every problem); answer the fields it sets."""
+    body = checks.body_object(body)
+    problems = checks.Problems()
+    checks.unknown_fields(body, PROJECT_FIELDS, problems)
     if not partial and "name" not in body:
-        raise BadRequest("name is required", details={"field": "name"})
+        problems.add("name", "is required")
     fields: dict[str, Any] = {}
     for key, value in body.items():
-        fields[key] = _PARSERS[key](key, value)
+        if key in _PARSERS:
+            fields[key] = _PARSERS[key](key, value, problems)
+    problems.raise_if_any()
     return fields
 
 
-def _fail(key: str, expected: str, value: Any) -> BadRequest:
-    return BadRequest(f"{key} must be {expected}", details={"field": key, "value": value})
+def _name(key: str, value: Any, problems: checks.Problems) -> str | None:
+    return checks.text(value, key, problems, max_chars=200, strip=True,
+                       message="must be a string of 1 to 200 characters without NUL")
 
 
-def _name(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value.strip()) <= 200:
-        raise _fail(key, "a string of 1 to 200 characters", value)
-    return value.strip()
+def _team(key: str, value: Any, problems: checks.Problems) -> str | None:
+    return None if value is None else _name(key, value, problems)
 
 
-def _team(key: str, value: Any) -> str | None:
-    return None if value is None else _name(key, value)
+def _plan(key: str, value: Any, problems: checks.Problems) -> str | None:
+    if isinstance(value, str) and value in PLANS:
+        return value
+    problems.add(key, f"must be one of {', '.join(PLANS)}")
+    return None
 
 
-def _plan(key: str, value: Any) -> str:
-    if value not in PLANS:
-        raise _fail(key, f"one of {', '.join(PLANS)}", value)
-    return str(value)
-
-
-def _budget(key: str, value: Any) -> Decimal | None:
+def _budget(key: str, value: Any, problems: checks.Problems) -> Decimal | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _fail(key, "a non-negative number of USD or null", value)
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise _fail(key, "a non-negative number of USD or null", value) from None
-    if not amount.is_finite() or amount < 0:
-        raise _fail(key, "a non-negative number of USD or null", value)
-    return amount
+    return checks.money(value, key, problems, high=MAX_BUDGET_USD,
+                        message=f"must be a non-negative number of USD (at most "
+                                f"{MAX_BUDGET_USD}) or null")
 
 
-def _names(key: str, value: Any) -> list[str]:
+def _names(key: str, value: Any, problems: checks.Problems) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _fail(key, "a list of non-empty strings", value)
-    return sorted(set(value))
+    names = checks.strings(value, key, problems, max_items=MAX_NAMES, max_chars=200,
+                           message="must be a list of non-empty strings")
+    return sorted(set(names or ()))
 
 
-def _enabled(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(key, "true or false", value)
-    return value
+def _enabled(key: str, value: Any, problems: checks.Problems) -> bool | None:
+    return checks.flag(value, key, problems)
 
 
-def _limit(key: str, value: Any) -> int | None:
+def _limit(key: str, value: Any, problems: checks.Problems) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(key, "a whole number >= 0 (0: unlimited) or null (the plan's)", value)
-    return value
+    return checks.whole(value, key, problems, 0, 2**31 - 1,
+                        "must be a whole number >= 0 (0: unlimited) or null (the plan's)")
 
 
-def _metadata(key: str, value: Any) -> dict[str, Any]:
+def _metadata(key: str, value: Any, problems: checks.Problems) -> dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise _fail(key, "a JSON object", value)
-    return value
+    return checks.json_object(value, key, problems, max_bytes=MAX_METADATA_BYTES) or {}
 
 
 _PARSERS = {

@@ -130,7 +130,7 @@ async def test_rejects_bad_bodies_naming_each_problem(client: TestClient, db: as
                                                       fields: set[str]) -> None:
     _, key = await create_project(client)
     answer = await post(client, body, key_headers(key), status=400)
-    assert {p["field"] for p in answer["details"]["problems"]} == fields
+    assert {p["field"] for p in answer["details"]["errors"]} == fields
     for field in fields:
         assert field in answer["error"]
     assert await db.fetchval("SELECT count(*) FROM usage_records") == 0

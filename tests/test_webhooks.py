@@ -385,7 +385,7 @@ async def test_webhook_admin_api_refuses_bad_bodies(client: TestClient) -> None:
     resp = await client.post("/api/admin/webhooks", headers=h, json={
         "url": "ftp://x", "events": ["usage.everything"], "format": "xml", "extra": 1})
     assert resp.status == 400
-    fields = {p["field"] for p in (await resp.json())["details"]["problems"]}
+    fields = {p["field"] for p in (await resp.json())["details"]["errors"]}
     assert fields == {"url", "events", "format", "extra"}
     resp = await client.post("/api/admin/webhooks", headers=h,
                              json={"url": "http://127.0.0.1:1/x", "project_id": 999999})

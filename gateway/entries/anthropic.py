@@ -13,8 +13,10 @@ from typing import Any
 
 import orjson
 
+from gateway import checks
+from gateway.checks import Problems, kind
 from gateway.domain import ChatRequest, Usage
-from gateway.pipeline.validate import MAX_STOP_SEQUENCES, Limits, _Errors, _int, _kind, _model
+from gateway.pipeline.validate import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, Limits, model_name
 from gateway.providers.anthropic import STOP_REASONS, image_url
 
 ROLES = ("user", "assistant")
@@ -32,12 +34,12 @@ _NEUTRAL = {"thinking": {"type": "disabled"}}
 
 def validate_messages(body: dict[str, Any], limits: Limits) -> ChatRequest:
     """An Anthropic Messages body, checked (one 400 naming every problem) and pivoted."""
-    errors = _Errors()
-    model = _model(body.get("model"), "model", errors)
+    errors = Problems()
+    model = model_name(body.get("model"), "model", errors)
     if body.get("max_tokens") is None:
         errors.add("max_tokens", "is required")
     else:
-        _int(body["max_tokens"], "max_tokens", errors, 1, None)
+        checks.whole(body["max_tokens"], "max_tokens", errors, 1, MAX_OUTPUT_TOKENS)
     _check_messages(body.get("messages"), limits, errors)
     if isinstance(body.get("system"), str | list):
         _check_content(body["system"], "system", limits, errors)
@@ -54,9 +56,9 @@ def validate_messages(body: dict[str, Any], limits: Limits) -> ChatRequest:
 
 # -- checks ----------------------------------------------------------------------------------
 
-def _check_messages(value: Any, limits: Limits, errors: _Errors) -> None:
+def _check_messages(value: Any, limits: Limits, errors: Problems) -> None:
     if not isinstance(value, list) or not value:
-        errors.add("messages", f"is required and must be a non-empty array, not {_kind(value)}")
+        errors.add("messages", f"is required and must be a non-empty array, not {kind(value)}")
         return
     if len(value) > limits.max_messages:
         errors.add("messages", f"must hold 1 to {limits.max_messages} messages, not {len(value)}")
@@ -64,21 +66,21 @@ def _check_messages(value: Any, limits: Limits, errors: _Errors) -> None:
     for i, message in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            errors.add(where, f"must be an object, not {_kind(message)}")
+            errors.add(where, f"must be an object, not {kind(message)}")
             continue
-        if message.get("role") not in ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             errors.add(f"{where}.role", "must be user or assistant")
         _check_content(message.get("content"), f"{where}.content", limits, errors)
 
 
-def _check_content(content: Any, field: str, limits: Limits, errors: _Errors) -> None:
+def _check_content(content: Any, field: str, limits: Limits, errors: Problems) -> None:
     if isinstance(content, str):
         chars = len(content)
     elif isinstance(content, list):
         chars = sum(_check_block(block, f"{field}[{j}]", errors)
                     for j, block in enumerate(content))
     else:
-        errors.add(field, f"must be a string or an array of content blocks, not {_kind(content)}")
+        errors.add(field, f"must be a string or an array of content blocks, not {kind(content)}")
         return
     if chars > limits.max_content_chars:
         errors.add(field, f"is {chars} characters; the limit is {limits.max_content_chars}")
@@ -89,14 +91,15 @@ _BLOCK_FIELDS = {"text": (("text", str),), "image": (("source", dict),),
                  "tool_result": (("tool_use_id", str),)}
 
 
-def _check_block(block: Any, field: str, errors: _Errors) -> int:
+def _check_block(block: Any, field: str, errors: Problems) -> int:
     """Checks one content block; its characters of text."""
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
         errors.add(field, "must be an object with a string type")
         return 0
-    for name, kind in _BLOCK_FIELDS.get(block["type"], ()):
-        if not isinstance(block.get(name), kind):
-            errors.add(f"{field}.{name}", f"must be {_kind(kind())}, not {_kind(block.get(name))}")
+    for name, expected in _BLOCK_FIELDS.get(block["type"], ()):
+        if not isinstance(block.get(name), expected):
+            errors.add(f"{field}.{name}",
+                       f"must be {kind(expected())}, not {kind(block.get(name))}")
             return 0
     if block["type"] == "text":
         return len(block["text"])
@@ -108,23 +111,23 @@ def _check_block(block: Any, field: str, errors: _Errors) -> int:
     return 0
 
 
-def _number(low: float, high: float) -> Callable[[Any, str, _Errors], None]:
-    def check(value: Any, field: str, errors: _Errors) -> None:
+def _number(low: float, high: float) -> Callable[[Any, str, Problems], None]:
+    def check(value: Any, field: str, errors: Problems) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            errors.add(field, f"must be a number, not {_kind(value)}")
+            errors.add(field, f"must be a number, not {kind(value)}")
         elif not low <= value <= high:
             errors.add(field, f"must be between {low:g} and {high:g}, not {value}")
     return check
 
 
-def _of(kind: type, what: str) -> Callable[[Any, str, _Errors], None]:
-    def check(value: Any, field: str, errors: _Errors) -> None:
-        if not isinstance(value, kind):
-            errors.add(field, f"must be {what}, not {_kind(value)}")
+def _of(expected: type, what: str) -> Callable[[Any, str, Problems], None]:
+    def check(value: Any, field: str, errors: Problems) -> None:
+        if not isinstance(value, expected):
+            errors.add(field, f"must be {what}, not {kind(value)}")
     return check
 
 
-def _system(value: Any, field: str, errors: _Errors) -> None:
+def _system(value: Any, field: str, errors: Problems) -> None:
     if isinstance(value, list) and all(
             isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
             for b in value):
@@ -133,14 +136,14 @@ def _system(value: Any, field: str, errors: _Errors) -> None:
         errors.add(field, "must be a string or an array of text blocks")
 
 
-def _strings(value: Any, field: str, errors: _Errors) -> None:
+def _strings(value: Any, field: str, errors: Problems) -> None:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         errors.add(field, "must be an array of strings")
 
 
-def _tools(value: Any, field: str, errors: _Errors) -> None:
+def _tools(value: Any, field: str, errors: Problems) -> None:
     if not isinstance(value, list):
-        errors.add(field, f"must be an array, not {_kind(value)}")
+        errors.add(field, f"must be an array, not {kind(value)}")
         return
     for i, tool in enumerate(value):
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
@@ -150,18 +153,18 @@ def _tools(value: Any, field: str, errors: _Errors) -> None:
             errors.add(f"{field}[{i}].input_schema", "is required and must be an object")
 
 
-def _tool_choice(value: Any, field: str, errors: _Errors) -> None:
+def _tool_choice(value: Any, field: str, errors: Problems) -> None:
     if not isinstance(value, dict) or value.get("type") not in (*TOOL_CHOICES, "tool"):
         errors.add(field, "must be an object whose type is auto, any, tool or none")
     elif value["type"] == "tool" and not isinstance(value.get("name"), str):
         errors.add(f"{field}.name", "is required when type is tool")
 
 
-_CHECKS: dict[str, Callable[[Any, str, _Errors], None]] = {
+_CHECKS: dict[str, Callable[[Any, str, Problems], object]] = {
     "system": _system,
     "temperature": _number(0, 1),
     "top_p": _number(0, 1),
-    "top_k": lambda v, f, e: _int(v, f, e, 0, None),
+    "top_k": lambda v, f, e: checks.whole(v, f, e, 0, MAX_OUTPUT_TOKENS),
     "stop_sequences": _strings,
     "stream": _of(bool, "a boolean"),
     "tools": _tools,

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import hmac
 from decimal import Decimal
 
 from aiohttp import web
 
-from gateway import projects
-from gateway.errors import BadRequest, Forbidden, Unauthorized
+from gateway import checks, projects
+from gateway.errors import BadRequest
+from gateway.http.access import Access, caller
 from gateway.http.json import int_param, json_response, read_json
-from gateway.keys import POOL, SETTINGS
-
-
-def is_admin(request: web.Request) -> bool:
-    """Whether the request carries the admin token (compared in constant time)."""
-    token = request.app[SETTINGS].auth.admin_token
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode())
-
-
-def require_admin(request: web.Request) -> None:
-    if not request.app[SETTINGS].auth.admin_token:
-        raise Forbidden("the admin API is disabled: set GATEWAY_ADMIN_TOKEN to enable it",
-                        code="admin_disabled")
-    if not is_admin(request):
-        raise Unauthorized("admin token required: send 'Authorization: Bearer <admin token>'",
-                           code="invalid_admin_token")
+from gateway.keys import POOL
 
 
 async def create_project(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     fields = projects.parse_project_fields(await read_json(request), partial=False)
     async with request.app[POOL].acquire() as conn:
         row = await projects.create_project(conn, fields)
@@ -39,21 +22,21 @@ async def create_project(request: web.Request) -> web.Response:
 
 
 async def list_projects(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         rows = await projects.list_projects(conn)
     return json_response({"projects": [projects.render_project(r) for r in rows]})
 
 
 async def get_project(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         row = await projects.get_project(conn, int_param(request, "id"))
     return json_response(projects.render_project(row))
 
 
 async def update_project(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     fields = projects.parse_project_fields(await read_json(request), partial=True)
     async with request.app[POOL].acquire() as conn:
         row = await projects.update_project(conn, int_param(request, "id"), fields)
@@ -71,7 +54,7 @@ async def _budget_body(request: web.Request) -> Decimal | None:
 
 
 async def set_budget(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     fields = {"monthly_budget_usd": await _budget_body(request)}
     async with request.app[POOL].acquire() as conn:
         row = await projects.update_project(conn, int_param(request, "id"), fields)
@@ -79,32 +62,32 @@ async def set_budget(request: web.Request) -> web.Response:
 
 
 async def issue_key(request: web.Request) -> web.Response:
-    require_admin(request)
-    body = await read_json(request, required=False)
-    name = body.get("name", "") if isinstance(body, dict) else None
-    if not isinstance(name, str) or len(name) > 200:
-        raise BadRequest("name must be a string of at most 200 characters")
+    await caller(request, allow=Access.ADMIN)
+    body = checks.body_object(await read_json(request, required=False))
+    problems = checks.Problems()
+    name = checks.text(body.get("name", ""), "name", problems, max_chars=200, min_chars=0)
+    problems.raise_if_any()
     async with request.app[POOL].acquire() as conn:
-        row, key = await projects.issue_key(conn, int_param(request, "id"), name)
+        row, key = await projects.issue_key(conn, int_param(request, "id"), name or "")
     return json_response({**dict(row), "key": key}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         rows = await projects.list_keys(conn, int_param(request, "id"))
     return json_response({"keys": [dict(r) for r in rows]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         row = await projects.revoke_key(conn, int_param(request, "id"))
     return json_response(dict(row))
 
 
 async def set_team_budget(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     amount = await _budget_body(request)
     async with request.app[POOL].acquire() as conn:
         row = await projects.set_team_budget(conn, int_param(request, "id"), amount)

@@ -20,13 +20,13 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 
-from gateway import analytics
+from gateway import analytics, checks
 from gateway.analytics import UNITS, ZERO, Scope, Totals, buckets, label, truncate
-from gateway.errors import BadRequest, Forbidden, NotFound
-from gateway.http.admin import is_admin
+from gateway.checks import Query, invalid
+from gateway.errors import Forbidden, NotFound
+from gateway.http.access import Access, Caller, caller
 from gateway.http.json import json_default
-from gateway.keys import KEYSTORE, POOL, SETTINGS
-from gateway.pipeline.authenticate import authenticate
+from gateway.keys import POOL, SETTINGS
 
 DEFAULT_RANGE = timedelta(days=30)
 MAX_RANGE = timedelta(days=731)
@@ -37,8 +37,6 @@ METRICS = ("cost", "tokens", "input_tokens", "output_tokens", "cached_input_toke
 COST_KEYS = {"provider": "provider", "model": "model", "project": "project_id",
              "team": "team_id"}
 NO_VALUE = "(none)"  # the group of rows whose metadata lacks the key
-_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
-_PLUS_LOST = re.compile(r"(?<=\d) (\d{2}(?::?\d{2})?)$")
 _METADATA_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 _RATE = Decimal("0.000000001")
 
@@ -52,87 +50,59 @@ def exact_json(data: Any, status: int = 200) -> web.Response:
 
 # -- parameters ------------------------------------------------------------------------------
 
-def _bad(name: str, message: str, value: Any = None) -> BadRequest:
-    return BadRequest(f"{name}: {message}", details={"field": name, "value": value})
+# The seeds' other names for the same parameters (CodingVibez: camelCase dates, `service`).
+ALIASES = {"startDate": "start_date", "endDate": "end_date", "groupBy": "group_by",
+           "service": "provider", "projectId": "project_id", "teamId": "team_id"}
+SCOPE_PARAMS = ("project_id", "team_id", "provider", "model")
+RANGE_PARAMS = ("start_date", "end_date")
+USAGE_PARAMS = (*RANGE_PARAMS, "group_by", *SCOPE_PARAMS)
+TIMESERIES_PARAMS = (*RANGE_PARAMS, "metric", "interval", *SCOPE_PARAMS)
+BURN_RATE_PARAMS = ("hours", *SCOPE_PARAMS)
+COSTS_PARAMS = (*RANGE_PARAMS, "group_by", *SCOPE_PARAMS)
+FORECAST_PARAMS = SCOPE_PARAMS
+TEAMS_USAGE_PARAMS = (*RANGE_PARAMS, *SCOPE_PARAMS)
 
 
-def _id_param(query: Any, name: str) -> int | None:
-    value = query.get(name)
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise _bad(name, "must be a positive integer id", value)
-    return int(value)
+def read_query(request: web.Request, accepted: tuple[str, ...]) -> dict[str, str]:
+    """The route's query under canonical names; 400 naming an unknown or repeated one."""
+    return checks.read_query(request.query, accepted, ALIASES)
 
 
-def _text_param(query: Any, name: str) -> str | None:
-    value = query.get(name)
-    if value is not None and not 1 <= len(value) <= 200:
-        raise _bad(name, "must be 1 to 200 characters", value)
-    return value
+async def read_scope(request: web.Request,
+                     accepted: tuple[str, ...]) -> tuple[Scope, dict[str, str]]:
+    """Authenticate, then the query and the scope: the key's own project, or the admin's
+    filters."""
+    who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
+    query = read_query(request, accepted)
+    return scope_of(who, query), query
 
 
-def _choice(query: Any, name: str, allowed: tuple[str, ...], default: str) -> str:
-    value = query.get(name, default)
-    if value not in allowed:
-        raise _bad(name, f"must be one of {', '.join(allowed)}", value)
-    return str(value)
-
-
-async def read_scope(request: web.Request) -> Scope:
-    """Authenticate, then the scope: the key's own project, or the admin's filters."""
-    query = request.query
-    if is_admin(request):
-        return Scope(_id_param(query, "project_id"), _id_param(query, "team_id"),
-                     _text_param(query, "provider"), _text_param(query, "model"))
-    principal = await authenticate(request.app[KEYSTORE], request.headers)
-    own = principal.project.id
-    if "team_id" in query:
+def scope_of(who: Caller, query: Query) -> Scope:
+    if not who.admin and "team_id" in query:
         raise Forbidden("team_id needs the admin token; a project key sees its own project",
                         details={"field": "team_id"})
-    asked = _id_param(query, "project_id")
-    if asked is not None and asked != own:
-        raise Forbidden(f"this key belongs to project {own} and sees only that project",
-                        details={"field": "project_id", "value": asked})
-    return Scope(own, None, _text_param(query, "provider"), _text_param(query, "model"))
+    return Scope(who.project_filter(checks.id_param(query, "project_id")),
+                 checks.id_param(query, "team_id"), checks.text_param(query, "provider"),
+                 checks.text_param(query, "model"))
 
 
-def _moment(name: str, value: str, *, end: bool) -> datetime:
-    if _DATE_ONLY.fullmatch(value):
-        try:
-            day = date.fromisoformat(value)
-        except ValueError:
-            raise _bad(name, "is not a valid date", value) from None
-        start = datetime.combine(day, time(), UTC)
-        return start + timedelta(days=1) if end else start  # a date-only end includes the day
-    # An unencoded "+02:00" offset arrives as " 02:00" (a query string's "+" is a space).
-    value = _PLUS_LOST.sub(r"+\1", value)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise _bad(name, "must be an ISO 8601 date or date-time", value) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def read_range(query: Any, now: datetime) -> tuple[datetime, datetime]:
+def read_range(query: Query, now: datetime) -> tuple[datetime, datetime]:
     """[start, end) from `start_date`/`end_date` (default: the last 30 days), whole hours."""
-    end = _moment("end_date", query["end_date"], end=True) if "end_date" in query else now
-    start = (_moment("start_date", query["start_date"], end=False) if "start_date" in query
-             else end - DEFAULT_RANGE)
+    end = checks.date_param(query, "end_date", end=True) or now
+    start = checks.date_param(query, "start_date") or end - DEFAULT_RANGE
     if end <= start:
-        raise _bad("end_date", "must be after start_date", query.get("end_date"))
+        raise invalid("end_date", "must be after start_date")
     start = truncate(start, "hour")
     end = truncate(end - timedelta(microseconds=1), "hour") + timedelta(hours=1)
     if end - start > MAX_RANGE:
-        raise _bad("start_date", f"the range may span at most {MAX_RANGE.days} days",
-                   query.get("start_date"))
+        raise invalid("start_date", f"the range may span at most {MAX_RANGE.days} days")
     return start, end
 
 
 def _check_hourly(unit: str, name: str, start: datetime, end: datetime) -> None:
     if unit == "hour" and end - start > MAX_HOURLY_RANGE:
-        raise _bad(name, f"hourly grouping covers at most {MAX_HOURLY_RANGE.days} days; "
-                   "narrow start_date/end_date or group by day", unit)
+        raise invalid(name, f"hourly grouping covers at most {MAX_HOURLY_RANGE.days} days; "
+                      "narrow start_date/end_date or group by day")
 
 
 def _header(scope: Scope, start: datetime, end: datetime) -> dict[str, Any]:
@@ -149,9 +119,9 @@ def _costs(groups: dict[Any, Totals]) -> dict[str, Decimal]:
 
 async def usage(request: web.Request) -> web.Response:
     """Requests, tokens and cost per period, with totals by provider and by model."""
-    scope = await read_scope(request)
-    start, end = read_range(request.query, datetime.now(UTC))
-    unit = _choice(request.query, "group_by", UNITS, "day")
+    scope, query = await read_scope(request, USAGE_PARAMS)
+    start, end = read_range(query, datetime.now(UTC))
+    unit = checks.choice(query, "group_by", UNITS, "day")
     _check_hourly(unit, "group_by", start, end)
     rows = await analytics.rollup(request.app[POOL], scope, start, end, unit=unit,
                                   keys=("provider", "model"))
@@ -186,10 +156,10 @@ def _metric(totals: Totals, metric: str) -> int | Decimal:
 
 async def timeseries(request: web.Request) -> web.Response:
     """One metric per interval, gaps filled with zeros, and its aggregations."""
-    scope = await read_scope(request)
-    start, end = read_range(request.query, datetime.now(UTC))
-    metric = _choice(request.query, "metric", METRICS, "cost")
-    unit = _choice(request.query, "interval", UNITS, "day")
+    scope, query = await read_scope(request, TIMESERIES_PARAMS)
+    start, end = read_range(query, datetime.now(UTC))
+    metric = checks.choice(query, "metric", METRICS, "cost")
+    unit = checks.choice(query, "interval", UNITS, "day")
     _check_hourly(unit, "interval", start, end)
     rows = await analytics.rollup(request.app[POOL], scope, start, end, unit=unit)
     points = {bucket: Totals() for bucket in buckets(start, end, unit)}
@@ -222,11 +192,8 @@ def _rates(totals: Totals, hours: Decimal) -> dict[str, Any]:
 async def burn_rate(request: web.Request) -> web.Response:
     """Tokens and cost per hour and per day over the last `hours` hours (the current hour
     included, so far), and the current rate: the last complete hour and the current one."""
-    scope = await read_scope(request)
-    raw = request.query.get("hours", "24")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_BURN_HOURS:
-        raise _bad("hours", f"must be a whole number from 1 to {MAX_BURN_HOURS}", raw)
-    hours = int(raw)
+    scope, query = await read_scope(request, BURN_RATE_PARAMS)
+    hours = checks.whole_param(query, "hours", 1, MAX_BURN_HOURS, 24)
     now = datetime.now(UTC)
     current = truncate(now, "hour")
     start = current - timedelta(hours=hours - 1)
@@ -271,17 +238,16 @@ def _group_by(value: str) -> tuple[str, str]:
         return "key", COST_KEYS[value]
     key = value.removeprefix("metadata.")
     if not _METADATA_KEY.fullmatch(key):
-        raise _bad("group_by", "must be provider, model, project, team, hour, day, week, "
-                   "month, or a metadata key (metadata.<key> or a bare key such as feature)",
-                   value)
+        raise invalid("group_by", "must be provider, model, project, team, hour, day, week, "
+                      "month, or a metadata key (metadata.<key> or a bare key such as feature)")
     return "metadata", key
 
 
 async def costs(request: web.Request) -> web.Response:
     """Cost, tokens and requests by provider, model, project, team, period or metadata key."""
-    scope = await read_scope(request)
-    start, end = read_range(request.query, datetime.now(UTC))
-    raw_group = request.query.get("group_by", "provider")
+    scope, query = await read_scope(request, COSTS_PARAMS)
+    start, end = read_range(query, datetime.now(UTC))
+    raw_group = query.get("group_by", "provider")
     kind, what = _group_by(raw_group)
     pool = request.app[POOL]
     groups: dict[Any, Totals] = {}
@@ -346,7 +312,7 @@ async def forecast(request: web.Request) -> web.Response:
     the project's budget (the team's with `team_id`; none for everything). Months and days
     follow budgets.timezone; they are cut from hourly rollups, so in a zone with a
     fractional-hour offset the hour that straddles midnight counts for the day it starts."""
-    scope = await read_scope(request)
+    scope, _ = await read_scope(request, FORECAST_PARAMS)
     budget = await _budget(request, scope)
     tz_name = request.app[SETTINGS].budgets.timezone
     tz = ZoneInfo(tz_name)
@@ -387,8 +353,10 @@ async def forecast(request: web.Request) -> web.Response:
 
 async def teams_usage(request: web.Request) -> web.Response:
     """Spend per team (the team a project belonged to when its usage arrived)."""
-    scope = await read_scope(request)
-    start, end = read_range(request.query, datetime.now(UTC))
+    who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
+    query = read_query(request, TEAMS_USAGE_PARAMS)
+    scope = scope_of(who, query)
+    start, end = read_range(query, datetime.now(UTC))
     pool = request.app[POOL]
     rows = await analytics.rollup(pool, scope, start, end, keys=("team_id", "model"))
     teams: dict[int | None, Totals] = defaultdict(Totals)
@@ -396,7 +364,7 @@ async def teams_usage(request: web.Request) -> web.Response:
     for row in rows:
         teams[row["team_id"]].add(row)
         models[row["team_id"]][row["model"]].add(row)
-    admin = is_admin(request)
+    admin = who.admin
     info: dict[int, Any] = {}
     if admin:
         listed = await pool.fetch(

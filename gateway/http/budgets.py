@@ -8,23 +8,18 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from gateway import checks
 from gateway.budgets import month_start
-from gateway.errors import BadRequest, NotFound
-from gateway.http.admin import is_admin
+from gateway.errors import NotFound
+from gateway.http.access import Access, caller
 from gateway.http.json import json_response
-from gateway.keys import KEYSTORE, POOL, SETTINGS
-from gateway.pipeline.authenticate import authenticate
+from gateway.keys import POOL, SETTINGS
 
 
 async def _project_id(request: web.Request) -> int:
-    if is_admin(request):
-        value = request.query.get("project_id", "")
-        if not value.isdigit():
-            raise BadRequest("project_id is required with the admin token",
-                             details={"field": "project_id"})
-        return int(value)
-    principal = await authenticate(request.app[KEYSTORE], request.headers)
-    return principal.project.id
+    who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
+    query = checks.read_query(request.query, ("project_id",), {"projectId": "project_id"})
+    return who.project_id(checks.id_param(query, "project_id"))
 
 
 async def budget_status(request: web.Request) -> web.Response:

@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from gateway import credentials, projects
+from gateway import checks, credentials, projects
 from gateway.errors import BadRequest, NotFound
-from gateway.http.admin import require_admin
+from gateway.http.access import Access, caller
 from gateway.http.json import int_param, json_response, read_json
 from gateway.keys import CREDENTIALS, POOL, SETTINGS
 
@@ -28,51 +28,40 @@ def parse_credential_body(body: Any, provider: str,
 
     Answers put_credential's keyword arguments. No message ever echoes the key.
     """
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object with at least api_key")
-    problems: list[dict[str, str]] = []
-
-    def problem(field: str, message: str) -> None:
-        problems.append({"field": field, "message": message})
-
+    body = checks.body_object(body)
+    problems = checks.Problems()
     if provider not in providers:
-        problem("provider", f"unknown provider {provider!r}; configured: "
-                            f"{', '.join(sorted(providers))}")
-    for key in sorted(set(body) - set(_FIELDS)):
-        problem(key, f"unknown field {key!r}; allowed: {', '.join(_FIELDS)}")
+        problems.add("provider", f"unknown provider {provider[:100]!r}; configured: "
+                                 f"{', '.join(sorted(providers))}")
+    checks.unknown_fields(body, _FIELDS, problems)
     api_key = body.get("api_key")
     if not isinstance(api_key, str) or not api_key.strip():
-        problem("api_key", "api_key is required: a non-empty string")
+        problems.add("api_key", "is required: a non-empty string")
     elif len(api_key.strip()) > MAX_KEY_CHARS or not all(
             "!" <= c <= "~" for c in api_key.strip()):  # it goes into an HTTP header
-        problem("api_key", f"api_key must be at most {MAX_KEY_CHARS} printable ASCII "
-                           "characters without spaces")
+        problems.add("api_key", f"must be at most {MAX_KEY_CHARS} printable ASCII characters "
+                                "without spaces")
     name = body.get("name", "default")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        problem("name", "name must be 1 to 64 letters, digits, '.', '_' or '-', starting "
-                        "with a letter or digit")
+        problems.add("name", "must be 1 to 64 letters, digits, '.', '_' or '-', starting with "
+                             "a letter or digit")
     base_url = body.get("base_url")
     if base_url is not None and not _is_base_url(base_url):
-        problem("base_url", "base_url must be an http(s) URL with a host, or null for the "
-                            "provider's own")
-    weight = body.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not (
-            0 <= weight <= MAX_WEIGHT):
-        problem("weight", f"weight must be a whole number from 0 to {MAX_WEIGHT}")
-    options = body.get("options", {})
-    if not _is_options(options):
-        problem("options", f"options must be an object of at most {MAX_OPTIONS} string "
-                           "values under non-empty names, such as {\"api_version\": \"...\"}")
-    if problems:
-        raise BadRequest("; ".join(p["message"] for p in problems),
-                         details={"problems": problems})
+        problems.add("base_url", "must be an http(s) URL with a host, or null for the "
+                                 "provider's own")
+    weight = checks.whole(body.get("weight", 1), "weight", problems, 0, MAX_WEIGHT)
+    options = checks.string_map(
+        body.get("options", {}), "options", problems, max_pairs=MAX_OPTIONS, max_key_chars=100,
+        max_value_chars=2000, message=f"must be an object of at most {MAX_OPTIONS} string "
+        "values under non-empty names, such as {\"api_version\": \"...\"}")
+    problems.raise_if_any()
     assert isinstance(api_key, str)
     return {"name": name, "api_key": api_key.strip(), "weight": weight, "options": options,
             "base_url": base_url.rstrip("/") if base_url else None}
 
 
 def _is_base_url(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) > 2000:
+    if not isinstance(value, str) or len(value) > 2000 or "\x00" in value:
         return False
     try:
         url = URL(value)
@@ -81,14 +70,8 @@ def _is_base_url(value: Any) -> bool:
     return url.scheme in ("http", "https") and bool(url.host)
 
 
-def _is_options(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) <= MAX_OPTIONS and all(
-        isinstance(k, str) and 0 < len(k) <= 100 and isinstance(v, str) and len(v) <= 2000
-        for k, v in value.items())
-
-
 async def put_provider_credential(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     project_id = int_param(request, "id")
     provider = request.match_info["provider"]
     box = request.app[CREDENTIALS].box
@@ -105,7 +88,7 @@ async def put_provider_credential(request: web.Request) -> web.Response:
 
 
 async def list_provider_credentials(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         views = await credentials.list_credentials(conn, int_param(request, "id"))
     return json_response({"data": views})
@@ -113,10 +96,12 @@ async def list_provider_credentials(request: web.Request) -> web.Response:
 
 async def delete_provider_credential(request: web.Request) -> web.Response:
     """Any provider name is accepted here, so rows of a provider since unconfigured can go."""
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     project_id = int_param(request, "id")
     provider = request.match_info["provider"]
-    name = request.query.get("name", "default")
+    name = checks.text_param(checks.read_query(request.query, ("name",)), "name") or "default"
+    if "\x00" in provider:
+        raise NotFound(f"project {project_id} has no credential for that provider")
     async with request.app[POOL].acquire() as conn:
         if not await credentials.delete_credential(conn, project_id, provider, name):
             await projects.get_project(conn, project_id)  # 404 naming the project first

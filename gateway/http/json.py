@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import BadRequest, NotFound, PayloadTooLarge
+from gateway.checks import path_id
+from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.pricing import format_usd
 
 
@@ -37,10 +38,8 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
 
 
 def int_param(request: web.Request, name: str) -> int:
-    value = request.match_info[name]
-    if not value.isdigit():
-        raise NotFound(f"{name} {value!r} does not exist")
-    return int(value)
+    """An id in the path; one that names no possible row (not 1 to 2^63 - 1) is a 404."""
+    return path_id(request.match_info[name], name)
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

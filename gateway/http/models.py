@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.http.access import Access, caller
 from gateway.http.json import json_response
-from gateway.keys import KEYSTORE, PIPELINE
-from gateway.pipeline.authenticate import authenticate
+from gateway.keys import PIPELINE
 from gateway.pipeline.authorize import model_allowed
 from gateway.pipeline.runner import ProxyPipeline
 
@@ -15,8 +15,7 @@ from gateway.pipeline.runner import ProxyPipeline
 async def list_models(request: web.Request) -> web.Response:
     """Models of providers the project can reach (the gateway's key or its own stored one)
     and may use (allow-lists)."""
-    principal = await authenticate(request.app[KEYSTORE], request.headers)
-    project = principal.project
+    project = (await caller(request, allow=Access.PROJECT)).key.project
     pipeline = request.app[PIPELINE]
     reachable = set()
     for name, upstream in pipeline.upstreams.items():

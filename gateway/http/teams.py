@@ -14,9 +14,9 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from gateway import projects
-from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.http.admin import require_admin
+from gateway import checks, projects
+from gateway.errors import Conflict, NotFound
+from gateway.http.access import Access, caller
 from gateway.http.json import int_param, json_response, read_json
 from gateway.keys import POOL
 
@@ -30,12 +30,10 @@ _TEAM_SELECT = """
 
 def parse_team_fields(body: Any, *, partial: bool) -> dict[str, Any]:
     """A team body: `name` (required on create) and `monthly_budget_usd` (USD or null)."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    unknown = sorted(set(body) - set(TEAM_FIELDS))
-    if unknown:
-        raise BadRequest(f"unknown team field(s): {', '.join(unknown)}",
-                         details={"field": unknown[0], "allowed": list(TEAM_FIELDS)})
+    body = checks.body_object(body)
+    problems = checks.Problems()
+    checks.unknown_fields(body, TEAM_FIELDS, problems)
+    problems.raise_if_any()
     return projects.parse_project_fields(body, partial=partial)  # same rules for both fields
 
 
@@ -51,7 +49,7 @@ def _duplicate(name: Any) -> Conflict:
 
 
 async def create_team(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     fields = parse_team_fields(await read_json(request), partial=False)
     async with request.app[POOL].acquire() as conn:
         try:
@@ -64,19 +62,19 @@ async def create_team(request: web.Request) -> web.Response:
 
 
 async def list_teams(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     rows = await request.app[POOL].fetch(f"{_TEAM_SELECT} GROUP BY t.id ORDER BY t.id")
     return json_response({"teams": [dict(row) for row in rows]})
 
 
 async def get_team(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         return json_response(await _team(conn, int_param(request, "id")))
 
 
 async def update_team(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     team_id = int_param(request, "id")
     fields = parse_team_fields(await read_json(request), partial=True)
     async with request.app[POOL].acquire() as conn:
@@ -96,11 +94,10 @@ async def update_team(request: web.Request) -> web.Response:
 
 async def delete_team(request: web.Request) -> web.Response:
     """Delete a team; one with projects answers 409 unless `?detach=true` (they then leave)."""
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     team_id = int_param(request, "id")
-    detach = request.query.get("detach", "false")
-    if detach not in ("true", "false"):
-        raise BadRequest("detach must be true or false", details={"field": "detach"})
+    query = checks.read_query(request.query, ("detach",))
+    detach = checks.choice(query, "detach", ("true", "false"), "false")
     async with request.app[POOL].acquire() as conn, conn.transaction():
         team = await conn.fetchrow("SELECT id, name FROM teams WHERE id = $1 FOR UPDATE",
                                    team_id)
@@ -121,7 +118,7 @@ async def delete_team(request: web.Request) -> web.Response:
 
 async def add_project(request: web.Request) -> web.Response:
     """Put a project in this team (moving it out of any other)."""
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     team_id, project_id = int_param(request, "id"), int_param(request, "project_id")
     async with request.app[POOL].acquire() as conn, conn.transaction():
         if await conn.fetchval("SELECT id FROM teams WHERE id = $1 FOR KEY SHARE",
@@ -137,7 +134,7 @@ async def add_project(request: web.Request) -> web.Response:
 
 async def remove_project(request: web.Request) -> web.Response:
     """Take a project out of this team (404 unless it is a member)."""
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     team_id, project_id = int_param(request, "id"), int_param(request, "project_id")
     async with request.app[POOL].acquire() as conn:
         left = await conn.fetchval(

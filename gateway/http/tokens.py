@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.http.admin import is_admin
+from gateway.http.access import Access, caller
 from gateway.http.json import json_response, read_limited
-from gateway.keys import KEYSTORE, PRICES, SETTINGS, TOKENS
-from gateway.pipeline.authenticate import authenticate
+from gateway.keys import PRICES, SETTINGS, TOKENS
 from gateway.pipeline.validate import parse_json_object
 from gateway.tokens.calculator import count_request
 
 
 async def count_tokens(request: web.Request) -> web.Response:
-    if not is_admin(request):
-        await authenticate(request.app[KEYSTORE], request.headers)
+    await caller(request, allow=Access.PROJECT_OR_ADMIN)
     limit = request.app[SETTINGS].server.max_body_bytes
     body = parse_json_object(await read_limited(request, limit), limit)
     return json_response(await count_request(body, request.app[TOKENS], request.app[PRICES]))

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
 from yarl import URL
 
-from gateway import alerts, webhooks
-from gateway.errors import BadRequest, Conflict, Forbidden, NotFound
-from gateway.http.admin import is_admin, require_admin
+from gateway import alerts, checks, projects, webhooks
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.http.access import Access, caller
 from gateway.http.json import int_param, json_response, read_json
-from gateway.keys import CREDENTIALS, KEYSTORE, POOL, WEBHOOKS
-from gateway.pipeline.authenticate import authenticate
+from gateway.keys import CREDENTIALS, POOL, WEBHOOKS
 
 _FIELDS = ("url", "events", "format", "project_id", "description", "enabled", "secret")
 DEFAULT_EVENTS = ("budget.alert", "usage.exceeded", "anomaly.detected")
@@ -24,64 +22,55 @@ NOTIFY_CHANNELS = ("webhook", "slack", "email")
 
 def parse_webhook_body(body: Any, *, partial: bool) -> dict[str, Any]:
     """Check a webhook POST (or PATCH, `partial`) body, naming every problem at once."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object with at least url")
-    problems: list[dict[str, str]] = []
-
-    def problem(name: str, message: str) -> None:
-        problems.append({"field": name, "message": message})
-
-    for key in sorted(set(body) - set(_FIELDS)):
-        problem(key, f"unknown field {key!r}; allowed: {', '.join(_FIELDS)}")
+    body = checks.body_object(body)
+    problems = checks.Problems()
+    checks.unknown_fields(body, _FIELDS, problems)
     if partial and "project_id" in body:
-        problem("project_id", "project_id cannot change; create another webhook")
+        problems.add("project_id", "cannot change; create another webhook")
     out: dict[str, Any] = {}
     if "url" in body or not partial:
         url = body.get("url")
         if not _is_url(url):
-            problem("url", "url is required: an http(s) URL with a host, at most 2048 "
-                           "characters")
+            problems.add("url", "is required: an http(s) URL with a host, at most 2048 "
+                                "characters")
         out["url"] = url
     if "events" in body or not partial:
         events = body.get("events", list(DEFAULT_EVENTS))
-        if (not isinstance(events, list) or not events
-                or not all(e in webhooks.SUBSCRIBABLE for e in events)):
-            problem("events", "events must be a non-empty list of "
-                              f"{', '.join(webhooks.SUBSCRIBABLE)} (usage.tracked is opt-in)")
+        if (not isinstance(events, list) or not events or not all(
+                isinstance(e, str) and e in webhooks.SUBSCRIBABLE for e in events)):
+            problems.add("events", "must be a non-empty list of "
+                                   f"{', '.join(webhooks.SUBSCRIBABLE)} (usage.tracked is "
+                                   "opt-in)")
         else:
             out["events"] = sorted(set(events), key=webhooks.SUBSCRIBABLE.index)
     if "format" in body or not partial:
         out["format"] = body.get("format", "json")
-        if out["format"] not in webhooks.FORMATS:
-            problem("format", f"format must be one of {', '.join(webhooks.FORMATS)}")
+        if not isinstance(out["format"], str) or out["format"] not in webhooks.FORMATS:
+            problems.add("format", f"must be one of {', '.join(webhooks.FORMATS)}")
     if not partial:
         project_id = body.get("project_id")
-        if project_id is not None and (isinstance(project_id, bool)
-                                       or not isinstance(project_id, int) or project_id < 1):
-            problem("project_id", "project_id must be a project id, or null for every project")
+        if project_id is not None:
+            checks.ident(project_id, "project_id", problems,
+                         "must be a project id, or null for every project")
         out["project_id"] = project_id
     if "description" in body or not partial:
-        out["description"] = body.get("description", "")
-        if not isinstance(out["description"], str) or len(out["description"]) > 500:
-            problem("description", "description must be a string of at most 500 characters")
+        out["description"] = checks.text(
+            body.get("description", ""), "description", problems, max_chars=500, min_chars=0,
+            message="must be a string of at most 500 characters without NUL")
     if "enabled" in body or not partial:
-        out["enabled"] = body.get("enabled", True)
-        if not isinstance(out["enabled"], bool):
-            problem("enabled", "enabled must be true or false")
+        out["enabled"] = checks.flag(body.get("enabled", True), "enabled", problems)
     secret = body.get("secret")
-    if secret is not None and (not isinstance(secret, str) or not (
-            MIN_SECRET_CHARS <= len(secret) <= 256)):
-        problem("secret", f"secret must be a string of {MIN_SECRET_CHARS} to 256 characters, "
-                          "or absent to have one generated")
+    if secret is not None:
+        checks.text(secret, "secret", problems, max_chars=256, min_chars=MIN_SECRET_CHARS,
+                    message=f"must be a string of {MIN_SECRET_CHARS} to 256 characters, or "
+                            "absent to have one generated")
     out["secret"] = secret
-    if problems:
-        raise BadRequest("; ".join(p["message"] for p in problems),
-                         details={"problems": problems})
+    problems.raise_if_any()
     return out
 
 
 def _is_url(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) > 2048:
+    if not isinstance(value, str) or len(value) > 2048 or "\x00" in value:
         return False
     try:
         url = URL(value)
@@ -99,7 +88,7 @@ def _endpoint_id(request: web.Request) -> uuid.UUID:
 
 
 async def create_webhook(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     fields = parse_webhook_body(await read_json(request), partial=False)
     async with request.app[POOL].acquire() as conn:
         view, secret = await webhooks.create_endpoint(
@@ -111,24 +100,23 @@ async def create_webhook(request: web.Request) -> web.Response:
 
 
 async def list_webhooks(request: web.Request) -> web.Response:
-    require_admin(request)
-    value = request.query.get("project_id")
-    if value is not None and not value.isdigit():
-        raise BadRequest("project_id must be a project id", details={"field": "project_id"})
+    await caller(request, allow=Access.ADMIN)
+    project_id = checks.id_param(checks.read_query(request.query, ("project_id",)),
+                                 "project_id")
     async with request.app[POOL].acquire() as conn:
-        views = await webhooks.list_endpoints(conn, int(value) if value else None)
+        views = await webhooks.list_endpoints(conn, project_id)
     return json_response({"webhooks": views})
 
 
 async def get_webhook(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         view = await webhooks.get_endpoint(conn, _endpoint_id(request))
     return json_response(view)
 
 
 async def update_webhook(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     endpoint_id = _endpoint_id(request)
     fields = parse_webhook_body(await read_json(request), partial=True)
     async with request.app[POOL].acquire() as conn:
@@ -138,7 +126,7 @@ async def update_webhook(request: web.Request) -> web.Response:
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         await webhooks.delete_endpoint(conn, _endpoint_id(request))
     return web.Response(status=204)
@@ -146,7 +134,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 async def test_webhook(request: web.Request) -> web.Response:
     """Queue a `webhook.test` event for this endpoint alone; the worker delivers it."""
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     endpoint_id = _endpoint_id(request)
     async with request.app[POOL].acquire() as conn:
         view = await webhooks.get_endpoint(conn, endpoint_id)
@@ -163,7 +151,7 @@ async def test_webhook(request: web.Request) -> web.Response:
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         rows = await webhooks.list_deliveries(conn, _endpoint_id(request))
     return json_response({"deliveries": rows})
@@ -171,7 +159,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 
 async def put_alerts(request: web.Request) -> web.Response:
     """`{"thresholds": [50, 80, 100]}`: the budget percentages that fire `budget.alert`."""
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"thresholds"}:
         raise BadRequest("body must be {\"thresholds\": [percentages]}")
@@ -183,7 +171,7 @@ async def put_alerts(request: web.Request) -> web.Response:
 
 
 async def get_alerts(request: web.Request) -> web.Response:
-    require_admin(request)
+    await caller(request, allow=Access.ADMIN)
     async with request.app[POOL].acquire() as conn:
         state = await alerts.alert_state(conn, int_param(request, "id"))
     return json_response(state)
@@ -193,58 +181,41 @@ async def create_budget(request: web.Request) -> web.Response:
     """The seed's `POST /api/budgets`: a monthly budget with alert percentages for the key's
     project (the admin token names `project_id`). A project key may set or lower its budget;
     raising it takes the admin token."""
+    who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object with at least limit")
-    admin = is_admin(request)
-    if admin:
-        project_id = body.get("project_id")
-        if isinstance(project_id, bool) or not isinstance(project_id, int):
-            raise BadRequest("project_id is required with the admin token",
-                             details={"field": "project_id"})
-    else:
-        principal = await authenticate(request.app[KEYSTORE], request.headers)
-        project_id = principal.project.id
-        if body.get("project_id", project_id) != project_id:
-            raise Forbidden("a project key sets its own project's budget only")
-    fields = _budget_fields(body)
+    fields = _budget_fields(body)  # project_id range-checked before anything uses it
+    project_id = who.project_id(body.get("project_id"), denied="sets only its own budget")
     async with request.app[POOL].acquire() as conn:
         stored = await alerts.set_budget(conn, project_id, fields["limit"], fields["alert_at"],
-                                         may_raise=admin)
+                                         may_raise=who.admin)
     return json_response({"project_id": project_id, "name": fields["name"],
                           "period": "monthly", **stored, "notify": fields["notify"],
                           "warnings": fields["warnings"]}, status=201)
 
 
 def _budget_fields(body: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"name", "limit", "period", "alert_at", "notify", "project_id"}
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest(f"unknown budget field(s): {', '.join(unknown)}",
-                         details={"allowed": sorted(allowed)})
+    problems = checks.Problems()
+    checks.unknown_fields(body, ("name", "limit", "period", "alert_at", "notify", "project_id"),
+                          problems)
+    if body.get("project_id") is not None:
+        checks.ident(body["project_id"], "project_id", problems)
     name = body.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 200):
-        raise BadRequest("name must be a string of at most 200 characters",
-                         details={"field": "name"})
-    raw = body.get("limit")
-    try:
-        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-            raise InvalidOperation
-        limit = Decimal(str(raw))
-        if not limit.is_finite() or limit < 0:
-            raise InvalidOperation
-    except InvalidOperation:
-        raise BadRequest("limit is required: a budget in USD, 0 or more",
-                         details={"field": "limit"}) from None
+    if name is not None:
+        checks.text(name, "name", problems, max_chars=200, min_chars=0,
+                    message="must be a string of at most 200 characters without NUL")
+    limit = checks.money(body.get("limit"), "limit", problems, high=projects.MAX_BUDGET_USD,
+                         message="is required: a budget in USD, 0 or more")
     if body.get("period", "monthly") != "monthly":
-        raise BadRequest("period must be \"monthly\": budgets follow calendar months",
-                         details={"field": "period"})
-    alert_at = (alerts.parse_thresholds(body["alert_at"], "alert_at")
+        problems.add("period", "must be \"monthly\": budgets follow calendar months")
+    alert_at = (alerts.check_thresholds(body["alert_at"], "alert_at", problems)
                 if "alert_at" in body else None)
     notify = body.get("notify", ["webhook"])
-    if not isinstance(notify, list) or not all(n in NOTIFY_CHANNELS for n in notify):
-        raise BadRequest(f"notify must be a list of {', '.join(NOTIFY_CHANNELS)}",
-                         details={"field": "notify"})
+    if not isinstance(notify, list) or not all(
+            isinstance(n, str) and n in NOTIFY_CHANNELS for n in notify):
+        problems.add("notify", f"must be a list of {', '.join(NOTIFY_CHANNELS)}")
+    problems.raise_if_any()
     warnings = []
     if "email" in notify:
         warnings.append("the gateway sends no email: budget alerts go to the webhooks that "

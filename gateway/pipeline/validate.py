@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from gateway import checks
+from gateway.checks import Problems, kind
 from gateway.domain import ChatRequest
 from gateway.errors import BadRequest, PayloadTooLarge
 
@@ -20,6 +22,10 @@ OPENAI_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "f
 NATIVE_ROLES = frozenset({"system", "user", "assistant"})
 MAX_METADATA_BYTES = 16_384
 MAX_STOP_SEQUENCES = 4
+MAX_MODEL_CHARS = 256
+MAX_OUTPUT_TOKENS = 2**31 - 1  # the ledger's integer columns
+# OpenAI's `metadata`: at most 16 pairs, keys up to 64 characters, string values up to 512.
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,23 +33,6 @@ class Limits:
     max_body_bytes: int
     max_messages: int
     max_content_chars: int
-
-
-class _Errors:
-    """Collects every problem of a body, so one 400 names them all."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, str]] = []
-
-    def add(self, field: str, message: str) -> None:
-        self.items.append({"field": field, "message": message})
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            first = self.items[0]
-            more = f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""
-            raise BadRequest(f"{first['field']}: {first['message']}{more}",
-                             details={"errors": self.items})
 
 
 def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
@@ -58,14 +47,14 @@ def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise BadRequest(f"request body must be a JSON object, not {_kind(data)}")
+        raise BadRequest(f"request body must be a JSON object, not {kind(data)}")
     return data
 
 
 def validate_openai(body: dict[str, Any], limits: Limits, provider: str = "openai") -> ChatRequest:
     """An OpenAI chat completions body; checked fields are checked, the rest passes through."""
-    errors = _Errors()
-    model = _model(body.get("model"), "model", errors)
+    errors = Problems()
+    model = model_name(body.get("model"), "model", errors)
     _messages(body.get("messages"), "messages", limits, OPENAI_ROLES, errors, strict=False)
     for name, check in _OPENAI_PARAMS.items():
         if name in body and body[name] is not None:
@@ -77,29 +66,31 @@ def validate_openai(body: dict[str, Any], limits: Limits, provider: str = "opena
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     metadata = body.get("metadata")
     if metadata is not None:
-        _metadata(metadata, "metadata", errors)
+        metadata = checks.string_map(
+            metadata, "metadata", errors, max_pairs=MAX_METADATA_PAIRS,
+            max_key_chars=MAX_METADATA_KEY, max_value_chars=MAX_METADATA_VALUE, nul_ok=True)
     errors.raise_if_any()
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
     return ChatRequest(
         entry="openai", provider=provider, model=model, body=body, stream=stream,
         include_usage=include_usage, max_output_tokens=max_out,
-        metadata=metadata if isinstance(metadata, dict) else {})
+        metadata=metadata or {})
 
 
 _NATIVE_FIELDS = {
     # native name: (OpenAI name, check)
-    "maxOutputTokens": ("max_completion_tokens", lambda v, f, e: _int(v, f, e, 1, None)),
-    "temperature": ("temperature", lambda v, f, e: _number(v, f, e, 0, 2)),
-    "topP": ("top_p", lambda v, f, e: _number(v, f, e, 0, 1)),
-    "presencePenalty": ("presence_penalty", lambda v, f, e: _number(v, f, e, -2, 2)),
-    "frequencyPenalty": ("frequency_penalty", lambda v, f, e: _number(v, f, e, -2, 2)),
+    "maxOutputTokens": ("max_completion_tokens", lambda v, f, e: _tokens(v, f, e)),
+    "temperature": ("temperature", lambda v, f, e: checks.number(v, f, e, 0, 2)),
+    "topP": ("top_p", lambda v, f, e: checks.number(v, f, e, 0, 1)),
+    "presencePenalty": ("presence_penalty", lambda v, f, e: checks.number(v, f, e, -2, 2)),
+    "frequencyPenalty": ("frequency_penalty", lambda v, f, e: checks.number(v, f, e, -2, 2)),
     "stop": ("stop", lambda v, f, e: _stop(v, f, e)),
 }
 
 
 def validate_native(body: dict[str, Any], limits: Limits, providers: frozenset[str]) -> ChatRequest:
     """The gateway-native body (seed `GatewayChatRequest`), translated to OpenAI's shape."""
-    errors = _Errors()
+    errors = Problems()
     known = {"provider", "model", "messages", "metadata", "stream", *_NATIVE_FIELDS}
     for name in sorted(set(body) - known):
         errors.add(name, f"unknown field; allowed: {', '.join(sorted(known))}")
@@ -109,13 +100,13 @@ def validate_native(body: dict[str, Any], limits: Limits, providers: frozenset[s
     elif provider not in providers:
         errors.add("provider", f"{provider!r} is not configured here; "
                                f"available: {', '.join(sorted(providers))}")
-    model = _model(body.get("model"), "model", errors)
+    model = model_name(body.get("model"), "model", errors)
     _messages(body.get("messages"), "messages", limits, NATIVE_ROLES, errors, strict=True)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         errors.add("stream", "must be a boolean")
-    metadata = body.get("metadata", {})
-    _metadata(metadata, "metadata", errors)
+    metadata = checks.json_object(body.get("metadata", {}), "metadata", errors,
+                                  max_bytes=MAX_METADATA_BYTES, nul_ok=True)
     upstream: dict[str, Any] = {"model": model, "messages": body.get("messages")}
     for name, (target, check) in _NATIVE_FIELDS.items():
         if name in body:
@@ -126,7 +117,8 @@ def validate_native(body: dict[str, Any], limits: Limits, providers: frozenset[s
         upstream["stream"] = True
     return ChatRequest(
         entry="native", provider=str(provider), model=model, body=upstream, stream=stream,
-        include_usage=False, max_output_tokens=body.get("maxOutputTokens"), metadata=metadata)
+        include_usage=False, max_output_tokens=body.get("maxOutputTokens"),
+        metadata=metadata or {})
 
 
 MAX_REQUEST_ID = 128
@@ -146,40 +138,37 @@ def parse_metadata_header(value: str | None) -> dict[str, Any]:
     """`X-AI-Cost-Gateway-Metadata: {json}`: metadata for SDKs that cannot add body fields."""
     if not value:
         return {}
-    errors = _Errors()
+    errors = Problems()
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError:
-        raise BadRequest("X-AI-Cost-Gateway-Metadata must be a JSON object") from None
-    _metadata(data, "X-AI-Cost-Gateway-Metadata", errors)
+        raise checks.invalid("X-AI-Cost-Gateway-Metadata", "must be a JSON object") from None
+    checks.json_object(data, "X-AI-Cost-Gateway-Metadata", errors, max_bytes=MAX_METADATA_BYTES,
+                       nul_ok=True)
     errors.raise_if_any()
     return dict(data)
 
 
 # -- field checks ----------------------------------------------------------------------------
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {dict: "an object", list: "an array", str: "a string", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)
-
-
-def _model(value: Any, field: str, errors: _Errors) -> str:
+def model_name(value: Any, field: str, errors: Problems) -> str:
+    """The `model` every entry shape requires: a non-empty string of at most 256 characters."""
     if not isinstance(value, str) or not value.strip():
-        errors.add(field, f"is required and must be a non-empty string, not {_kind(value)}")
+        errors.add(field, f"is required and must be a non-empty string, not {kind(value)}")
         return ""
-    if len(value) > 256:
-        errors.add(field, "must be at most 256 characters")
+    if len(value) > MAX_MODEL_CHARS:  # a NUL is made storable by the usage row itself
+        errors.add(field, f"must be at most {MAX_MODEL_CHARS} characters")
     return value
 
 
-def _messages(value: Any, field: str, limits: Limits, roles: frozenset[str], errors: _Errors,
+def _tokens(value: Any, field: str, errors: Problems) -> None:
+    checks.whole(value, field, errors, 1, MAX_OUTPUT_TOKENS)
+
+
+def _messages(value: Any, field: str, limits: Limits, roles: frozenset[str], errors: Problems,
               *, strict: bool) -> None:
     if not isinstance(value, list):
-        errors.add(field, f"is required and must be an array of messages, not {_kind(value)}")
+        errors.add(field, f"is required and must be an array of messages, not {kind(value)}")
         return
     if not 1 <= len(value) <= limits.max_messages:
         errors.add(field, f"must hold 1 to {limits.max_messages} messages, not {len(value)}")
@@ -187,17 +176,17 @@ def _messages(value: Any, field: str, limits: Limits, roles: frozenset[str], err
     for i, message in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
-            errors.add(where, f"must be an object, not {_kind(message)}")
+            errors.add(where, f"must be an object, not {kind(message)}")
             continue
         role = message.get("role")
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:
             errors.add(f"{where}.role", f"must be one of {', '.join(sorted(roles))}")
         _content(message, where, limits, errors, strict=strict)
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
             errors.add(f"{where}.tool_call_id", "is required for tool messages")
 
 
-def _content(message: dict[str, Any], where: str, limits: Limits, errors: _Errors,
+def _content(message: dict[str, Any], where: str, limits: Limits, errors: Problems,
              *, strict: bool) -> None:
     content = message.get("content")
     field = f"{where}.content"
@@ -221,33 +210,17 @@ def _content(message: dict[str, Any], where: str, limits: Limits, errors: _Error
         return  # an assistant turn that only calls tools
     else:
         expected = "a string" if strict else "a string or an array of content parts"
-        errors.add(field, f"must be {expected}, not {_kind(content)}")
+        errors.add(field, f"must be {expected}, not {kind(content)}")
         return
     if chars > limits.max_content_chars:
         errors.add(field, f"is {chars} characters; the limit is {limits.max_content_chars}")
 
 
-def _number(value: Any, field: str, errors: _Errors, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        errors.add(field, f"must be a number, not {_kind(value)}")
-    elif not low <= value <= high:
-        errors.add(field, f"must be between {low:g} and {high:g}, not {value}")
+def _bool(value: Any, field: str, errors: Problems) -> None:
+    checks.flag(value, field, errors, f"must be a boolean, not {kind(value)}")
 
 
-def _int(value: Any, field: str, errors: _Errors, low: int, high: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        errors.add(field, f"must be an integer, not {_kind(value)}")
-    elif value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        errors.add(field, f"must be {bound}, not {value}")
-
-
-def _bool(value: Any, field: str, errors: _Errors) -> None:
-    if not isinstance(value, bool):
-        errors.add(field, f"must be a boolean, not {_kind(value)}")
-
-
-def _stop(value: Any, field: str, errors: _Errors) -> None:
+def _stop(value: Any, field: str, errors: Problems) -> None:
     if isinstance(value, str):
         return
     if (not isinstance(value, list) or not 1 <= len(value) <= MAX_STOP_SEQUENCES
@@ -255,43 +228,36 @@ def _stop(value: Any, field: str, errors: _Errors) -> None:
         errors.add(field, f"must be a string or an array of 1 to {MAX_STOP_SEQUENCES} strings")
 
 
-def _metadata(value: Any, field: str, errors: _Errors) -> None:
+def _object(value: Any, field: str, errors: Problems) -> None:
     if not isinstance(value, dict):
-        errors.add(field, f"must be an object, not {_kind(value)}")
-    elif len(orjson.dumps(value)) > MAX_METADATA_BYTES:
-        errors.add(field, f"must serialise to at most {MAX_METADATA_BYTES} bytes of JSON")
+        errors.add(field, f"must be an object, not {kind(value)}")
 
 
-def _object(value: Any, field: str, errors: _Errors) -> None:
-    if not isinstance(value, dict):
-        errors.add(field, f"must be an object, not {_kind(value)}")
-
-
-def _array(value: Any, field: str, errors: _Errors) -> None:
+def _array(value: Any, field: str, errors: Problems) -> None:
     if not isinstance(value, list):
-        errors.add(field, f"must be an array, not {_kind(value)}")
+        errors.add(field, f"must be an array, not {kind(value)}")
 
 
-def _logit_bias(value: Any, field: str, errors: _Errors) -> None:
+def _logit_bias(value: Any, field: str, errors: Problems) -> None:
     if not isinstance(value, dict):
-        errors.add(field, f"must be an object, not {_kind(value)}")
+        errors.add(field, f"must be an object, not {kind(value)}")
         return
     for token, bias in value.items():
-        _number(bias, f"{field}.{token}", errors, -100, 100)
+        checks.number(bias, f"{field}.{token}", errors, -100, 100)
 
 
-Check = Callable[[Any, str, _Errors], None]
+Check = Callable[[Any, str, Problems], object]
 # Ranges as in OpenAI's API reference for chat completions.
 _OPENAI_PARAMS: dict[str, Check] = {
-    "temperature": lambda v, f, e: _number(v, f, e, 0, 2),
-    "top_p": lambda v, f, e: _number(v, f, e, 0, 1),
-    "presence_penalty": lambda v, f, e: _number(v, f, e, -2, 2),
-    "frequency_penalty": lambda v, f, e: _number(v, f, e, -2, 2),
-    "max_tokens": lambda v, f, e: _int(v, f, e, 1, None),
-    "max_completion_tokens": lambda v, f, e: _int(v, f, e, 1, None),
-    "n": lambda v, f, e: _int(v, f, e, 1, 128),
-    "top_logprobs": lambda v, f, e: _int(v, f, e, 0, 20),
-    "seed": lambda v, f, e: _int(v, f, e, -(2**63), 2**63 - 1),
+    "temperature": lambda v, f, e: checks.number(v, f, e, 0, 2),
+    "top_p": lambda v, f, e: checks.number(v, f, e, 0, 1),
+    "presence_penalty": lambda v, f, e: checks.number(v, f, e, -2, 2),
+    "frequency_penalty": lambda v, f, e: checks.number(v, f, e, -2, 2),
+    "max_tokens": _tokens,
+    "max_completion_tokens": _tokens,
+    "n": lambda v, f, e: checks.whole(v, f, e, 1, 128),
+    "top_logprobs": lambda v, f, e: checks.whole(v, f, e, 0, 20),
+    "seed": lambda v, f, e: checks.whole(v, f, e, -(2**63), 2**63 - 1),
     "stop": _stop,
     "stream": _bool,
     "logprobs": _bool,
