@@ -16,7 +16,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import db, demo, migrate, projects
+from gateway import connections, db, demo, migrate, projects
 from gateway.errors import GatewayError
 from gateway.http.json import json_default
 from gateway.keys import POOL, READINESS
@@ -224,8 +224,8 @@ async def serve(settings: Settings, *, demo_mode: bool = False) -> None:
     if demo_mode:
         settings, fake = await demo.with_demo_defaults(settings)
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                           shutdown_timeout=settings.server.shutdown_timeout_s)
+    connections.fit_fd_limit(settings.server.max_connections)
+    runner = connections.make_runner(app)
     await runner.setup()
     # Everything allocated so far lives as long as the process: keep it out of every
     # collection, and collect the young generation less often (measured: about +10% req/s).

@@ -60,6 +60,12 @@ class Conflict(GatewayError):
     openai_type = "invalid_request_error"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    openai_type = "invalid_request_error"
+
+
 class TooManyRequests(GatewayError):
     status = 429
     code = "rate_limit_exceeded"

@@ -37,6 +37,9 @@ def test_defaults_when_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 8080
     assert settings.server.max_body_bytes == 1_048_576
+    assert settings.server.header_timeout_s == 30.0
+    assert settings.server.body_timeout_s == 30.0
+    assert settings.server.max_connections == 10_000
     assert settings.database.url == ""
     assert settings.database.data_dir == Path(".data")
     assert settings.auth.admin_token == ""
@@ -73,6 +76,9 @@ def test_real_gateway_toml_loads() -> None:
     assert settings.server.port == 8080
     assert settings.server.shutdown_timeout_s == 20.0
     assert isinstance(settings.server.shutdown_timeout_s, float)
+    assert settings.server.header_timeout_s == 30.0
+    assert isinstance(settings.server.body_timeout_s, float)
+    assert settings.server.max_connections == 10_000
     assert settings.database.migrate_on_start is True
     assert settings.database.pool_min_size == 2
     assert settings.database.pool_max_size == 10
@@ -100,6 +106,8 @@ def test_gateway_config_env_selects_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("env", "getter", "expected"), [
     ({"GATEWAY_SERVER_PORT": "9000"}, lambda s: s.server.port, 9000),
     ({"GATEWAY_SERVER_HOST": "0.0.0.0"}, lambda s: s.server.host, "0.0.0.0"),
+    ({"GATEWAY_SERVER_MAX_CONNECTIONS": "500"}, lambda s: s.server.max_connections, 500),
+    ({"GATEWAY_SERVER_BODY_TIMEOUT_S": "2.5"}, lambda s: s.server.body_timeout_s, 2.5),
     ({"GATEWAY_LEDGER_BATCH_SIZE": "50"}, lambda s: s.ledger.batch_size, 50),
     ({"GATEWAY_LEDGER_FLUSH_INTERVAL_S": "0.5"}, lambda s: s.ledger.flush_interval_s, 0.5),
     ({"GATEWAY_PRICING_FALLBACK": "fixed"}, lambda s: s.pricing.fallback, "fixed"),
@@ -173,6 +181,9 @@ def test_env_beats_file(tmp_path: Path) -> None:
     ({"server": {"port": Decimal("8080.5")}}, {}, ["server.port", "int"]),
     ({"server": {"port": True}}, {}, ["server.port", "int"]),
     ({"server": {"max_body_bytes": 10}}, {}, ["server.max_body_bytes", "minimum 1024"]),
+    ({"server": {"max_connections": 0}}, {}, ["server.max_connections", "minimum 1"]),
+    ({"server": {"header_timeout_s": 0}}, {}, ["server.header_timeout_s", "minimum 0.01"]),
+    ({}, {"GATEWAY_SERVER_BODY_TIMEOUT_S": "-1"}, ["server.body_timeout_s", "minimum 0.01"]),
     ({"server": {"prot": 1}}, {},
      ["unknown setting server.prot", "host", "max_body_bytes", "port", "public_url",
       "shutdown_timeout_s"]),
