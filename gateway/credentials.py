@@ -9,20 +9,18 @@ Reading is strict: when a project's stored credential for a provider cannot be o
 `GATEWAY_SECRET_KEY`, another key, an altered row), that provider answers 503 for the project;
 it never falls back to the gateway's own credential, which would bill another account.
 
-The cache mirrors `keystore.py`: one query per project per invalidation, dropped by NOTIFY on
-`gateway_credentials` (a trigger sends the project id), and living one second while the
-listener is down. While the database cannot be read, a project's last answer keeps serving
-(rechecked every second), as cached keys do; a project never read answers 503.
+The cache is the keys' (`dbcache.DbCache`): one query per project per invalidation, dropped by
+NOTIFY on `gateway_credentials` (a trigger sends the project id), and living one second while
+the listener is down. While the database cannot be read, a project's last answer keeps serving
+(for `auth.stale_serve_s` at most), as cached keys do; a project never read answers 503.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -34,8 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway import projects
+from gateway.dbcache import DbCache, Freshness
 from gateway.errors import NotFound, ServiceUnavailable
-from gateway.listener import NotifyListener
 from gateway.providers.base import Credential
 from gateway.settings import SettingsError
 
@@ -43,12 +41,10 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "gateway_credentials"
 LISTENER_NAME = "gateway-credentials-listener"  # application_name of the LISTEN connection
-UNLISTENED_TTL_S = 1.0
 MAX_PROJECTS = 100_000
 MIN_SECRET_CHARS = 32
 HKDF_INFO = b"gateway provider credentials v1"
 _SETTING = "GATEWAY_SECRET_KEY"
-_DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _ROWS = """SELECT provider, name, ciphertext, nonce, key_id, base_url, weight, options
            FROM provider_credentials WHERE project_id = $1 ORDER BY provider, name"""
 
@@ -159,7 +155,6 @@ async def delete_credential(conn: asyncpg.Connection, project_id: int, provider:
 class _Entry:
     credentials: Mapping[str, tuple[Credential, ...]]  # provider -> usable credentials
     broken: Mapping[str, str]  # provider -> why its stored credentials cannot be used
-    expires: float
 
 
 def _unseal(box: SecretBox | None, project_id: int,
@@ -196,23 +191,22 @@ def _unseal(box: SecretBox | None, project_id: int,
 
 
 class ProjectCredentials:
-    """Each project's own provider credentials, decrypted once per invalidation.
+    """Each project's own provider credentials, decrypted once per read (`DbCache`).
 
     `get` answers () when the project stores none for the provider (use the gateway's own),
     else its credentials (`base_url` "" meaning the provider's), else raises
-    `CredentialsUnavailable` when they exist but cannot be opened or cannot be read.
+    `CredentialsUnavailable` when they exist but cannot be opened, or cannot be read and were
+    never read (or not within `stale_serve_s`).
     """
 
     def __init__(self, box: SecretBox | None, *, ttl_s: float,
-                 connect_timeout_s: float = 5.0) -> None:
+                 connect_timeout_s: float = 5.0, refresh_timeout_s: float = 0.5,
+                 stale_serve_s: float = 300.0) -> None:
         self._box = box
-        self._ttl = ttl_s
         self._connect_timeout = connect_timeout_s
-        self._pool: asyncpg.Pool | None = None
-        self._cache: dict[int, _Entry] = {}
-        self._inflight: dict[int, asyncio.Future[_Entry]] = {}
-        self._generation = 0  # bumped by every invalidation; guards loads racing a NOTIFY
-        self._listener: NotifyListener | None = None
+        self._cache: DbCache[int, _Entry] = DbCache(
+            self._read, name="credentials", unavailable=_unreadable, max_entries=MAX_PROJECTS,
+            freshness=Freshness(ttl_s, refresh_timeout_s, stale_serve_s))
 
     @property
     def box(self) -> SecretBox | None:
@@ -220,92 +214,44 @@ class ProjectCredentials:
 
     @property
     def listening(self) -> bool:
-        return self._listener is not None and self._listener.listening
+        return self._cache.listening
 
     async def start(self, pool: asyncpg.Pool, dsn: str) -> None:
         """Serve from `pool`; LISTEN on a connection of its own to `dsn`."""
-        self._pool = pool
-        self._listener = NotifyListener(
-            dsn, CHANNEL, name="credentials", on_notify=self.invalidate,
-            on_state=lambda _listening: self.invalidate("*"),  # on either edge: may have missed
-            connect_timeout_s=self._connect_timeout, application_name=LISTENER_NAME)
-        self._listener.start()
+        self._cache.start(pool, dsn, CHANNEL, on_notify=self.invalidate,
+                          connect_timeout_s=self._connect_timeout,
+                          application_name=LISTENER_NAME)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
-        self._cache.clear()
+        await self._cache.close()
 
     async def get(self, project_id: int, provider: str) -> tuple[Credential, ...]:
-        entry = self._cache.get(project_id)
-        if entry is None or entry.expires < time.monotonic():
-            entry = await self._load(project_id)
+        entry = await self._cache.get(project_id)
+        assert entry is not None  # a project without rows reads as an empty entry
         reason = entry.broken.get(provider)
         if reason is not None:
             raise CredentialsUnavailable(reason, details={"provider": provider})
         return entry.credentials.get(provider, ())
 
-    async def _load(self, project_id: int) -> _Entry:
-        pending = self._inflight.get(project_id)
-        if pending is not None:  # one query per project however many requests wait for it
-            return await asyncio.shield(pending)
-        assert self._pool is not None, "ProjectCredentials.start() was not awaited"
-        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
-        self._inflight[project_id] = future
-        generation = self._generation
-        try:
-            try:
-                rows = await self._pool.fetch(_ROWS, project_id)
-            except _DB_ERRORS as exc:
-                entry = self._stale(project_id, exc)
-            else:
-                entry = self._fresh(project_id, list(rows), generation)
-            future.set_result(entry)
-            return entry
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved when nobody else waits
-            raise
-        finally:
-            del self._inflight[project_id]
-
-    def _fresh(self, project_id: int, rows: list[asyncpg.Record], generation: int) -> _Entry:
-        found, broken = _unseal(self._box, project_id, rows)
+    async def _read(self, conn: asyncpg.Connection, project_id: int) -> _Entry:
+        rows = await conn.fetch(_ROWS, project_id)
+        found, broken = _unseal(self._box, project_id, list(rows))
         for provider, reason in broken.items():
             log.warning("provider_credentials_unusable", project_id=project_id,
                         provider=provider, reason=reason)
-        ttl = self._ttl if self.listening else UNLISTENED_TTL_S
-        if generation != self._generation:
-            ttl = 0.0  # an invalidation arrived mid-query: use it once, never cache it
-        entry = _Entry({p: tuple(c) for p, c in found.items() if p not in broken}, broken,
-                       time.monotonic() + ttl)
-        if len(self._cache) >= MAX_PROJECTS:
-            self._cache.clear()
-        self._cache[project_id] = entry
-        return entry
-
-    def _stale(self, project_id: int, exc: Exception) -> _Entry:
-        """The last answer for one more second while the database cannot be read, if any."""
-        stale = self._cache.get(project_id)
-        log.warning("provider_credentials_read_failed", project_id=project_id,
-                    error=str(exc) or type(exc).__name__, serving_stale=stale is not None)
-        if stale is None:
-            raise CredentialsUnavailable(
-                f"project {project_id}'s provider credentials cannot be read from the database "
-                "now, and the gateway does not fall back to its own without knowing",
-                details={"project_id": project_id}) from exc
-        entry = replace(stale, expires=time.monotonic() + UNLISTENED_TTL_S)
-        self._cache[project_id] = entry
-        return entry
+        return _Entry({p: tuple(c) for p, c in found.items() if p not in broken}, broken)
 
     def invalidate(self, payload: str) -> None:
-        """Drop one project's entry (payload: its id); any other payload expires them all.
-
-        Expired entries stay, so the database being down serves the last answer.
-        """
-        self._generation += 1
+        """Drop one project's entry (payload: its id); any other payload has every entry read
+        again before it is trusted (kept, so the database being down serves the last one)."""
         if payload.isdigit():
-            self._cache.pop(int(payload), None)
+            self._cache.drop(int(payload))
         else:
-            self._cache = {p: replace(e, expires=0.0) for p, e in self._cache.items()}
+            self._cache.expire_all()
+
+
+def _unreadable(project_id: int) -> CredentialsUnavailable:
+    return CredentialsUnavailable(
+        f"project {project_id}'s provider credentials cannot be read from the database "
+        "now, and the gateway does not fall back to its own without knowing",
+        details={"project_id": project_id}, headers={"Retry-After": "1"})

@@ -1,8 +1,10 @@
-"""PostgreSQL: the DSN (configured, or an embedded server from `pgserver`) and the pool."""
+"""PostgreSQL: the DSN (configured, or an embedded server from `pgserver`), the pool, and
+`DatabaseStart`, which brings the database up (migrated, pool filled) whenever it answers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,14 @@ import asyncpg
 import orjson
 import structlog
 
+from gateway import migrate
 from gateway.settings import DatabaseSettings
 
 log = structlog.get_logger(__name__)
+
+DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+START_BACKOFF_S = 0.2
+MAX_START_BACKOFF_S = 5.0
 
 
 class EmbeddedPostgres:
@@ -60,8 +67,10 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, settings: DatabaseSettings) -> asyncpg.Pool:
+    """A pool that connects nothing yet (`DatabaseStart` fills it to `pool_min_size`), so it
+    exists, and everything built on it starts, while PostgreSQL is down."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
+        dsn, min_size=0, max_size=settings.pool_max_size,
         timeout=settings.connect_timeout_s, command_timeout=30, init=init_connection,
     )
     assert pool is not None
@@ -73,3 +82,74 @@ async def connect(dsn: str, settings: DatabaseSettings) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, timeout=settings.connect_timeout_s)
     await init_connection(conn)
     return conn
+
+
+class DatabaseStart:
+    """Migrates the database (when `migrate_on_start`) and fills the pool to `pool_min_size`:
+    at once when PostgreSQL answers at start, else in the background, retried with backoff,
+    while the gateway serves (readiness 503; calls needing the database 503). `ready` is set
+    once it is done; `error` says what the last attempt met."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, settings: DatabaseSettings) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self.attempts = 0
+        self.error = ""
+
+    async def start(self) -> None:
+        """One attempt now; a broken migration fails the start, an unreachable database
+        leaves the rest to a background task."""
+        try:
+            await self._attempt()
+        except DB_ERRORS as exc:
+            self._failed(exc)
+            log.warning("database_unavailable_at_start", error=self.error)
+            self._task = asyncio.create_task(self._retry(), name="database-start")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _retry(self) -> None:
+        delay = START_BACKOFF_S
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_START_BACKOFF_S)
+            try:
+                await self._attempt()
+            except DB_ERRORS as exc:
+                self._failed(exc)
+            except migrate.MigrationError as exc:  # an operator must act; keep reporting it
+                self._failed(exc)
+                log.error("database_migration_failed", error=self.error)
+            else:
+                log.info("database_ready", attempts=self.attempts)
+                return
+
+    async def _attempt(self) -> None:
+        self.attempts += 1
+        settings = self._settings
+        if settings.migrate_on_start:
+            conn = await connect(self._dsn, settings)
+            try:
+                await migrate.migrate(conn, settings.migrations_dir)
+            finally:
+                conn.terminate()  # never waits on a database gone mid-migration
+        held: list[asyncpg.pool.PoolConnectionProxy] = []
+        try:
+            for _ in range(min(settings.pool_min_size, settings.pool_max_size)):
+                held.append(await self._pool.acquire(timeout=settings.connect_timeout_s))
+        finally:
+            for conn in held:
+                await self._pool.release(conn)
+        self.ready.set()
+        self.error = ""
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = f"{type(exc).__name__}: {exc}".strip(": ")

@@ -7,8 +7,10 @@ The store, the cache and the crypto run against the real PostgreSQL; the HTTP te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
@@ -221,15 +223,20 @@ async def test_get_answers_decrypted_credentials_and_hides_them_from_repr(
 
 
 class CountingPool:
-    """The pool's `fetch`, counted: proves the hot path does not query per request."""
+    """The pool's `acquire`, counted: proves the hot path does not query per request."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool, self.fetches = pool, 0
 
-    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
+    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
+        return self._acquire(timeout)
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self, limit: float | None) -> AsyncIterator[Any]:
         self.fetches += 1
         await asyncio.sleep(0.05)  # keep the query in flight while the others arrive
-        return list(await self.pool.fetch(*args))
+        async with self.pool.acquire(timeout=limit) as conn:
+            yield conn
 
 
 async def test_one_query_per_project_however_many_requests(
@@ -253,10 +260,12 @@ class FlakyPool(CountingPool):
 
     down = False
 
-    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
+    @contextlib.asynccontextmanager
+    async def _acquire(self, limit: float | None) -> AsyncIterator[Any]:
         if self.down:
             raise ConnectionRefusedError("database is down")
-        return await super().fetch(*args)
+        async with super()._acquire(limit) as conn:
+            yield conn
 
 
 async def test_while_the_database_is_down_the_last_answer_keeps_serving(
@@ -496,12 +505,12 @@ async def test_the_api_names_every_problem_of_a_bad_body_without_echoing_the_key
                                    "options": {"x": 1}, "extra": True})
     body = await resp.json()
     assert resp.status == 400, body
-    assert [p["field"] for p in body["details"]["problems"]] == [
+    assert [p["field"] for p in body["details"]["errors"]] == [
         "provider", "extra", "api_key", "name", "base_url", "weight", "options"]
     assert "SECRETVALUE" not in await resp.text()
     resp = await gateway.put(_url(project["id"], "openai"), headers=admin_headers(), json={})
     body = await resp.json()
-    assert resp.status == 400 and "api_key is required" in body["error"]
+    assert resp.status == 400 and "api_key: is required" in body["error"]
     resp = await gateway.put(_url(project["id"], "openai"), headers=admin_headers(),
                              json=[API_KEY])
     assert resp.status == 400

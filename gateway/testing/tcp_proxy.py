@@ -1,9 +1,12 @@
-"""A TCP forwarder that tests can cut and restore, to make PostgreSQL (or anything) vanish."""
+"""A TCP forwarder that tests can cut, black-hole and restore, to make PostgreSQL (or anything)
+vanish: refused and reset (`cut`), or silent, as in a network partition (`black_hole`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 
 class TcpProxy:
@@ -15,6 +18,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._holed = False
         self.port = 0
 
     async def start(self, port: int = 0) -> None:
@@ -23,20 +27,44 @@ class TcpProxy:
 
     async def cut(self) -> None:
         """Stop listening and drop every open connection (the peer sees a reset)."""
+        self._holed = False
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        self._drop_connections()
+
+    async def black_hole(self) -> None:
+        """A partition: connections stay open and new ones are accepted, but nothing gets
+        through either way (bytes are dropped; no reset, no FIN), so peers wait."""
+        self._holed = True
+
+    async def restore(self) -> None:
+        """Forward again. Connections that lived through a black hole lost bytes, so they are
+        reset (as a NAT or keepalive would after a long partition); new ones go through."""
+        if self._holed:
+            self._holed = False
+            self._drop_connections()
+        if self._server is None:
+            await self.start(self.port)
+
+    def _drop_connections(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
         for task in list(self._pipes):
             task.cancel()
         self._writers.clear()
 
-    async def restore(self) -> None:
-        await self.start(self.port)
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._pipes.add(task)
+        task.add_done_callback(self._pipes.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._holed:  # accepted, then never answered
+            self._writers.add(writer)
+            self._track(self._swallow(reader, writer))
+            return
         host, port, unix_path = self._target
         try:
             if unix_path is not None:
@@ -48,15 +76,24 @@ class TcpProxy:
             return
         self._writers.update((writer, up_writer))
         for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
+            self._track(self._pipe(src, dst))
+
+    async def _swallow(self, src: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await src.read(65536):
+                pass
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
+                if not self._holed:  # a partition drops what is in flight
+                    dst.write(data)
+                    await dst.drain()
         except (OSError, asyncio.CancelledError):
             pass
         finally:
