@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gateway import db, migrate
+from gateway import db
 from gateway.alerts import AlertHook
-from gateway.budgets import BudgetBook
+from gateway.budgets import BudgetBook, TrackedSpendHook
 from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.health import Readiness
 from gateway.http.metrics import metrics_middleware
@@ -20,6 +20,8 @@ from gateway.keys import (
     BUDGETS,
     CLAIMS,
     CREDENTIALS,
+    DATABASE_START,
+    DSN,
     KEYSTORE,
     LEDGER,
     LIMITER,
@@ -70,7 +72,9 @@ def build_app(settings: Settings) -> web.Application:
     app[PLANS] = Plans.load(settings.ratelimit.plans_file)
     app[CREDENTIALS] = ProjectCredentials(  # a too-short GATEWAY_SECRET_KEY fails the start
         SecretBox.from_setting(settings.secrets.key), ttl_s=settings.auth.key_cache_ttl_s,
-        connect_timeout_s=settings.database.connect_timeout_s)
+        connect_timeout_s=settings.database.connect_timeout_s,
+        refresh_timeout_s=settings.auth.refresh_timeout_s,
+        stale_serve_s=settings.auth.stale_serve_s)
     app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _webhooks,
                             _limits, _pipeline])
     app.on_response_prepare.append(add_request_id)
@@ -90,21 +94,25 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
+    """The pool, and what reads through it; PostgreSQL being down does not stop the start:
+    `DatabaseStart` migrates and fills the pool whenever it answers."""
     settings = app[SETTINGS].database
+    auth = app[SETTINGS].auth
     dsn, embedded = await db.resolve_dsn(settings)
     try:
-        if settings.migrate_on_start:
-            conn = await db.connect(dsn, settings)
-            try:
-                await migrate.migrate(conn, settings.migrations_dir)
-            finally:
-                await conn.close()
-        app[POOL] = await db.create_pool(dsn, settings)
-        app[KEYSTORE] = KeyStore(app[POOL], dsn, ttl_s=app[SETTINGS].auth.key_cache_ttl_s,
-                                 connect_timeout_s=settings.connect_timeout_s)
+        app[POOL] = await db.create_pool(dsn, settings)  # connects nothing yet
+        app[DSN] = dsn
+        start = db.DatabaseStart(app[POOL], dsn, settings)
+        await start.start()
+        app[DATABASE_START] = start
+        app[KEYSTORE] = KeyStore(app[POOL], dsn, ttl_s=auth.key_cache_ttl_s,
+                                 connect_timeout_s=settings.connect_timeout_s,
+                                 refresh_timeout_s=auth.refresh_timeout_s,
+                                 stale_serve_s=auth.stale_serve_s)
         await app[CREDENTIALS].start(app[POOL], dsn)
         yield
         await app[CREDENTIALS].close()
+        await start.close()
         await app[POOL].close()
     finally:
         if embedded is not None:
@@ -131,12 +139,13 @@ async def _keystore(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
-    """The usage ledger; budget alerts and usage events are made in each batch's transaction,
-    and batches spill to disk while PostgreSQL is unreachable."""
+    """The usage ledger; tracked spend, budget alerts and usage events are made in each
+    batch's transaction, and batches spill to disk while PostgreSQL is unreachable."""
     settings = app[SETTINGS]
-    alerts = AlertHook(settings.webhooks, ZoneInfo(settings.budgets.timezone))
+    tz = ZoneInfo(settings.budgets.timezone)
+    alerts = AlertHook(settings.webhooks, tz)
     app[ALERTS] = alerts
-    ledger = Ledger(app[POOL], settings.ledger, hooks=[alerts],
+    ledger = Ledger(app[POOL], settings.ledger, hooks=[TrackedSpendHook(tz), alerts],
                     spill_dir=settings.ledger.spill_path(settings.database.data_dir))
     await ledger.start()
     app[LEDGER] = ledger
@@ -161,7 +170,8 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[LIMITER] = create_limiter(settings.ratelimit, app[POOL])
     app[CLAIMS] = create_claims(settings.ratelimit, app[POOL])
-    book = BudgetBook(app[POOL], ZoneInfo(settings.budgets.timezone))
+    book = BudgetBook(app[POOL], ZoneInfo(settings.budgets.timezone), dsn=app[DSN],
+                      connect_timeout_s=settings.database.connect_timeout_s)
     await book.start()
     app[BUDGETS] = book
     yield
@@ -189,6 +199,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     app[METRICS].watch_ledger(app[LEDGER])
     app[METRICS].watch_breakers(app[PIPELINE].breakers)
     app[METRICS].watch_tokens(app[TOKENS].usage)
-    app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS])
+    app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS],
+                               database_start=app[DATABASE_START])
     yield
     app[READINESS].draining = True

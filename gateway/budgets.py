@@ -10,6 +10,11 @@ the others reclaim it when it expires.
 Chunks follow the recent spend rate, so a busy process asks rarely and a quiet one holds
 little; near the limit a process leases only what the request in hand needs, so the
 budget is used to the end and never beyond it.
+
+Spend recorded through `POST /api/track` did not pass through a lease: `TrackedSpendHook`
+adds it to the budgets it falls under in the ledger's own transaction, and NOTIFY tells every
+process holding a lease on such a budget to hand back what it has not reserved, so its next
+call leases against the new spend (and is refused once the budget is gone).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -27,14 +33,25 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import structlog
 
+from gateway.errors import ServiceUnavailable
+from gateway.ledger import InsertedRow, bounded_connection
+from gateway.listener import NotifyListener
+
 log = structlog.get_logger(__name__)
 
 ZERO = Decimal(0)
 LEASE_TTL_S = 30.0
+# A lease is used only this long after it was last confirmed: by then another process may
+# reclaim it (counting it as spent), so serving from it longer could overspend.
+LEASE_TRUST_S = LEASE_TTL_S - 5.0
+RENEW_AFTER_S = LEASE_TTL_S / 3  # a held lease is confirmed again this often
+SYNC_TIMEOUT_S = 2.0  # every exchange with the database, connection included
 SYNC_INTERVAL_S = 1.0
 IDLE_RETURN_S = 10.0
 CHUNK_SECONDS = 5.0  # lease about this many seconds of recent spend at a time
 FIRST_CHUNK_REQUESTS = 4  # with no spend history, room for this many such requests
+NOTICE_CHANNEL = "gateway_budget_spend"  # payload: "<scope>:<scope_id>:<period>"
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(slots=True)
@@ -51,6 +68,8 @@ class Account:
     spent: Decimal = ZERO     # the budget's reported spend, as last seen
     free: Decimal = ZERO      # unleased budget, as last seen
     rate: float = 0.0         # recent spend, USD per second (moving average)
+    trusted_until: float = 0.0  # monotonic time until which the lease may be spent from
+    synced_at: float = 0.0      # monotonic time of the last successful exchange
     last_activity: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -76,17 +95,30 @@ class Reservation:
     settled: bool = False
 
 
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip(": ")
+
+
 def month_start(now: datetime, tz: ZoneInfo) -> date:
     return now.astimezone(tz).date().replace(day=1)
 
 
 class BudgetBook:
-    def __init__(self, pool: asyncpg.Pool, tz: ZoneInfo) -> None:
+    def __init__(self, pool: asyncpg.Pool, tz: ZoneInfo, *, dsn: str | None = None,
+                 connect_timeout_s: float = 5.0) -> None:
+        """With `dsn`, listen for spend recorded outside the leases (tracked spend)."""
         self._pool = pool
         self._tz = tz
         self._holder = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self._accounts: dict[tuple[str, int, date], Account] = {}
         self._task: asyncio.Task[None] | None = None
+        self._listener = (NotifyListener(dsn, NOTICE_CHANNEL, name="budgets",
+                                         on_notify=self._on_notice, on_state=lambda _: None,
+                                         connect_timeout_s=connect_timeout_s)
+                          if dsn is not None else None)
+        self._handing_back: set[asyncio.Task[None]] = set()
+        self.notices = 0  # spend notices handled (tests wait on `noticed`)
+        self.noticed = asyncio.Event()
 
     @property
     def holder(self) -> str:
@@ -134,15 +166,23 @@ class BudgetBook:
             account.last_activity = now
 
     async def _reserve_one(self, account: Account, amount: Decimal) -> bool:
-        if account.available >= amount:
+        if account.available >= amount and time.monotonic() < account.trusted_until:
             account.reserved += amount
             return True
         async with account.lock:  # one lease request at a time per budget
-            if account.available < amount:
-                need = amount - account.available
+            if account.available < amount or time.monotonic() >= account.trusted_until:
+                need = max(amount - account.available, ZERO)
                 chunk = Decimal(account.rate * CHUNK_SECONDS).quantize(Decimal("1e-9"))
-                want = max(need, chunk, amount * FIRST_CHUNK_REQUESTS)
-                await self._sync(account, want=want, need=need)
+                want = max(need, chunk, amount * FIRST_CHUNK_REQUESTS) if need else ZERO
+                try:
+                    await self._sync(account, want=want, need=need)
+                except DB_ERRORS as exc:
+                    log.warning("budget_unavailable", scope=account.scope,
+                                scope_id=account.scope_id, error=_describe(exc))
+                    raise ServiceUnavailable(
+                        f"the {account.scope} budget cannot be checked right now (its store "
+                        "is unreachable); retry shortly", code="budget_unavailable",
+                        headers={"Retry-After": "1"}) from None
             if account.available >= amount:
                 account.reserved += amount
                 account.last_activity = time.monotonic()
@@ -153,29 +193,85 @@ class BudgetBook:
                     give_back: bool = False) -> None:
         used = account.used
         returned = max(account.available, ZERO) if give_back else ZERO
-        async with self._pool.acquire() as conn:
+        started = time.monotonic()
+        async with bounded_connection(self._pool, SYNC_TIMEOUT_S) as conn:
             row = await conn.fetchrow(
-                "SELECT * FROM budget_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "SELECT * FROM budget_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 account.scope, account.scope_id, account.period, self._holder, account.limit,
-                used, returned, want, need, LEASE_TTL_S)
+                used, returned, want, need, LEASE_TTL_S, account.reserved)
         account.used -= used
-        account.leased += row["granted"] - used - returned
+        if row["reclaimed"]:  # our old lease was counted as spent; this is all we hold now
+            log.warning("budget_lease_was_reclaimed", scope=account.scope,
+                        scope_id=account.scope_id, reported=str(used))
+            account.leased = row["granted"]
+        else:
+            account.leased += row["granted"] - used - returned
         account.spent, account.free = row["spent"], row["free"]
+        account.synced_at, account.trusted_until = started, started + LEASE_TRUST_S
+
+    # -- spend recorded outside the leases --------------------------------------------
+
+    async def hand_back(self, scope: str, scope_id: int, period: date | None = None) -> None:
+        """Spend was added to this budget behind the leases' back: report ours and return
+        the unreserved part of our lease, so the next reservation leases against the new
+        spend. Nothing to do without an account here."""
+        period = period or month_start(datetime.now(self._tz), self._tz)
+        account = self._accounts.get((scope, scope_id, period))
+        if account is None:
+            return
+        async with account.lock:
+            await self._sync(account, give_back=True)
+
+    def _on_notice(self, payload: str) -> None:
+        scope, _, rest = payload.partition(":")
+        scope_id, _, period = rest.partition(":")
+        try:
+            key = (scope, int(scope_id), date.fromisoformat(period))
+        except ValueError:
+            log.warning("budget_notice_unreadable", payload=payload)
+            return
+        task = asyncio.create_task(self._handle_notice(*key), name="budget-notice")
+        self._handing_back.add(task)
+        task.add_done_callback(self._handing_back.discard)
+
+    async def _handle_notice(self, scope: str, scope_id: int, period: date) -> None:
+        try:
+            await self.hand_back(scope, scope_id, period)
+        except DB_ERRORS as exc:  # the lease runs out on its own; the next sync sees the spend
+            log.warning("budget_hand_back_failed", scope=scope, scope_id=scope_id,
+                        error=str(exc))
+        self.notices += 1
+        self.noticed.set()
 
     # -- background reporting ----------------------------------------------------------
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="budget-sync")
+        if self._listener is not None:
+            self._listener.start()
 
     async def close(self) -> None:
         """Report all spend and return every lease (SIGTERM, shutdown)."""
+        if self._listener is not None:
+            await self._listener.close()
+        for task in list(self._handing_back):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for account in list(self._accounts.values()):
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await self._sync(account, give_back=True)
+        results = await asyncio.gather(*(self._give_back(a) for a in self._accounts.values()),
+                                       return_exceptions=True)
+        for account, result in zip(list(self._accounts.values()), results, strict=True):
+            if isinstance(result, BaseException):
+                # Not lost: the lease expires and is reclaimed as spent, all of it.
+                log.error("budget_report_failed_on_close", scope=account.scope,
+                          scope_id=account.scope_id, unreported=str(account.used),
+                          leased=str(account.leased), error=_describe(result))
+
+    async def _give_back(self, account: Account) -> None:
+        async with account.lock:
+            await self._sync(account, give_back=True)
 
     async def flush(self) -> None:
         """Report spend now; give back idle leases; forget finished months."""
@@ -183,7 +279,8 @@ class BudgetBook:
         current = month_start(datetime.now(self._tz), self._tz)
         for key, account in list(self._accounts.items()):
             idle = now - account.last_activity > IDLE_RETURN_S and account.reserved == 0
-            if account.used or (idle and account.leased) or account.period < current:
+            renew = account.leased and now - account.synced_at > RENEW_AFTER_S
+            if account.used or (idle and account.leased) or renew or account.period < current:
                 async with account.lock:
                     await self._sync(account, give_back=idle or account.period < current)
             if account.period < current and account.reserved == 0:
@@ -194,5 +291,54 @@ class BudgetBook:
             await asyncio.sleep(SYNC_INTERVAL_S)
             try:
                 await self.flush()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("budget_sync_failed", error=str(exc))
+            except DB_ERRORS as exc:
+                log.warning("budget_sync_failed", error=_describe(exc))
+
+
+# Tracked spend, grouped by project and month, added to the project's budget and its team's
+# (those that have one), in one order so concurrent batches cannot deadlock.
+_ADD_TRACKED = """
+WITH spend AS (
+    SELECT * FROM unnest($1::bigint[], $2::date[], $3::numeric[]) AS s (project_id, period, amount)
+), scoped AS (
+    SELECT 'project' AS scope, p.id AS scope_id, s.period, p.monthly_budget_usd AS limit_usd,
+           s.amount
+    FROM spend s JOIN projects p ON p.id = s.project_id WHERE p.monthly_budget_usd IS NOT NULL
+    UNION ALL
+    SELECT 'team', t.id, s.period, t.monthly_budget_usd, s.amount
+    FROM spend s JOIN projects p ON p.id = s.project_id JOIN teams t ON t.id = p.team_id
+    WHERE t.monthly_budget_usd IS NOT NULL
+)
+INSERT INTO budget_periods AS b (scope, scope_id, period, limit_usd, spent_usd)
+SELECT scope, scope_id, period, max(limit_usd), sum(amount) FROM scoped
+GROUP BY scope, scope_id, period ORDER BY scope, scope_id, period
+ON CONFLICT (scope, scope_id, period) DO UPDATE
+    SET spent_usd = b.spent_usd + EXCLUDED.spent_usd, updated_at = now()
+RETURNING b.scope, b.scope_id, b.period
+"""
+
+
+class TrackedSpendHook:
+    """Ledger batch hook: tracked rows (`origin = 'track'`) count against the budgets of their
+    project and its team, in the batch's transaction (a replayed row is not inserted twice,
+    so it is not counted twice); the processes holding leases on them are told on commit."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self._tz = tz
+
+    async def __call__(self, conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
+        spend: dict[tuple[int, date], Decimal] = {}
+        for row in rows:
+            if row.origin == "track" and row.cost_usd > 0:
+                key = (row.project_id, month_start(row.started_at, self._tz))
+                spend[key] = spend.get(key, ZERO) + row.cost_usd
+        if not spend:
+            return
+        keys = sorted(spend)
+        touched = await conn.fetch(_ADD_TRACKED, [k[0] for k in keys], [k[1] for k in keys],
+                                   [spend[k] for k in keys])
+        if touched:  # NOTIFY is delivered on commit, and only then
+            await conn.execute("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n",
+                               NOTICE_CHANNEL,
+                               [f"{r['scope']}:{r['scope_id']}:{r['period'].isoformat()}"
+                                for r in touched])

@@ -116,3 +116,4 @@ class UsageRecord:
     requested_model: str | None = None  # the client's name, when routing changed it
     credential: str | None = None  # the label of the credential that served (never the key)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream attempt
+    origin: str = "proxy"  # or "track": recorded through POST /api/track

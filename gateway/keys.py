@@ -10,6 +10,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway.budgets import BudgetBook
+from gateway.db import DatabaseStart
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
+DSN = web.AppKey("dsn", str)  # the database the pool connects to (LISTEN connections too)
+DATABASE_START = web.AppKey("database_start", DatabaseStart)  # `ready` once migrated
 KEYSTORE = web.AppKey("keystore", KeyStore)
 LEDGER = web.AppKey("ledger", Ledger)
 PRICES = web.AppKey("prices", PriceTable)

@@ -1,10 +1,19 @@
 """The usage ledger writer: rows are queued in memory and written to PostgreSQL in batches.
 
 `record()` never waits and never drops a row: the request path appends and moves on. A
-background task writes a batch when it is full or when the flush interval passes: `COPY` into
-a temporary table, then one `INSERT ... SELECT ... ON CONFLICT (request_id) DO NOTHING`, so a
-replayed row never counts twice and a duplicate never poisons its batch. The batch hooks run
-in that same transaction with the rows really inserted.
+background task writes a batch when it is full or when the flush interval passes: `COPY`
+straight into usage_records, or, for a batch holding rows already stored (a replay), one
+`INSERT ... SELECT ... ON CONFLICT (request_id) DO NOTHING`, so a replayed row never counts
+twice. The batch hooks run in that same transaction with the rows really inserted.
+
+Text a client supplied is made storable first (`gateway.storable`: NUL and lone surrogates
+replaced). A row PostgreSQL still refuses is not dropped: it goes to `ledger_dead_letters` in
+the same transaction as the rest of its batch, is counted in /metrics and readiness, and is
+replayed on demand (`replay_dead_letters`).
+
+Each queued row is also written at once to a local journal segment (no fsync: the page cache
+outlives a killed process); a segment goes once its rows are committed or spilled, and the
+segments of a process that died are replayed by the next one, like its spill files.
 
 When PostgreSQL cannot take a batch, the queued rows go to a spill file (one JSON line per
 row, fsync'd per batch) and are replayed once it answers again; the file is emptied only after
@@ -26,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -40,6 +49,7 @@ import structlog
 from gateway.domain import UsageRecord
 from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.settings import LedgerSettings
+from gateway.storable import storable_json, storable_text
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +59,7 @@ COLUMNS = (
     "input_source", "output_source",
     "cost_usd", "priced_by_fallback", "price_model", "overhead_ms", "upstream_ms",
     "error_code", "metadata", "started_at", "finished_at",
-    "cache_write_tokens", "requested_model", "credential", "attempts",
+    "cache_write_tokens", "requested_model", "credential", "attempts", "origin",
 )
 
 
@@ -68,6 +78,7 @@ class InsertedRow(NamedTuple):
     cost_usd: Decimal
     started_at: datetime
     metadata: dict[str, Any]
+    origin: str  # "proxy", or "track" (POST /api/track)
 
 
 BatchHook = Callable[[asyncpg.Connection, Sequence[InsertedRow]], Awaitable[None]]
@@ -83,7 +94,7 @@ _TYPES = {
     "cost_usd": "numeric", "priced_by_fallback": "boolean", "price_model": "text",
     "overhead_ms": "real", "upstream_ms": "real", "error_code": "text", "metadata": "jsonb",
     "started_at": "timestamptz", "finished_at": "timestamptz", "cache_write_tokens": "bigint",
-    "requested_model": "text", "credential": "text", "attempts": "jsonb",
+    "requested_model": "text", "credential": "text", "attempts": "jsonb", "origin": "text",
 }
 # jsonb goes as text (a JSON list would read as one more array dimension), cast back here.
 _JSON = frozenset(c for c in COLUMNS if _TYPES[c] == "jsonb")
@@ -112,6 +123,10 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     return columns
 
 
+_DEAD_LETTER = ("INSERT INTO ledger_dead_letters (request_id, project_id, row_json, error) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO UPDATE "
+                "SET failures = ledger_dead_letters.failures + 1, error = EXCLUDED.error, "
+                "row_json = EXCLUDED.row_json, failed_at = now(), replayed_at = NULL")
 _INSERT_ONE = (f"INSERT INTO usage_records ({_COLS}) "
                f"VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) "
                f"ON CONFLICT (request_id) DO NOTHING RETURNING {_RETURNING}")
@@ -130,14 +145,52 @@ REPLAY_BATCHES_PER_FLUSH = 20  # then queued rows get their turn, so memory keep
 RETRY_AFTER_S = "1"
 
 
+@contextlib.asynccontextmanager
+async def bounded_connection(pool: asyncpg.Pool, timeout_s: float
+                             ) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection whose every wait ends within `timeout_s`: acquiring it, using it
+    and releasing it. A connection given up on (a timeout, an error) is terminated, never
+    reset: resetting one behind a partition would wait out asyncpg's command timeout."""
+    async with asyncio.timeout(timeout_s):
+        conn = await pool.acquire()
+        try:
+            yield conn
+        except asyncpg.PostgresError as exc:  # refused by a live server: reusable as it is
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                conn.terminate()
+            raise
+        except BaseException:
+            conn.terminate()
+            raise
+        finally:
+            try:
+                await pool.release(conn)
+            except (*FLUSH_ERRORS, asyncio.CancelledError):
+                conn.terminate()
+
+
 def as_row(r: UsageRecord) -> tuple[Any, ...]:
-    u = r.usage
-    return (r.request_id, r.project_id, r.api_key_id, r.provider, r.model, r.endpoint, r.status,
+    """The record as a row PostgreSQL can store: client-supplied text (model, endpoint,
+    metadata, ...) has NUL and lone surrogates replaced (`gateway.storable`)."""
+    u, text = r.usage, storable_text
+    return (r.request_id, r.project_id, r.api_key_id, text(r.provider), text(r.model),
+            text(r.endpoint), r.status,
             r.streamed, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.source,
             u.input_source, u.output_source,
-            r.cost_usd, r.priced_by_fallback, r.price_model, r.overhead_ms, r.upstream_ms,
-            r.error_code, r.metadata, r.started_at, r.finished_at,
-            u.cache_write_tokens, r.requested_model, r.credential, r.attempts)
+            r.cost_usd, r.priced_by_fallback, _optional(r.price_model), r.overhead_ms,
+            r.upstream_ms, _optional(r.error_code), storable_json(r.metadata), r.started_at,
+            r.finished_at, u.cache_write_tokens, _optional(r.requested_model),
+            _optional(r.credential), storable_json(r.attempts), r.origin)
+
+
+def _optional(value: str | None) -> str | None:
+    return None if value is None else storable_text(value)
+
+
+def storable_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row (from a spill file or the dead letters) with every text value made storable."""
+    return tuple(storable_text(v) if isinstance(v, str) else
+                 storable_json(v) if isinstance(v, dict | list) else v for v in row)
 
 
 class Ledger:
@@ -154,6 +207,8 @@ class Ledger:
             None if settings.spill_dir == Path("") else settings.spill_dir)
         self._spill = (SpillFiles(directory, settings.spill_max_bytes)
                        if directory is not None and settings.spill_max_bytes > 0 else None)
+        self._journal = (Journal(directory) if self._spill is not None and settings.journal
+                         and directory is not None else None)
         self._lock = asyncio.Lock()  # one writer at a time: flush, replay, spill
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -161,7 +216,9 @@ class Ledger:
         self._closed = False
         self.written = 0  # rows inserted by this ledger
         self.duplicates = 0  # rows skipped because their request_id was already stored
-        self.rejected = 0  # rows PostgreSQL refused as invalid (each one logged)
+        self.rejected = 0  # rows PostgreSQL refused as invalid: each one a dead letter
+        self.dead_letters_waiting = 0  # dead letters not replayed yet, as last counted
+        self.dead_letters_replayed = 0  # dead letters this ledger replayed
         self.spilled = 0  # rows moved to the spill file
         self.replayed = 0  # rows read back from spill files and committed
         self.failures = 0  # flushes that failed
@@ -189,7 +246,10 @@ class Ledger:
         if self._closed:
             self._record_after_close(as_row(record))
             return
-        self._pending.append(as_row(record))
+        row = as_row(record)
+        if self._journal is not None:  # on disk before the answer completes
+            self._journal.append(encode_row(row))
+        self._pending.append(row)
         queued = len(self._pending)
         if queued % self._batch_size == 0:
             self._wake.set()
@@ -210,13 +270,12 @@ class Ledger:
         answer is True. A row PostgreSQL refuses raises BadRequest."""
         row = as_row(record)
         try:
-            async with asyncio.timeout(self._settings.flush_timeout_s):
-                async with self._pool.acquire() as conn, conn.transaction():
-                    found = await conn.fetchrow(_INSERT_ONE, *row)
-                    inserted = [InsertedRow(*found)] if found is not None else []
-                    await self._run_hooks(conn, inserted)
+            async with self._connection() as conn, conn.transaction():
+                found = await conn.fetchrow(_INSERT_ONE, *row)
+                inserted = [InsertedRow(*found)] if found is not None else []
+                await self._run_hooks(conn, inserted)
         except ROW_ERRORS as exc:
-            raise BadRequest(f"the usage row was refused: {exc}") from None
+            raise BadRequest("the ledger refused the usage row: a value is out of range") from exc
         except FLUSH_ERRORS as exc:
             log.warning("ledger_write_deferred", request_id=str(record.request_id),
                         error=_describe(exc))
@@ -260,6 +319,8 @@ class Ledger:
                 await self._spill_pending(force=True)
         if self._pending:
             log.error("ledger_unflushed_on_close", pending=len(self._pending))
+        if self._journal is not None:
+            self._journal.close()  # what is still queued stays there for the next start
         if self._spill is not None:
             left = self._spill.backlog
             await asyncio.to_thread(self._spill.close)
@@ -271,6 +332,8 @@ class Ledger:
         """Replay spilled rows (a bounded share), then write every queued row; answer how
         many queued rows were written. On failure the queue is spilled and the error raised."""
         async with self._lock:
+            if self._journal is not None:
+                self._journal.seal()  # rows queued from now on go to a fresh segment
             try:
                 replay_done = await self._replay(REPLAY_BATCHES_PER_FLUSH)
                 done = 0
@@ -282,6 +345,8 @@ class Ledger:
                     except BaseException:
                         self._pending.extendleft(reversed(batch))  # keep order, lose nothing
                         raise
+                    if self._journal is not None:
+                        self._journal.drop(len(batch))
                     done += len(batch)
             except FLUSH_ERRORS as exc:
                 self.failures += 1
@@ -331,32 +396,35 @@ class Ledger:
         the hooks see the batch's own tuples); a batch holding rows already stored (a replay,
         or a retry of a batch whose commit went unanswered) is written instead with
         INSERT ... ON CONFLICT DO NOTHING, the hooks seeing only the rows it inserted."""
-        async with asyncio.timeout(self._settings.flush_timeout_s):
-            async with self._pool.acquire() as conn:
-                rejected = 0
+        async with self._connection() as conn:
+            rejected = 0
+            try:
                 try:
-                    try:
-                        async with conn.transaction():
-                            await conn.copy_records_to_table("usage_records", records=rows,
-                                                             columns=COLUMNS)
-                            inserted = [_inserted(row) for row in rows]
-                            await self._run_hooks(conn, inserted)
-                    except asyncpg.UniqueViolationError:
-                        async with conn.transaction():
-                            found = await conn.fetch(_MOVE, *_columns(rows))
-                            inserted = [InsertedRow(*r) for r in found]
-                            await self._run_hooks(conn, inserted)
-                except _COPY_ROW_ERRORS:
-                    inserted, rejected = await self._insert_one_by_one(conn, rows)
-                count = len(inserted)
+                    async with conn.transaction():
+                        await conn.copy_records_to_table("usage_records", records=rows,
+                                                         columns=COLUMNS)
+                        inserted = [_inserted(row) for row in rows]
+                        await self._run_hooks(conn, inserted)
+                except asyncpg.UniqueViolationError:
+                    async with conn.transaction():
+                        found = await conn.fetch(_MOVE, *_columns(rows))
+                        inserted = [InsertedRow(*r) for r in found]
+                        await self._run_hooks(conn, inserted)
+            except _COPY_ROW_ERRORS:
+                inserted, rejected = await self._insert_one_by_one(conn, rows)
+            count = len(inserted)
         self._committed()
         self.written += count
         self.rejected += rejected
         self.duplicates += len(rows) - count - rejected
 
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return bounded_connection(self._pool, self._settings.flush_timeout_s)
+
     async def _insert_one_by_one(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]
                                  ) -> tuple[list[InsertedRow], int]:
-        """A batch PostgreSQL refused: keep every row it accepts; log each one it refuses."""
+        """A batch PostgreSQL refused: keep every row it accepts; each one it refuses goes to
+        the dead letters in the same transaction (never dropped), and is logged."""
         inserted: list[InsertedRow] = []
         refused: list[tuple[tuple[Any, ...], Exception]] = []
         async with conn.transaction():
@@ -369,10 +437,69 @@ class Ledger:
                     continue
                 if found is not None:
                     inserted.append(InsertedRow(*found))
+            if refused:
+                await conn.executemany(_DEAD_LETTER, [
+                    (row[0], row[1], encode_row(row).decode(), storable_text(_describe(error)))
+                    for row, error in refused])
             await self._run_hooks(conn, inserted)
         for row, error in refused:  # logged once committed, so a retried batch logs once
             _log_rejected(row, error)
+        self.dead_letters_waiting += len(refused)
         return inserted, len(refused)
+
+    async def dead_letters(self, limit: int = 100) -> list[asyncpg.Record]:
+        """The dead letters not yet replayed, oldest first."""
+        async with self._connection() as conn:
+            return list(await conn.fetch(
+                """SELECT request_id, project_id, error, failures, failed_at, row_json
+                   FROM ledger_dead_letters WHERE replayed_at IS NULL
+                   ORDER BY failed_at, request_id LIMIT $1""", limit))
+
+    async def count_dead_letters(self) -> int:
+        """How many dead letters wait for a replay (also kept for /metrics and readiness)."""
+        async with self._connection() as conn:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM ledger_dead_letters WHERE replayed_at IS NULL")
+        self.dead_letters_waiting = count
+        return count
+
+    async def replay_dead_letters(self, limit: int = 1000) -> dict[str, int]:
+        """Try the waiting dead letters again, made storable with today's rules: a row now
+        accepted (or already stored) is marked replayed, hooks included; a row refused
+        again stays, its error and failure count updated. Answers the counts."""
+        replayed = duplicates = failed = 0
+        async with self._lock, self._connection() as conn, conn.transaction():
+            letters = await conn.fetch(
+                """SELECT request_id, row_json FROM ledger_dead_letters
+                   WHERE replayed_at IS NULL ORDER BY failed_at, request_id LIMIT $1
+                   FOR UPDATE SKIP LOCKED""", limit)
+            inserted: list[InsertedRow] = []
+            for letter in letters:
+                try:
+                    row = storable_row(decode_row(letter["row_json"].encode()))
+                    async with conn.transaction():
+                        found = await conn.fetchrow(_INSERT_ONE, *row)
+                except (*ROW_ERRORS, ValueError, KeyError, TypeError) as exc:
+                    failed += 1
+                    await conn.execute(
+                        """UPDATE ledger_dead_letters SET failures = failures + 1, error = $2,
+                           failed_at = now() WHERE request_id = $1""",
+                        letter["request_id"], storable_text(_describe(exc)))
+                    continue
+                if found is None:
+                    duplicates += 1
+                else:
+                    inserted.append(InsertedRow(*found))
+                    replayed += 1
+                await conn.execute("UPDATE ledger_dead_letters SET replayed_at = now() "
+                                   "WHERE request_id = $1", letter["request_id"])
+            await self._run_hooks(conn, inserted)
+        self._committed()
+        self.written += replayed
+        self.dead_letters_replayed += replayed + duplicates
+        await self.count_dead_letters()
+        return {"replayed": replayed, "already_stored": duplicates, "still_refused": failed,
+                "waiting": self.dead_letters_waiting}
 
     async def _run_hooks(self, conn: asyncpg.Connection, inserted: list[InsertedRow]) -> None:
         if not inserted:
@@ -408,8 +535,8 @@ class Ledger:
                               offset=offset, error=error)
                 if end == source.replayed:
                     break
-                if rows:
-                    await self._write_batch(rows)
+                if rows:  # files of older releases may hold text PostgreSQL refuses
+                    await self._write_batch([storable_row(row) for row in rows])
                     max_batches -= 1
                 source.replayed = end  # committed: never sent again by this process
                 self.replayed += len(rows)
@@ -424,7 +551,7 @@ class Ledger:
         while spill is not None and self._pending:
             batch = list(itertools.islice(self._pending, self._batch_size))
             try:
-                stored, refused = await asyncio.to_thread(spill.append, batch, force)
+                stored = await asyncio.to_thread(spill.append, batch, force)
             except OSError as exc:
                 log.error("ledger_spill_failed", error=_describe(exc), pending=len(self._pending))
                 return
@@ -434,16 +561,15 @@ class Ledger:
                 return
             for _ in batch:  # only record() touches the queue meanwhile, and only its end
                 self._pending.popleft()
-            self.spilled += len(batch) - len(refused)
-            self.rejected += len(refused)
-            for row, error in refused:
-                _log_rejected(row, error)
+            if self._journal is not None:
+                self._journal.drop(len(batch))
+            self.spilled += len(batch)
 
     def _record_after_close(self, row: tuple[Any, ...]) -> None:
         """A row after close() (should not happen): spilled at once, blocking, or kept."""
         if self._spill is not None:
             with contextlib.suppress(OSError):
-                stored, _ = self._spill.append([row], True)
+                stored = self._spill.append([row], True)
                 if stored:
                     log.warning("ledger_row_after_close_spilled", request_id=str(row[0]))
                     return
@@ -456,11 +582,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _log_rejected(row: tuple[Any, ...], exc: Exception) -> None:
-    try:
-        line = encode_row(row).decode().rstrip("\n")
-    except (TypeError, ValueError):
-        line = repr(row)
-    log.error("ledger_row_rejected", request_id=str(row[0]), error=_describe(exc), row=line)
+    log.error("ledger_row_dead_lettered", request_id=str(row[0]), error=_describe(exc),
+              row=encode_row(row).decode().rstrip("\n"))
 
 
 # -- spill files ---------------------------------------------------------------------------
@@ -472,11 +595,19 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+_DEFAULTS: dict[str, Any] = {"origin": "proxy"}  # columns that lines of older releases lack
+
+
 def encode_row(row: tuple[Any, ...]) -> bytes:
-    """One JSON line; decode_row gives back an equal tuple (Decimal, UUID, datetime too)."""
+    """One JSON line; decode_row gives back an equal tuple (Decimal, UUID, datetime too).
+    Never fails: text JSON cannot carry is made storable, an unknown type written as text."""
     data = dict(zip(COLUMNS, row, strict=True))
     data["cost_usd"] = str(data["cost_usd"])
-    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    try:
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        clean = dict(zip(COLUMNS, storable_row(tuple(data.values())), strict=True))
+        return orjson.dumps(clean, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def decode_row(line: bytes) -> tuple[Any, ...]:
@@ -484,7 +615,7 @@ def decode_row(line: bytes) -> tuple[Any, ...]:
     if not isinstance(data, dict):
         raise ValueError("a spill line must be a JSON object")
     return tuple(_DECODERS[c](data[c]) if c in _DECODERS and data.get(c) is not None
-                 else data.get(c) for c in COLUMNS)
+                 else data.get(c, _DEFAULTS.get(c)) for c in COLUMNS)
 
 
 @dataclass(eq=False)
@@ -535,21 +666,12 @@ class SpillFiles:
                     found += 1
         return found
 
-    def append(self, rows: list[tuple[Any, ...]], force: bool
-               ) -> tuple[bool, list[tuple[tuple[Any, ...], Exception]]]:
-        """Append rows and fsync; (False, []) when they do not fit (unless `force`). Rows
-        that cannot be encoded (nor, then, stored) come back as refused."""
-        lines: list[bytes] = []
-        refused: list[tuple[tuple[Any, ...], Exception]] = []
-        for row in rows:
-            try:
-                lines.append(encode_row(row))
-            except (TypeError, ValueError) as exc:
-                refused.append((row, exc))
-        data = b"".join(lines)
+    def append(self, rows: list[tuple[Any, ...]], force: bool) -> bool:
+        """Append rows and fsync; False when they do not fit (unless `force`)."""
+        data = b"".join(encode_row(row) for row in rows)
         with self._io:
             if not force and self.backlog + len(data) > self.max_bytes:
-                return False, []
+                return False
             own = self._own_file()
             try:
                 view = memoryview(data)
@@ -561,7 +683,7 @@ class SpillFiles:
                     os.ftruncate(own.fd, own.size)
                 raise
             own.size += len(data)
-        return True, refused
+        return True
 
     def read(self, source: SpillSource, max_rows: int
              ) -> tuple[list[tuple[Any, ...]], int, list[tuple[int, str]]]:
@@ -647,3 +769,109 @@ class SpillFiles:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class Journal:
+    """Every queued row, written to a local segment file as it is queued (a write, no fsync:
+    the page cache outlives a killed process), so rows a process could not commit or spill
+    before it died stay on disk. Segments are named like spill files and locked the same way,
+    so the next ledger to start on the directory replays them as orphans (rows already
+    committed are skipped as duplicates). The queue is first in, first out, and so are the
+    segments: `drop(n)` says n more rows left the queue's front, committed or spilled, and a
+    segment all of whose rows have left is removed. `seal()` starts a new segment, so that
+    under steady traffic the old one drains and goes. Blocking I/O, but one small write a row.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._segments: deque[_Segment] = deque()  # oldest first; the last takes appends
+        self._open_for_append = False
+        self.failures = 0  # writes that failed (each row still queued in memory)
+
+    @property
+    def segments(self) -> int:
+        return len(self._segments)
+
+    def append(self, line: bytes) -> None:
+        segment = self._segments[-1] if self._open_for_append else None
+        if segment is None or segment.path is not None:
+            try:
+                if segment is None:
+                    segment = _Segment.create(self.directory)
+                    self._segments.append(segment)
+                    self._open_for_append = True
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(segment.fd, view):]
+            except OSError as exc:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 10_000 == 0:
+                    log.error("ledger_journal_write_failed", error=_describe(exc),
+                              failures=self.failures)
+                # Rows that reached no file are still counted, so drop() stays in step; the
+                # next seal() tries a file again.
+                segment = _Segment(None, -1)
+                self._segments.append(segment)
+                self._open_for_append = True
+        segment.rows += 1
+
+    def seal(self) -> None:
+        """The next row starts a new segment."""
+        self._open_for_append = False
+
+    def drop(self, count: int) -> None:
+        """`count` rows left the front of the queue (committed, or spilled and fsync'd)."""
+        while count > 0 and self._segments:
+            segment = self._segments[0]
+            taken = min(count, segment.rows - segment.dropped)
+            segment.dropped += taken
+            count -= taken
+            if segment.dropped < segment.rows:
+                break
+            if len(self._segments) == 1 and self._open_for_append:
+                segment.empty()  # still taking appends: emptied, kept
+            else:
+                self._segments.popleft().remove()
+
+    def close(self) -> None:
+        """Release the locks; segments with rows not yet committed or spilled stay."""
+        while self._segments:
+            segment = self._segments.popleft()
+            if segment.dropped >= segment.rows:
+                segment.remove()
+            else:
+                segment.release()
+        self._open_for_append = False
+
+
+@dataclass(eq=False)
+class _Segment:
+    path: Path | None
+    fd: int
+    rows: int = 0
+    dropped: int = 0
+
+    @classmethod
+    def create(cls, directory: Path) -> _Segment:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"ledger-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}-journal"
+        temporary = directory / f".{name}.tmp"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # locked before its name can be globbed
+        path = directory / f"{name}.jsonl"
+        os.rename(temporary, path)
+        return cls(path, fd)
+
+    def empty(self) -> None:
+        if self.path is not None:
+            os.ftruncate(self.fd, 0)
+        self.rows = self.dropped = 0
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+
+    def release(self) -> None:
+        if self.path is not None:
+            os.close(self.fd)

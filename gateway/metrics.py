@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import platform
+import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
@@ -39,8 +40,14 @@ LabelKey = tuple[str, ...]
 Sample = tuple[LabelKey, float | int | Decimal]
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+
+
 def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    """The exposition format escapes backslash, newline and quote; other control characters
+    (NUL above all) and lone surrogates are replaced, so a scrape is always valid UTF-8 text."""
+    value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return _CONTROL.sub("\ufffd", value) if not value.isprintable() else value
 
 
 def format_value(value: float | int | Decimal) -> str:
@@ -339,6 +346,12 @@ class Metrics:
             Collected("gateway_ledger_flush_lag_seconds", "Seconds since the ledger last "
                       "flushed successfully (grows while PostgreSQL is unreachable).", "gauge",
                       (), lag),
+            Collected("gateway_ledger_dead_letters", "Usage rows PostgreSQL refused, kept in "
+                      "ledger_dead_letters and not replayed yet (as last counted).", "gauge", (),
+                      read("dead_letters_waiting")),
+            Collected("gateway_ledger_dead_lettered_rows_total", "Usage rows this process "
+                      "could not write and moved to ledger_dead_letters.", "counter", (),
+                      read("rejected")),
             Collected("gateway_ledger_spill_bytes", "Size of the local spill file of rows "
                       "waiting for PostgreSQL (0 without one).", "gauge", (), spill),
         ]

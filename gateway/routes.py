@@ -11,6 +11,7 @@ from gateway.http import (
     credentials,
     docs,
     health,
+    ledger,
     metrics,
     models,
     proxy,
@@ -73,3 +74,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/admin/webhooks/{id}/deliveries", webhooks.list_deliveries)
     app.router.add_put("/api/admin/projects/{id}/alerts", webhooks.put_alerts)
     app.router.add_get("/api/admin/projects/{id}/alerts", webhooks.get_alerts)
+    app.router.add_get("/api/admin/ledger/dead-letters", ledger.list_dead_letters)
+    app.router.add_post("/api/admin/ledger/dead-letters/replay", ledger.replay_dead_letters)

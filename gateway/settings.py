@@ -50,6 +50,9 @@ class ServerSettings:
     shutdown_timeout_s: float = _opt(20.0, minimum=0)
     drain_delay_s: float = _opt(0.0, minimum=0)
     public_url: str = _opt("")
+    header_timeout_s: float = _opt(30.0, minimum=0.01)  # request line + headers, then closed
+    body_timeout_s: float = _opt(30.0, minimum=0.01)  # whole body after the headers, then 408
+    max_connections: int = _opt(10_000, minimum=1)  # open client connections, this process
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class DatabaseSettings:
 class AuthSettings:
     admin_token: str = _opt("", secret=True)
     key_cache_ttl_s: float = _opt(300.0, minimum=0)
+    # Keys and credentials: a read (pool acquire included) given up after this long, and how
+    # long past its freshness a cached one keeps answering while the database cannot be read.
+    refresh_timeout_s: float = _opt(0.5, minimum=0.01)
+    stale_serve_s: float = _opt(300.0, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,7 @@ class LedgerSettings:
     flush_timeout_s: float = _opt(10.0, minimum=0.01)  # a slower batch write is an outage
     spill_dir: Path = _opt(Path(""))  # empty: <database.data_dir>/spill
     spill_max_bytes: int = _opt(268_435_456, minimum=0)  # 0: never spill; rows wait in memory
+    journal: bool = _opt(True)  # each queued row written to the spill directory at once
 
     def spill_path(self, data_dir: Path) -> Path:
         """Where spill files go: `spill_dir`, or `spill` under the database's data_dir."""

@@ -21,10 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import migrate
 from gateway.app import build_app
+from gateway.connections import make_runner
 from gateway.db import init_connection
 from gateway.keys import POOL
 from gateway.settings import Settings, settings_from_mapping
@@ -35,7 +36,8 @@ DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_TOKEN = "test-admin-token"
 # usage_hourly and usage_daily are emptied by usage_records' own TRUNCATE trigger.
 TABLES = ("usage_records, api_keys, projects, teams, budget_periods, budget_leases, "
-          "provider_credentials, webhook_endpoints, webhook_outbox, alerts_fired")
+          "provider_credentials, webhook_endpoints, webhook_outbox, alerts_fired, "
+          "budget_reclaimed, ledger_dead_letters")
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -172,11 +174,19 @@ def make_settings(database_url: str, fake_upstream: FakeUpstream,
 GatewayFactory = Callable[..., Awaitable[TestClient]]
 
 
+class GatewayTestServer(TestServer):
+    """A test server built as `gateway serve` builds its own (`connections.make_runner`)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return make_runner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_gateway(aiohttp_client: Any, make_settings: SettingsFactory,
                        db: asyncpg.Connection) -> GatewayFactory:
     async def make(**sections: dict[str, Any]) -> TestClient:
-        client: TestClient = await aiohttp_client(build_app(make_settings(**sections)))
+        app = build_app(make_settings(**sections))
+        client: TestClient = await aiohttp_client(GatewayTestServer(app))
         return client
 
     return make

@@ -14,6 +14,7 @@ import pytest
 
 from gateway import db as gwdb
 from gateway.budgets import BudgetBook, Reservation, Shortfall, month_start
+from gateway.errors import ServiceUnavailable
 from gateway.settings import DatabaseSettings
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -82,17 +83,54 @@ async def test_shortfall_says_what_fits(pool: asyncpg.Pool) -> None:
     await book.close()
 
 
-async def test_a_crashed_replicas_lease_is_reclaimed(pool: asyncpg.Pool,
-                                                     db: asyncpg.Connection) -> None:
+async def test_a_crashed_replicas_lease_is_reclaimed_as_spent(pool: asyncpg.Pool,
+                                                              db: asyncpg.Connection) -> None:
+    """Only the holder knew how much of its lease it spent: reclaimed, all of it counts."""
     crashed, alive = BudgetBook(pool, UTC_ZONE), BudgetBook(pool, UTC_ZONE)
     held = await crashed.reserve([crashed.account("project", 3, Decimal("1"))], Decimal("0.9"))
     assert isinstance(held, Reservation)  # and then the process dies: no settle, no close
     survivor = alive.account("project", 3, Decimal("1"))
     assert isinstance(await alive.reserve([survivor], Decimal("0.5")), Shortfall)
+    leased = await db.fetchval("SELECT amount FROM budget_leases WHERE holder = $1",
+                               crashed.holder)
     await db.execute("UPDATE budget_leases SET expires_at = now() - interval '1 second' "
                      "WHERE holder = $1", crashed.holder)
-    assert isinstance(await alive.reserve([survivor], Decimal("0.5")), Reservation)
+    short = await alive.reserve([survivor], Decimal("0.5"))
+    assert isinstance(short, Shortfall)  # never overspent: the dead lease counts as spent
+    row = await db.fetchrow("SELECT spent_usd, leased_usd FROM budget_periods")
+    assert row["spent_usd"] == leased and row["spent_usd"] + row["leased_usd"] <= 1
+    assert await db.fetchval("SELECT amount FROM budget_reclaimed WHERE holder = $1",
+                             crashed.holder) == leased
     await alive.close()
+
+
+async def test_a_holder_cut_off_past_its_lease_reports_what_it_really_used(
+        pool: asyncpg.Pool, db: asyncpg.Connection) -> None:
+    cut, other = BudgetBook(pool, UTC_ZONE), BudgetBook(pool, UTC_ZONE)
+    account = cut.account("project", 4, Decimal("1"))
+    held = await cut.reserve([account], Decimal("0.9"))
+    assert isinstance(held, Reservation)
+    await db.execute("UPDATE budget_leases SET expires_at = now() - interval '1 second' "
+                     "WHERE holder = $1", cut.holder)
+    survivor = other.account("project", 4, Decimal("1"))
+    assert isinstance(await other.reserve([survivor], Decimal("0.5")), Shortfall)
+    cut.settle(held, Decimal("0.2"))  # the call it had in flight cost 0.2
+    await cut.close()  # back in touch: reports 0.2 against the reclaimed lease
+    assert await db.fetchval("SELECT spent_usd FROM budget_periods") == Decimal("0.2")
+    assert await db.fetchval("SELECT count(*) FROM budget_reclaimed") == 0
+    assert isinstance(await other.reserve([survivor], Decimal("0.5")), Reservation)
+    await other.close()
+
+
+async def test_the_budget_store_unreachable_is_503_not_500(db: asyncpg.Connection,
+                                                           database_url: str) -> None:
+    own = await gwdb.create_pool(database_url, DatabaseSettings(pool_min_size=1))
+    book = BudgetBook(own, UTC_ZONE)
+    account = book.account("project", 5, Decimal("1"))
+    await own.close()  # the store is gone
+    with pytest.raises(ServiceUnavailable) as caught:
+        await book.reserve([account], Decimal("0.1"))
+    assert caught.value.code == "budget_unavailable" and caught.value.status == 503
 
 
 async def test_team_and_project_are_both_held(pool: asyncpg.Pool) -> None:

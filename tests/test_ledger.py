@@ -176,7 +176,7 @@ async def test_write_now_answers_whether_the_row_is_new(
     assert await db.fetchval("SELECT cost_usd FROM usage_hourly") == tracked.cost_usd
 
 
-async def test_invalid_rows_are_logged_and_the_rest_of_the_batch_is_kept(
+async def test_invalid_rows_become_dead_letters_and_the_rest_of_the_batch_is_kept(
         database_url: str, db: asyncpg.Connection) -> None:
     pool = await _ledger_pool(database_url)
     ledger = Ledger(pool, LedgerSettings(batch_size=10, flush_interval_s=10))
@@ -191,10 +191,13 @@ async def test_invalid_rows_are_logged_and_the_rest_of_the_batch_is_kept(
     stored = {r["request_id"] for r in await db.fetch("SELECT request_id FROM usage_records")}
     assert stored == {r.request_id for r in good}
     assert ledger.rejected == 2 and ledger.written == 4
-    rejected = [e for e in logs if e["event"] == "ledger_row_rejected"]
+    rejected = [e for e in logs if e["event"] == "ledger_row_dead_lettered"]
     assert {e["request_id"] for e in rejected} == {str(too_big.request_id),
                                                    str(bad_source.request_id)}
-    assert all(e["row"] for e in rejected)  # enough to put the row back by hand
+    letters = await db.fetch("SELECT request_id, row_json, error FROM ledger_dead_letters")
+    assert {r["request_id"] for r in letters} == {too_big.request_id, bad_source.request_id}
+    assert all(r["row_json"] and r["error"] for r in letters)
+    assert ledger.dead_letters_waiting == 2
 
 
 async def test_check_capacity_refuses_at_the_bound(database_url: str) -> None:

@@ -165,7 +165,10 @@ async def test_migration_backfills_rollups_from_existing_rows(
             rows = [as_row(row(cost_usd=Decimal(i) / 1000, project_id=1 + i % 3,
                                started_at=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(minutes=i)))
                     for i in range(500)]
-            await conn.copy_records_to_table("usage_records", records=rows, columns=COLUMNS)
+            before = COLUMNS.index("origin")  # columns of later migrations are left out
+            await conn.copy_records_to_table("usage_records",
+                                             records=[r[:before] for r in rows],
+                                             columns=COLUMNS[:before])
             shutil.copy(ROOT / "migrations" / ROLLUP_MIGRATION, earlier / ROLLUP_MIGRATION)
             assert await migrate.migrate(conn, earlier) == [ROLLUP_MIGRATION]
             await assert_rollups_exact(conn)
@@ -233,7 +236,7 @@ async def test_a_spill_file_left_by_a_crashed_process_is_replayed(
     # A file that a live ledger holds is left alone, even though nothing is replaying it.
     live = SpillFiles(tmp_path, 10**6)
     held = row()
-    assert live.append([as_row(held)], False)[0]
+    assert live.append([as_row(held)], False)
     ledger = Ledger(pool, LedgerSettings(flush_interval_s=0.01), spill_dir=tmp_path)
     with capture_logs() as logs:
         await ledger.start()

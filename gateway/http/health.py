@@ -22,6 +22,8 @@ async def live(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     ok, checks = await request.app[READINESS].check()
     return web.json_response(
-        {"ok": ok, "service": SERVICE_NAME, "status": "ready" if ok else "not_ready",
+        {"ok": ok, "service": SERVICE_NAME,
+         "status": ("not_ready" if not ok else
+                    "degraded" if checks["ledger"]["status"] == "degraded" else "ready"),
          "checks": checks, "checkedAt": _now()},
         status=200 if ok else 503)

@@ -14,22 +14,24 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import orjson
+import structlog
 from aiohttp import web
 
-from gateway import projects
+from gateway import checks, projects
+from gateway.budgets import DB_ERRORS
 from gateway.domain import Usage, UsageRecord
-from gateway.errors import BadRequest, Conflict, Forbidden, ServiceUnavailable
-from gateway.http.admin import is_admin
+from gateway.errors import Conflict, Forbidden, ServiceUnavailable
+from gateway.http.access import Access, caller
 from gateway.http.analytics import exact_json
 from gateway.http.json import read_json
-from gateway.keys import KEYSTORE, LEDGER, POOL, PRICES, REQUEST_ID
+from gateway.keys import BUDGETS, LEDGER, POOL, PRICES, REQUEST_ID
 from gateway.pipeline import validate
-from gateway.pipeline.authenticate import authenticate
+
+log = structlog.get_logger(__name__)
 
 # Fixed forever: tracking ids derived from X-Request-Id must not change between releases.
 TRACK_NAMESPACE = uuid.UUID("0b9d3c1e-6f2a-5e47-9c1d-8a4f7e2b6d30")
@@ -61,103 +63,68 @@ def tracking_id(request_id: uuid.UUID) -> str:
 
 def parse_track(body: Any) -> TrackedCall:
     """Check a tracking body; one 400 names every problem."""
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    problems: list[dict[str, str]] = []
+    body = checks.body_object(body)
+    problems = checks.Problems()
     fields: dict[str, Any] = {}
     for name, value in body.items():
         canonical = ALIASES.get(name, name)
         if canonical not in FIELDS:
-            problems.append({"field": name, "message": "is not a tracking field"})
+            problems.add(name, "is not a tracking field")
         elif canonical in fields:
-            problems.append({"field": name, "message": f"repeats {canonical}"})
+            problems.add(name, f"repeats {canonical}")
         else:
             fields[canonical] = value
 
-    def fail(name: str, message: str) -> None:
-        problems.append({"field": name, "message": message})
-
     def text(name: str, limit: int, default: str | None = None) -> str:
         value = fields.get(name, default)
-        if not isinstance(value, str) or not 1 <= len(value.strip()) <= limit:
-            fail(name, "is required" if value is None else f"must be 1 to {limit} characters")
-            return ""
-        return value.strip()
+        return checks.text(value, name, problems, max_chars=limit, strip=True, message=(
+            "is required" if value is None
+            else f"must be 1 to {limit} characters without NUL")) or ""
 
     def count(name: str, required: bool) -> int:
         value = fields.get(name)
         if value is None and not required:
             return 0
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
-            fail(name, "is required" if value is None
-                 else f"must be a whole number from 0 to {MAX_TOKENS}")
-            return 0
-        return value
+        return checks.whole(value, name, problems, 0, MAX_TOKENS, "is required" if value is None
+                            else f"must be a whole number from 0 to {MAX_TOKENS}") or 0
 
     provider, model = text("provider", 100), text("model", 200)
     endpoint = text("endpoint", 500, DEFAULT_ENDPOINT)
     tokens_in, tokens_out = count("input_tokens", True), count("output_tokens", True)
     cached, written = count("cached_tokens", False), count("cache_write_tokens", False)
     if cached + written > tokens_in:
-        fail("cached_tokens", "cached_tokens + cache_write_tokens cannot exceed input_tokens")
-    cost = _cost(fields.get("cost"), fail)
+        problems.add("cached_tokens",
+                     "cached_tokens + cache_write_tokens cannot exceed input_tokens")
+    cost = None
+    if fields.get("cost") is not None:
+        cost = checks.money(fields["cost"], "cost", problems, high=MAX_COST,
+                            message=f"must be a number of USD from 0 to {MAX_COST}")
     metadata = fields.get("metadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        fail("metadata", "must be a JSON object")
-    elif len(orjson.dumps(metadata)) > MAX_METADATA_BYTES:
-        fail("metadata", f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    if metadata is not None:
+        metadata = checks.json_object(metadata, "metadata", problems,
+                                      max_bytes=MAX_METADATA_BYTES)
     project_id = fields.get("project_id")
-    if project_id is not None and (isinstance(project_id, bool)
-                                   or not isinstance(project_id, int) or project_id < 1):
-        fail("project_id", "must be a positive integer id")
-    if not isinstance(fields.get("flush", True), bool):
-        fail("flush", "must be true or false")
-    if problems:
-        listed = "; ".join(f"{p['field']} {p['message']}" for p in problems)
-        raise BadRequest(f"invalid tracking body: {listed}",
-                         details={"field": problems[0]["field"], "problems": problems})
+    if project_id is not None:
+        project_id = checks.ident(project_id, "project_id", problems)
+    if fields.get("flush") is not None:
+        checks.flag(fields["flush"], "flush", problems)
+    problems.raise_if_any("invalid tracking body: ")
     return TrackedCall(provider, model, Usage(tokens_in, cached, tokens_out,
                                               cache_write_tokens=written),
-                       cost, endpoint, metadata, project_id)
-
-
-def _cost(value: Any, fail: Any) -> Decimal | None:
-    if value is None:
-        return None
-    amount = None
-    if not isinstance(value, bool) and isinstance(value, int | float | str):
-        try:
-            amount = Decimal(str(value))
-        except InvalidOperation:
-            amount = None
-    if amount is None or not amount.is_finite() or not 0 <= amount <= MAX_COST:
-        fail("cost", f"must be a number of USD from 0 to {MAX_COST}")
-        return None
-    return amount
+                       cost, endpoint, metadata or {}, project_id)
 
 
 async def track(request: web.Request) -> web.Response:
-    admin = is_admin(request)
-    principal = None if admin else await authenticate(request.app[KEYSTORE], request.headers)
+    who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
     call = parse_track(await read_json(request))
     client_id = validate.client_request_id(request.headers.get("X-Request-Id"))
-    if principal is None:
-        if call.project_id is None:
-            raise BadRequest("project_id is required with the admin token",
-                             details={"field": "project_id"})
+    project_id, key_id = who.project_id(call.project_id, denied="tracks only for it"), who.key_id
+    if who.principal is None:
         async with request.app[POOL].acquire() as conn:
-            await projects.get_project(conn, call.project_id)  # 404 when missing
-        project_id, key_id = call.project_id, None
-    else:
-        project = principal.project
-        if call.project_id not in (None, project.id):
-            raise Forbidden(f"this key belongs to project {project.id} and tracks only for it",
-                            details={"field": "project_id", "value": call.project_id})
-        if not project.enabled:
-            raise Forbidden(f"project {project.name!r} is disabled", code="project_disabled")
-        project_id, key_id = project.id, principal.key_id
+            await projects.get_project(conn, project_id)  # 404 when missing
+    elif not who.principal.project.enabled:
+        project = who.principal.project
+        raise Forbidden(f"project {project.name!r} is disabled", code="project_disabled")
     request_id = (uuid.uuid5(TRACK_NAMESPACE, f"{project_id}:{client_id}") if client_id
                   else request[REQUEST_ID])
     if call.cost is not None:
@@ -172,7 +139,7 @@ async def track(request: web.Request) -> web.Response:
         provider=call.provider, model=call.model, endpoint=call.endpoint, status=200,
         streamed=False, usage=call.usage, cost_usd=cost, priced_by_fallback=fallback,
         price_model=price_model, overhead_ms=0.0, upstream_ms=None, error_code=None,
-        metadata=call.metadata, started_at=now, finished_at=now)
+        metadata=call.metadata, started_at=now, finished_at=now, origin="track")
     try:
         written = await request.app[LEDGER].write_now(record)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -183,6 +150,7 @@ async def track(request: web.Request) -> web.Response:
                        code="duplicate_request_id",
                        details={"request_id": client_id,
                                 "first_tracking_id": tracking_id(request_id)})
+    await _count_against_budgets(request, project_id)
     usage = call.usage
     return exact_json({
         "id": tracking_id(request_id), "request_id": str(request_id), "timestamp": now,
@@ -194,3 +162,18 @@ async def track(request: web.Request) -> web.Response:
         "total_tokens": usage.input_tokens + usage.output_tokens,
         "cost_source": source, "priced_by_fallback": fallback, "price_model": price_model,
     }, status=201)
+
+
+async def _count_against_budgets(request: web.Request, project_id: int) -> None:
+    """The ledger hook added the tracked cost to the project's budgets and told every process
+    on commit; this one hands back its own leases now, so a call right after this answer
+    already leases against the new spend. A failure only delays that until the next sync."""
+    book = request.app[BUDGETS]
+    for account in book.accounts:
+        if account.scope == "project" and account.scope_id != project_id:
+            continue
+        try:
+            await book.hand_back(account.scope, account.scope_id, account.period)
+        except DB_ERRORS as exc:
+            log.warning("budget_hand_back_failed", scope=account.scope,
+                        scope_id=account.scope_id, error=str(exc))

@@ -47,6 +47,7 @@ class Exchange:
     attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream attempt
     credential: str | None = None  # label of the credential that served
     requested_model: str | None = None  # the client's model name
+    finished: bool = False  # guards settled and the row recorded (once, see runner.finish)
 
     def fail(self, status: int, code: str) -> None:
         self.status, self.error_code = status, code

@@ -337,10 +337,13 @@ class ProxyPipeline:
                                                     self.tokens)
             price(ex, self.prices)
             cost = f": x-ai-cost-gateway-cost {format_usd(ex.cost)}\n\n".encode()
-            if isinstance(meter, StreamMeter):
-                yield meter.flush() + cost + (DONE if meter.done else b"")
-            else:
-                yield meter.finish(cost)
+            last = (meter.flush() + cost + (DONE if meter.done else b"")
+                    if isinstance(meter, StreamMeter) else meter.finish(cost))
+            now = time.perf_counter()
+            ex.upstream_s, started = ex.upstream_s + now - started, now
+            ex.upstream_model = meter.model
+            await self.finish(ex)  # recorded (journaled) before the client has all of it
+            yield last
         finally:
             ex.upstream_s += time.perf_counter() - started
             ex.upstream_model = meter.model
@@ -349,7 +352,11 @@ class ProxyPipeline:
             response.close()  # cancels the upstream call if the stream did not finish
 
     async def finish(self, ex: Exchange) -> None:
-        """Settle every guard, price what was used, and queue the usage row. Never raises."""
+        """Settle every guard, price what was used, and queue the usage row, once. Never
+        raises."""
+        if ex.finished:
+            return
+        ex.finished = True
         meter = ex.stream_meter
         if ex.quote is None and ex.chat is not None and meter is not None and meter.started:
             try:  # a stream cut short: meter the tokens that were sent

@@ -1,0 +1,148 @@
+"""The ledger's journal: every answered call is on local disk before its answer completes, so
+a process killed with rows still in memory loses none of them; the next one replays them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from conftest import FakeUpstream, chat_body
+from test_serve import start_gateway_process
+
+from gateway import db as gwdb
+from gateway import projects
+from gateway.domain import Usage, UsageRecord
+from gateway.ledger import SPILL_GLOB, Journal, Ledger, decode_row, encode_row
+from gateway.settings import DatabaseSettings, LedgerSettings
+
+
+def row() -> UsageRecord:
+    now = datetime.now(UTC)
+    return UsageRecord(request_id=uuid.uuid4(), project_id=1, api_key_id=1, provider="openai",
+                       model="gpt-4o-mini", endpoint="/v1/chat/completions", status=200,
+                       streamed=False, usage=Usage(10, 0, 5), cost_usd=Decimal("0.000003"),
+                       priced_by_fallback=False, price_model="gpt-4o-mini", overhead_ms=0.3,
+                       upstream_ms=10.0, error_code=None, metadata={}, started_at=now,
+                       finished_at=now)
+
+
+async def _rows_at_least(db: asyncpg.Connection, count: int, within_s: float) -> int:
+    """The number of usage rows once it reaches `count`, or when `within_s` has passed."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        found: int = await db.fetchval("SELECT count(*) FROM usage_records")
+        if found >= count or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
+def _lines(directory: Path) -> list[bytes]:
+    return [line for path in sorted(directory.glob(SPILL_GLOB))
+            for line in path.read_bytes().splitlines()]
+
+
+def test_segments_go_once_their_rows_have_left_the_queue(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    for n in range(3):
+        journal.append(b'{"n": %d}\n' % n)
+    journal.seal()
+    journal.append(b'{"n": 3}\n')
+    assert journal.segments == 2 and len(_lines(tmp_path)) == 4
+    journal.drop(2)
+    assert journal.segments == 2  # the first segment still holds a queued row
+    journal.drop(1)
+    assert journal.segments == 1 and _lines(tmp_path) == [b'{"n": 3}']
+    journal.drop(1)  # the open segment is emptied and kept for the next rows
+    assert journal.segments == 1 and _lines(tmp_path) == []
+    journal.append(b'{"n": 4}\n')
+    journal.close()  # a row still queued: its segment stays for the next start
+    assert _lines(tmp_path) == [b'{"n": 4}']
+
+
+def test_a_journal_that_cannot_write_keeps_counting(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    journal = Journal(blocked)
+    journal.append(b"{}\n")
+    journal.append(b"{}\n")
+    assert journal.failures == 1  # one failed segment takes the rest until the next seal
+    journal.drop(2)
+    assert journal.segments == 1
+    journal.close()
+
+
+async def test_queued_rows_are_on_disk_and_leave_it_once_committed(
+        database_url: str, db: asyncpg.Connection, tmp_path: Path) -> None:
+    pool = await gwdb.create_pool(database_url, DatabaseSettings(pool_min_size=1))
+    ledger = Ledger(pool, LedgerSettings(flush_interval_s=60), spill_dir=tmp_path)
+    records = [row() for _ in range(5)]
+    for record in records:
+        ledger.record(record)
+    on_disk = [decode_row(line + b"\n")[0] for line in _lines(tmp_path)]
+    assert on_disk == [r.request_id for r in records]
+    await ledger.flush()
+    assert _lines(tmp_path) == []
+    assert await db.fetchval("SELECT count(*) FROM usage_records") == 5
+    await ledger.close(deadline_s=5)
+    await pool.close()
+    assert _lines(tmp_path) == []
+
+
+async def test_a_journal_left_behind_is_replayed_once(
+        database_url: str, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """A dead process's segment (some rows committed, some not) is adopted and replayed."""
+    committed, lost = row(), row()
+    pool = await gwdb.create_pool(database_url, DatabaseSettings(pool_min_size=1))
+    first = Ledger(pool, LedgerSettings(flush_interval_s=60), spill_dir=tmp_path / "a")
+    first.record(committed)
+    await first.flush()
+    segment = tmp_path / "ledger-00000000000000000001-1-dead-journal.jsonl"
+    from gateway.ledger import as_row
+    segment.write_bytes(encode_row(as_row(committed)) + encode_row(as_row(lost)))
+    second = Ledger(pool, LedgerSettings(flush_interval_s=0.05), spill_dir=tmp_path)
+    await second.start()
+    assert await _rows_at_least(db, 2, within_s=5) == 2
+    await second.close(deadline_s=5)
+    await first.close(deadline_s=5)
+    await pool.close()
+    stored = {r["request_id"] for r in await db.fetch("SELECT request_id FROM usage_records")}
+    assert stored == {committed.request_id, lost.request_id}
+    assert not segment.exists()
+
+
+async def test_sigkill_loses_no_answered_call(
+        database_url: str, fake_upstream: FakeUpstream, db: asyncpg.Connection,
+        tmp_path: Path) -> None:
+    project = await projects.create_project(db, {"name": "killed"})
+    _, key = await projects.issue_key(db, project["id"])
+    env = {"GATEWAY_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake_upstream.url,
+           "GATEWAY_DATA_DIR": str(tmp_path), "GATEWAY_LEDGER_FLUSH_INTERVAL_S": "60",
+           "GATEWAY_LEDGER_BATCH_SIZE": "1000"}
+    served = await start_gateway_process(env)
+    answered = 0
+    try:
+        async with aiohttp.ClientSession() as http:
+            for n in range(30):
+                body = chat_body(stream=n % 2 == 1)
+                async with http.post(f"{served.url}/v1/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}"}) as resp:
+                    await resp.read()
+                    answered += resp.status == 200
+    finally:
+        served.process.send_signal(signal.SIGKILL)
+        await served.process.wait()
+    assert answered == 30
+    assert await db.fetchval("SELECT count(*) FROM usage_records") == 0  # all in memory
+    again = await start_gateway_process({**env, "GATEWAY_LEDGER_FLUSH_INTERVAL_S": "0.05"})
+    try:
+        assert await _rows_at_least(db, answered, within_s=15) == answered
+    finally:
+        again.process.send_signal(signal.SIGTERM)
+        await again.process.wait()
+    assert await db.fetchval("SELECT count(DISTINCT request_id) FROM usage_records") == 30
