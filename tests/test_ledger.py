@@ -73,8 +73,8 @@ async def test_an_outage_loses_nothing_and_duplicates_nothing(
         await asyncio.sleep(0.5)
         assert ledger.failures > 0 and ledger.pending == 60
         await proxy.restore()
-        for _ in range(200):  # bounded wait for the retry to land
-            if ledger.pending == 0:
+        for _ in range(200):  # bounded wait for the retry to land (committed, not just taken)
+            if ledger.pending == 0 and ledger.written == 100:
                 break
             await asyncio.sleep(0.05)
         assert ledger.pending == 0
