@@ -32,6 +32,7 @@ from gateway.keys import (
     PRICES,
     READINESS,
     SETTINGS,
+    SHUTDOWN,
     TOKENIZERS,
     TOKENS,
     UPSTREAMS,
@@ -54,6 +55,7 @@ from gateway.ratelimit import create_limiter
 from gateway.routes import setup_routes
 from gateway.routing import Router
 from gateway.settings import Settings
+from gateway.shutdown import Shutdown
 from gateway.tokens.encodings import load_all
 from gateway.tokens.models import ModelTokenizers
 from gateway.tokens.service import build_token_service
@@ -66,6 +68,7 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[metrics_middleware(metrics), error_middleware_factory()],
                           client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
+    app[SHUTDOWN] = Shutdown(settings.server.shutdown_timeout_s)
     app[METRICS] = metrics
     app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
     app[TOKENIZERS] = ModelTokenizers.load(settings.tokens.models_file)
@@ -150,7 +153,7 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
     await ledger.start()
     app[LEDGER] = ledger
     yield
-    await ledger.close(deadline_s=settings.server.shutdown_timeout_s)
+    await ledger.close(deadline_s=app[SHUTDOWN].remaining())  # then spills what is left
 
 
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:
@@ -175,7 +178,7 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
     await book.start()
     app[BUDGETS] = book
     yield
-    await book.close()
+    await book.close(deadline_s=app[SHUTDOWN].remaining())
     await app[CLAIMS].close()
     await app[LIMITER].close()
 

@@ -250,8 +250,9 @@ class BudgetBook:
         if self._listener is not None:
             self._listener.start()
 
-    async def close(self) -> None:
-        """Report all spend and return every lease (SIGTERM, shutdown)."""
+    async def close(self, deadline_s: float = SYNC_TIMEOUT_S) -> None:
+        """Report all spend and return every lease (SIGTERM, shutdown), within `deadline_s`
+        (and each exchange within SYNC_TIMEOUT_S)."""
         if self._listener is not None:
             await self._listener.close()
         for task in list(self._handing_back):
@@ -260,8 +261,9 @@ class BudgetBook:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        results = await asyncio.gather(*(self._give_back(a) for a in self._accounts.values()),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self._give_back(a), min(deadline_s, SYNC_TIMEOUT_S))
+              for a in self._accounts.values()), return_exceptions=True)
         for account, result in zip(list(self._accounts.values()), results, strict=True):
             if isinstance(result, BaseException):
                 # Not lost: the lease expires and is reclaimed as spent, all of it.

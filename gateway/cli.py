@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway import connections, db, demo, migrate, projects
 from gateway.errors import GatewayError
 from gateway.http.json import json_default
-from gateway.keys import POOL, READINESS
+from gateway.keys import POOL, READINESS, SHUTDOWN
 from gateway.logging import configure_logging
 from gateway.plans import LIMIT_FIELDS
 from gateway.settings import Settings, SettingsError, load_settings
@@ -247,10 +247,14 @@ async def serve(settings: Settings, *, demo_mode: bool = False) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("gateway_draining")
+        shutdown = app[SHUTDOWN]
+        shutdown.begin()  # everything below ends within server.shutdown_timeout_s
+        log.info("gateway_draining", within_s=shutdown.timeout_s)
         app[READINESS].draining = True  # readiness answers 503 from here on
-        await asyncio.sleep(settings.server.drain_delay_s)  # let load balancers notice
+        # Let load balancers notice, within the deadline.
+        await asyncio.sleep(min(settings.server.drain_delay_s, shutdown.for_requests()))
     finally:
+        runner.limit_shutdown(app[SHUTDOWN].for_requests())
         await runner.cleanup()
         if fake is not None:
             await fake.cleanup()

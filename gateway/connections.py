@@ -40,6 +40,7 @@ from gateway.settings import ServerSettings
 log = structlog.get_logger(__name__)
 
 CAPACITY_LOG_INTERVAL_S = 10.0
+CUT_FINISH_S = 0.5  # a request cut at shutdown settles its guards and queues its row
 FD_HEADROOM = 1024  # files besides client connections: database, upstreams, logs
 
 
@@ -76,6 +77,10 @@ class ConnectionRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         return ConnectionServer(await super()._make_server(), self._settings)
+
+    def limit_shutdown(self, seconds: float) -> None:
+        """How long requests in flight may still run once `cleanup()` begins."""
+        self._shutdown_timeout = seconds
 
 
 class ConnectionServer(web.Server):
@@ -172,6 +177,26 @@ class Connection(RequestHandler):
         server.idle[self] = None
         self._header_deadline = self._loop.time() + server.header_timeout_s
         self._wake_at(self._header_deadline)
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+        """Wait up to `timeout` for the request in progress, then cut it at once: cancelled
+        while the client is still connected, so it records itself as cut by the gateway
+        (`gateway_shutdown`), given a moment to queue its usage row, then closed. aiohttp's
+        own shutdown waits a second `timeout` after the cancel; the drain's deadline cannot."""
+        self._force_close = True
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+        if self._request_in_progress:
+            self._handler_waiter = self._loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._handler_waiter
+            self._handler_waiter = None
+        task = self._task_handler
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CUT_FINISH_S)
+        self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._server.forget(self)

@@ -17,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.plans import Plans
 from gateway.pricing import PriceTable
 from gateway.settings import Settings
+from gateway.shutdown import Shutdown
 from gateway.tokens.models import ModelTokenizers
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ PRICES = web.AppKey("prices", PriceTable)
 UPSTREAMS: web.AppKey[Mapping[str, Upstream]] = web.AppKey("upstreams")
 PIPELINE: web.AppKey[ProxyPipeline] = web.AppKey("pipeline")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+SHUTDOWN = web.AppKey("shutdown", Shutdown)  # the drain's one deadline, from SIGTERM on
 TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 TOKENIZERS = web.AppKey("tokenizers", ModelTokenizers)
 PLANS = web.AppKey("plans", Plans)

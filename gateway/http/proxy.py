@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway.entries.anthropic import error_body as anthropic_error_body
 from gateway.errors import GatewayError
 from gateway.http.json import read_limited
-from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS
+from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS, SHUTDOWN
 from gateway.pipeline.exchange import CLIENT_CLOSED, Exchange
 from gateway.pricing import format_usd
 
@@ -51,13 +51,23 @@ async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
         exc.headers = {**ex.response_headers, **exc.headers}
         raise
     except asyncio.CancelledError:
-        ex.fail(CLIENT_CLOSED, "client_closed")
+        _cancelled(request, ex)
         raise
     except Exception:
         ex.fail(500, "internal_error")
         raise
     finally:
         await pipeline.finish(ex)
+
+
+def _cancelled(request: web.Request, ex: Exchange) -> None:
+    """Who cut the call short: the gateway itself, shutting down with the client still
+    connected (503 `gateway_shutdown`), or the client that went away (499)."""
+    transport = request.transport
+    if request.app[SHUTDOWN].started and transport is not None and not transport.is_closing():
+        ex.fail(503, "gateway_shutdown")
+    else:
+        ex.fail(CLIENT_CLOSED, "client_closed")
 
 
 async def _relay(request: web.Request, ex: Exchange,
