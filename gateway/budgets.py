@@ -33,8 +33,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import structlog
 
+from gateway.db import bounded_connection
 from gateway.errors import ServiceUnavailable
-from gateway.ledger import InsertedRow, bounded_connection
+from gateway.ledger import InsertedRow
 from gateway.listener import NotifyListener
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,7 @@ LEASE_TTL_S = 30.0
 LEASE_TRUST_S = LEASE_TTL_S - 5.0
 RENEW_AFTER_S = LEASE_TTL_S / 3  # a held lease is confirmed again this often
 SYNC_TIMEOUT_S = 2.0  # every exchange with the database, connection included
+RETRY_AFTER_FAILURE_S = 1.0  # after a failed exchange, calls that need one fail at once
 SYNC_INTERVAL_S = 1.0
 IDLE_RETURN_S = 10.0
 CHUNK_SECONDS = 5.0  # lease about this many seconds of recent spend at a time
@@ -70,6 +72,7 @@ class Account:
     rate: float = 0.0         # recent spend, USD per second (moving average)
     trusted_until: float = 0.0  # monotonic time until which the lease may be spent from
     synced_at: float = 0.0      # monotonic time of the last successful exchange
+    retry_at: float = 0.0       # after a failed exchange: no new one before this
     last_activity: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -93,6 +96,12 @@ class Shortfall:
 class Reservation:
     parts: list[tuple[Account, Decimal]]
     settled: bool = False
+
+
+def _unavailable(account: Account) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"the {account.scope} budget cannot be checked right now (its store is unreachable); "
+        "retry shortly", code="budget_unavailable", headers={"Retry-After": "1"})
 
 
 def _describe(exc: BaseException) -> str:
@@ -170,19 +179,20 @@ class BudgetBook:
             account.reserved += amount
             return True
         async with account.lock:  # one lease request at a time per budget
-            if account.available < amount or time.monotonic() >= account.trusted_until:
+            now = time.monotonic()
+            if account.available < amount or now >= account.trusted_until:
+                if now < account.retry_at:  # the store just failed: do not queue behind it
+                    raise _unavailable(account)
                 need = max(amount - account.available, ZERO)
                 chunk = Decimal(account.rate * CHUNK_SECONDS).quantize(Decimal("1e-9"))
                 want = max(need, chunk, amount * FIRST_CHUNK_REQUESTS) if need else ZERO
                 try:
                     await self._sync(account, want=want, need=need)
                 except DB_ERRORS as exc:
+                    account.retry_at = time.monotonic() + RETRY_AFTER_FAILURE_S
                     log.warning("budget_unavailable", scope=account.scope,
                                 scope_id=account.scope_id, error=_describe(exc))
-                    raise ServiceUnavailable(
-                        f"the {account.scope} budget cannot be checked right now (its store "
-                        "is unreachable); retry shortly", code="budget_unavailable",
-                        headers={"Retry-After": "1"}) from None
+                    raise _unavailable(account) from None
             if account.available >= amount:
                 account.reserved += amount
                 account.last_activity = time.monotonic()

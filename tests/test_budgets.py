@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
+from conftest import with_database
 
 from gateway import db as gwdb
-from gateway.budgets import BudgetBook, Reservation, Shortfall, month_start
+from gateway.budgets import SYNC_TIMEOUT_S, BudgetBook, Reservation, Shortfall, month_start
 from gateway.errors import ServiceUnavailable
 from gateway.settings import DatabaseSettings
+from gateway.testing.tcp_proxy import TcpProxy
 
 UTC_ZONE = ZoneInfo("UTC")
 
@@ -161,3 +165,32 @@ def test_months_follow_the_configured_zone() -> None:
     instant = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
     assert month_start(instant, ZoneInfo("UTC")).isoformat() == "2026-11-01"
     assert month_start(instant, ZoneInfo("Asia/Tokyo")).isoformat() == "2026-12-01"
+
+
+async def test_a_partitioned_store_answers_503_quickly_to_every_waiting_call(
+        database_url: str, db: asyncpg.Connection) -> None:
+    """Black-holed: the first exchange gives up after SYNC_TIMEOUT_S; the calls queued behind
+    it fail at once instead of waiting one timeout each behind the budget's lock."""
+    parts = urlsplit(database_url)
+    proxy = TcpProxy(host=parts.hostname or "127.0.0.1", port=parts.port or 5432)
+    await proxy.start()
+    dsn = with_database(f"postgresql://postgres@127.0.0.1:{proxy.port}/x", parts.path[1:])
+    own = await gwdb.create_pool(dsn, DatabaseSettings(pool_min_size=1))
+    book = BudgetBook(own, UTC_ZONE)
+    account = book.account("project", 6, Decimal("1"))
+    try:
+        await proxy.black_hole()
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(book.reserve([account], Decimal("0.1"))
+                                          for _ in range(20)), return_exceptions=True)
+        took = time.monotonic() - started
+        assert all(isinstance(o, ServiceUnavailable) and o.code == "budget_unavailable"
+                   for o in outcomes), outcomes
+        assert took < SYNC_TIMEOUT_S + 1, took
+        await proxy.restore()
+        account.retry_at = 0.0  # a second later it is asked again, and answers
+        assert isinstance(await book.reserve([account], Decimal("0.1")), Reservation)
+    finally:
+        await proxy.restore()
+        own.terminate()
+        await proxy.cut()
