@@ -155,7 +155,7 @@ def _day_bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return first, truncate(end, "day")
 
 
-async def rollup(pool: asyncpg.Pool, scope: Scope, start: datetime, end: datetime, *,
+async def rollup(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime, *,
                  unit: str | None = None, keys: Sequence[str] = (),
                  tz: str = "UTC") -> list[Any]:
     """Sums of the rollups for hours in [start, end), grouped by a time bucket (`unit`, cut in
@@ -190,7 +190,7 @@ async def rollup(pool: asyncpg.Pool, scope: Scope, start: datetime, end: datetim
     select = [f"date_trunc('{unit}', x.t) AS bucket"] if unit is not None else []
     select += [f"x.{key}" for key in keys]
     group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(select)))}" if select else ""
-    rows = await pool.fetch(
+    rows = await conn.fetch(
         f"SELECT {', '.join([*select, _SUMS.format(a='x')])} "
         f"FROM ({' UNION ALL '.join(branches)}) x{group}", *args)
     if unit is None:
@@ -199,21 +199,21 @@ async def rollup(pool: asyncpg.Pool, scope: Scope, start: datetime, end: datetim
     return [{**dict(row), "bucket": row["bucket"].replace(tzinfo=zone)} for row in rows]
 
 
-async def metadata_groups(pool: asyncpg.Pool, scope: Scope, start: datetime, end: datetime,
+async def metadata_groups(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime,
                           key: str) -> list[Any]:
     """Sums over raw rows started in [start, end), grouped by `metadata ->> key` (None when a
     row lacks the key)."""
     args: list[Any] = [start, end, key]
     where = scope.conditions("u", args, raw=True)
-    return list(await pool.fetch(
+    return list(await conn.fetch(
         f"SELECT u.metadata ->> $3 AS key, {_RAW_SUMS} FROM usage_records u "
         f"WHERE u.started_at >= $1 AND u.started_at < $2{where} GROUP BY 1", *args))
 
 
-async def names(pool: asyncpg.Pool, table: str, ids: Sequence[int]) -> dict[int, str]:
+async def names(conn: asyncpg.Connection, table: str, ids: Sequence[int]) -> dict[int, str]:
     """Names of projects or teams by id (ids of deleted rows are simply missing)."""
     assert table in ("projects", "teams")
-    rows = await pool.fetch(f"SELECT id, name FROM {table} WHERE id = ANY($1::bigint[])",
+    rows = await conn.fetch(f"SELECT id, name FROM {table} WHERE id = ANY($1::bigint[])",
                             list(ids))
     return {row["id"]: row["name"] for row in rows}
 

@@ -116,7 +116,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
         await app[CREDENTIALS].close()
         await start.close()
-        await app[POOL].close()
+        await db.close_pool(app[POOL], settings.query_timeout_s)  # bounded, even partitioned
     finally:
         if embedded is not None:
             embedded.stop()
@@ -159,7 +159,8 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
 async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     """The outbox's delivery worker (replicas share the work; each row goes out once)."""
     settings = app[SETTINGS].webhooks
-    worker = WebhookWorker(app[POOL], settings, app[CREDENTIALS].box)
+    worker = WebhookWorker(app[POOL], settings, app[CREDENTIALS].box,
+                           db_timeout_s=app[SETTINGS].database.query_timeout_s)
     if settings.enabled:
         await worker.start()
         app[ALERTS].on_queued = worker.wake  # events committed with usage go out at once

@@ -1,10 +1,12 @@
-"""PostgreSQL: the DSN (configured, or an embedded server from `pgserver`), the pool, and
+"""PostgreSQL: the DSN (configured, or an embedded server from `pgserver`), the pool,
+`bounded_connection` (a pooled connection whose every wait has a bound), and
 `DatabaseStart`, which brings the database up (migrated, pool filled) whenever it answers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,12 @@ from gateway.settings import DatabaseSettings
 log = structlog.get_logger(__name__)
 
 DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# PostgreSQL unreachable, refusing, gone mid-call or not answering in time (not a refused query).
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError,
+                     asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 START_BACKOFF_S = 0.2
 MAX_START_BACKOFF_S = 5.0
+CLOSE_TIMEOUT_S = 2.0  # DatabaseStart.close(): its cancelled attempt gets this long to end
 
 
 class EmbeddedPostgres:
@@ -77,6 +83,47 @@ async def create_pool(dsn: str, settings: DatabaseSettings) -> asyncpg.Pool:
     return pool
 
 
+@contextlib.asynccontextmanager
+async def bounded_connection(pool: asyncpg.Pool, timeout_s: float
+                             ) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection whose every wait ends within `timeout_s`: acquiring it, using it
+    and releasing it (past it: `TimeoutError`). A connection given up on (a timeout, a lost
+    connection, a cancellation) is terminated, never reset: resetting one behind a partition
+    would wait out asyncpg's command timeout. One that only saw a query refused, or an error
+    of the caller's own, goes back to the pool as usual."""
+    async with asyncio.timeout(timeout_s):
+        conn = await pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            if isinstance(exc, CONNECTION_ERRORS) or not isinstance(exc, Exception):
+                _terminate(conn)
+            raise
+        finally:
+            try:
+                await pool.release(conn)
+            except (*DB_ERRORS, asyncio.CancelledError):
+                _terminate(conn)
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    # A connection that died on its own has already gone back to the pool (closed), and its
+    # proxy then refuses every call: there is nothing left to terminate.
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float) -> None:
+    """Close the pool gracefully if PostgreSQL lets it within `timeout_s`, else terminate its
+    connections (closing one behind a partition waits for an answer that never comes)."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except DB_ERRORS as exc:
+        log.warning("database_pool_terminated", error=type(exc).__name__, timeout_s=timeout_s)
+    finally:
+        pool.terminate()  # nothing left to do once it closed
+
+
 async def connect(dsn: str, settings: DatabaseSettings) -> asyncpg.Connection:
     """A single connection outside the pool (LISTEN, migrations from the CLI)."""
     conn = await asyncpg.connect(dsn, timeout=settings.connect_timeout_s)
@@ -110,10 +157,13 @@ class DatabaseStart:
             self._task = asyncio.create_task(self._retry(), name="database-start")
 
     async def close(self) -> None:
+        """Stop retrying, within CLOSE_TIMEOUT_S whatever the database does: an attempt
+        still waiting past it is left to end when the pool is terminated."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=CLOSE_TIMEOUT_S)
+            if not done:
+                log.warning("database_start_not_stopped", timeout_s=CLOSE_TIMEOUT_S)
             self._task = None
 
     async def _retry(self) -> None:
@@ -137,8 +187,9 @@ class DatabaseStart:
         settings = self._settings
         if settings.migrate_on_start:
             conn = await connect(self._dsn, settings)
-            try:
-                await migrate.migrate(conn, settings.migrations_dir)
+            try:  # a partition mid-migration ends this attempt, not the retries
+                async with asyncio.timeout(settings.migrate_timeout_s):
+                    await migrate.migrate(conn, settings.migrations_dir)
             finally:
                 conn.terminate()  # never waits on a database gone mid-migration
         held: list[asyncpg.pool.PoolConnectionProxy] = []

@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -46,6 +46,7 @@ import asyncpg
 import orjson
 import structlog
 
+from gateway.db import bounded_connection
 from gateway.domain import UsageRecord
 from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.settings import LedgerSettings
@@ -143,30 +144,6 @@ _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError,
 MAX_BACKOFF_S = 5.0
 REPLAY_BATCHES_PER_FLUSH = 20  # then queued rows get their turn, so memory keeps draining
 RETRY_AFTER_S = "1"
-
-
-@contextlib.asynccontextmanager
-async def bounded_connection(pool: asyncpg.Pool, timeout_s: float
-                             ) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection whose every wait ends within `timeout_s`: acquiring it, using it
-    and releasing it. A connection given up on (a timeout, an error) is terminated, never
-    reset: resetting one behind a partition would wait out asyncpg's command timeout."""
-    async with asyncio.timeout(timeout_s):
-        conn = await pool.acquire()
-        try:
-            yield conn
-        except asyncpg.PostgresError as exc:  # refused by a live server: reusable as it is
-            if isinstance(exc, asyncpg.PostgresConnectionError):
-                conn.terminate()
-            raise
-        except BaseException:
-            conn.terminate()
-            raise
-        finally:
-            try:
-                await pool.release(conn)
-            except (*FLUSH_ERRORS, asyncio.CancelledError):
-                conn.terminate()
 
 
 def as_row(r: UsageRecord) -> tuple[Any, ...]:

@@ -8,13 +8,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.db import CONNECTION_ERRORS
 from gateway.entries.anthropic import error_body as anthropic_error_body
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.keys import REQUEST_ID, SETTINGS
 from gateway.logging import REQUEST_ID_VAR
 
@@ -23,6 +25,7 @@ log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "X-AI-Cost-Gateway-Request-Id"
 ANTHROPIC_PATH = "/v1/messages"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+DATABASE_RETRY_AFTER_S = "2"
 
 
 def error_body(path: str, request_id: str, status: int, code: str, message: str,
@@ -61,7 +64,7 @@ def error_middleware_factory() -> Middleware:
 
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        return await _database_errors_as_503(request, handler)
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("request_failed", status=exc.status, code=exc.code, error=exc.message)
@@ -84,6 +87,24 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("unhandled_error", path=request.path)
         return _render(request, 500, "internal_error", "internal gateway error", "api_error",
                        {}, {})
+
+
+async def _database_errors_as_503(request: web.Request, handler: Handler
+                                  ) -> web.StreamResponse:
+    """The one place PostgreSQL being unreachable, refusing connections or not answering in
+    time becomes a quick 503 (its own text stays in the log). The upstream (`forward`) and
+    the other lower layers translate their errors first, so what is left here is the
+    database's."""
+    try:
+        return await handler(request)
+    except CONNECTION_ERRORS as exc:
+        if isinstance(exc, aiohttp.ClientError):  # the client's connection (or a bug upstream)
+            raise
+        log.warning("database_unavailable", path=request.path, error=f"{type(exc).__name__}: "
+                    f"{exc}".strip(": "))
+        raise ServiceUnavailable("the database is unavailable; retry shortly",
+                                 code="database_unavailable",
+                                 headers={"Retry-After": DATABASE_RETRY_AFTER_S}) from None
 
 
 def _render(request: web.Request, status: int, code: str, message: str, openai_type: str,

@@ -64,6 +64,10 @@ class DatabaseSettings:
     migrate_on_start: bool = _opt(True)
     migrations_dir: Path = _opt(PROJECT_ROOT / "migrations")
     connect_timeout_s: float = _opt(5.0, minimum=0.1)
+    # The longest an admin or analytics call waits on PostgreSQL (acquire, queries, release)
+    # before answering 503 `database_unavailable`; and a bound on closing the pool.
+    query_timeout_s: float = _opt(5.0, minimum=0.01)
+    migrate_timeout_s: float = _opt(300.0, minimum=0.1)  # one start attempt's migrations
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import orjson
 import structlog
 
 from gateway.credentials import SecretBox, UnsealError
+from gateway.db import bounded_connection
 from gateway.errors import NotFound
 from gateway.settings import WebhookSettings
 
@@ -55,6 +56,7 @@ HEADER_ATTEMPT = "X-AI-Cost-Gateway-Delivery-Attempt"
 USER_AGENT = "ai-cost-gateway-webhooks/1"
 ERROR_CHARS = 500
 _DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+CANCEL_GRACE_S = 1.0  # close(): a cancelled worker gets this long to let go
 
 
 # -- signing ---------------------------------------------------------------------------------
@@ -382,12 +384,14 @@ class Outcome(NamedTuple):
 
 
 class WebhookWorker:
-    """Delivers the outbox; one per process, sharing the rows with the other replicas."""
+    """Delivers the outbox; one per process, sharing the rows with the other replicas. Each
+    database use (acquire, query, release) gives up after `db_timeout_s`."""
 
     def __init__(self, pool: asyncpg.Pool, settings: WebhookSettings, box: SecretBox | None,
                  *, session: aiohttp.ClientSession | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, db_timeout_s: float = 5.0) -> None:
         self._pool = pool
+        self._db_timeout_s = db_timeout_s
         self._settings = settings
         self._box = box
         self._session = session
@@ -418,13 +422,19 @@ class WebhookWorker:
 
     async def close(self) -> None:
         """Stop polling and let the deliveries in flight finish (for at most the delivery
-        timeout); any cut short keep their lease and are retried after it, by any replica."""
+        timeout, then cancelled: the whole within about `timeout_s` + 2 s, whatever the
+        database does); any cut short keep their lease and are retried after it, by any
+        replica."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, self._settings.timeout_s + 1.0)
-            self._task = None
+            task, self._task = self._task, None
+            done, _ = await asyncio.wait({task}, timeout=self._settings.timeout_s + 1.0)
+            if not done:
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+            if not done:
+                log.warning("webhook_worker_not_stopped")
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -435,10 +445,14 @@ class WebhookWorker:
 
     async def pending(self) -> int:
         """Deliveries not yet made or given up (for metrics)."""
-        count = await self._pool.fetchval(
-            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL "
-            "AND failed_at IS NULL")
+        async with self._connection() as conn:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL "
+                "AND failed_at IS NULL")
         return int(count)
+
+    def _connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        return bounded_connection(self._pool, self._db_timeout_s)
 
     async def _run(self) -> None:
         interval = self._settings.poll_interval_s
@@ -459,7 +473,8 @@ class WebhookWorker:
 
     async def run_once(self) -> int:
         """Claim one batch of due deliveries and make them; answers how many were claimed."""
-        rows = await self._pool.fetch(_CLAIM, self._settings.batch_size, self.lease_s)
+        async with self._connection() as conn:
+            rows = await conn.fetch(_CLAIM, self._settings.batch_size, self.lease_s)
         if rows:
             await asyncio.gather(*(self._deliver_one(row) for row in rows))
         return len(rows)
@@ -511,12 +526,14 @@ class WebhookWorker:
 
     async def _record(self, row: asyncpg.Record, outcome: Outcome) -> None:
         if outcome.ok:
-            await self._pool.execute(_DELIVERED, row["id"], outcome.status)
+            async with self._connection() as conn:
+                await conn.execute(_DELIVERED, row["id"], outcome.status)
             self.delivered += 1
             return
         dead = row["attempts"] >= self._settings.max_attempts
-        await self._pool.execute(_FAILED, row["id"], outcome.status, outcome.error,
-                                 self.backoff_s(row["attempts"], outcome.retry_after_s), dead)
+        async with self._connection() as conn:
+            await conn.execute(_FAILED, row["id"], outcome.status, outcome.error,
+                               self.backoff_s(row["attempts"], outcome.retry_after_s), dead)
         if dead:
             self.failed += 1
             log.warning("webhook_failed", outbox_id=row["id"], event_id=str(row["event_id"]),
@@ -529,7 +546,8 @@ class WebhookWorker:
         if now - self._last_prune < PRUNE_INTERVAL_S:
             return
         self._last_prune = now
-        await self._pool.execute(_PRUNE, self._settings.retention_hours * 3600)
+        async with self._connection() as conn:
+            await conn.execute(_PRUNE, self._settings.retention_hours * 3600)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -9,28 +9,28 @@ from aiohttp import web
 from gateway import checks, projects
 from gateway.errors import BadRequest
 from gateway.http.access import Access, caller
+from gateway.http.database import connection
 from gateway.http.json import int_param, json_response, read_json
-from gateway.keys import POOL
 
 
 async def create_project(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     fields = projects.parse_project_fields(await read_json(request), partial=False)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         row = await projects.create_project(conn, fields)
     return json_response(projects.render_project(row), status=201)
 
 
 async def list_projects(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         rows = await projects.list_projects(conn)
     return json_response({"projects": [projects.render_project(r) for r in rows]})
 
 
 async def get_project(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         row = await projects.get_project(conn, int_param(request, "id"))
     return json_response(projects.render_project(row))
 
@@ -38,7 +38,7 @@ async def get_project(request: web.Request) -> web.Response:
 async def update_project(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     fields = projects.parse_project_fields(await read_json(request), partial=True)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         row = await projects.update_project(conn, int_param(request, "id"), fields)
     return json_response(projects.render_project(row))
 
@@ -56,7 +56,7 @@ async def _budget_body(request: web.Request) -> Decimal | None:
 async def set_budget(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     fields = {"monthly_budget_usd": await _budget_body(request)}
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         row = await projects.update_project(conn, int_param(request, "id"), fields)
     return json_response(projects.render_project(row))
 
@@ -67,21 +67,21 @@ async def issue_key(request: web.Request) -> web.Response:
     problems = checks.Problems()
     name = checks.text(body.get("name", ""), "name", problems, max_chars=200, min_chars=0)
     problems.raise_if_any()
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         row, key = await projects.issue_key(conn, int_param(request, "id"), name or "")
     return json_response({**dict(row), "key": key}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         rows = await projects.list_keys(conn, int_param(request, "id"))
     return json_response({"keys": [dict(r) for r in rows]})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         row = await projects.revoke_key(conn, int_param(request, "id"))
     return json_response(dict(row))
 
@@ -89,6 +89,6 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def set_team_budget(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     amount = await _budget_body(request)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         row = await projects.set_team_budget(conn, int_param(request, "id"), amount)
     return json_response(dict(row))

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import orjson
 from aiohttp import web
 
@@ -25,8 +26,9 @@ from gateway.analytics import UNITS, ZERO, Scope, Totals, buckets, label, trunca
 from gateway.checks import Query, invalid
 from gateway.errors import Forbidden, NotFound
 from gateway.http.access import Access, Caller, caller
+from gateway.http.database import connection
 from gateway.http.json import json_default
-from gateway.keys import POOL, SETTINGS
+from gateway.keys import SETTINGS
 
 DEFAULT_RANGE = timedelta(days=30)
 MAX_RANGE = timedelta(days=731)
@@ -123,8 +125,9 @@ async def usage(request: web.Request) -> web.Response:
     start, end = read_range(query, datetime.now(UTC))
     unit = checks.choice(query, "group_by", UNITS, "day")
     _check_hourly(unit, "group_by", start, end)
-    rows = await analytics.rollup(request.app[POOL], scope, start, end, unit=unit,
-                                  keys=("provider", "model"))
+    async with connection(request) as conn:
+        rows = await analytics.rollup(conn, scope, start, end, unit=unit,
+                                      keys=("provider", "model"))
     total = Totals()
     providers: dict[str, Totals] = defaultdict(Totals)
     models: dict[str, Totals] = defaultdict(Totals)
@@ -161,7 +164,8 @@ async def timeseries(request: web.Request) -> web.Response:
     metric = checks.choice(query, "metric", METRICS, "cost")
     unit = checks.choice(query, "interval", UNITS, "day")
     _check_hourly(unit, "interval", start, end)
-    rows = await analytics.rollup(request.app[POOL], scope, start, end, unit=unit)
+    async with connection(request) as conn:
+        rows = await analytics.rollup(conn, scope, start, end, unit=unit)
     points = {bucket: Totals() for bucket in buckets(start, end, unit)}
     for row in rows:
         points.setdefault(row["bucket"], Totals()).add(row)
@@ -197,9 +201,10 @@ async def burn_rate(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     current = truncate(now, "hour")
     start = current - timedelta(hours=hours - 1)
-    rows = await analytics.rollup(request.app[POOL], scope,
-                                  min(start, current - timedelta(hours=1)),
-                                  current + timedelta(hours=1), unit="hour", keys=("provider",))
+    async with connection(request) as conn:
+        rows = await analytics.rollup(conn, scope, min(start, current - timedelta(hours=1)),
+                                      current + timedelta(hours=1), unit="hour",
+                                      keys=("provider",))
     window, recent = Totals(), Totals()
     providers: dict[str, Totals] = defaultdict(Totals)
     hourly = {bucket: Totals() for bucket in buckets(start, current + timedelta(hours=1), "hour")}
@@ -249,23 +254,25 @@ async def costs(request: web.Request) -> web.Response:
     start, end = read_range(query, datetime.now(UTC))
     raw_group = query.get("group_by", "provider")
     kind, what = _group_by(raw_group)
-    pool = request.app[POOL]
-    groups: dict[Any, Totals] = {}
-    if kind == "metadata":
-        for row in await analytics.metadata_groups(pool, scope, start, end, what):
-            groups.setdefault(NO_VALUE if row["key"] is None else row["key"], Totals()).add(row)
-    elif kind == "time":
+    if kind == "time":
         _check_hourly(what, "group_by", start, end)
-        groups = {bucket: Totals() for bucket in buckets(start, end, what)}
-        for row in await analytics.rollup(pool, scope, start, end, unit=what):
-            groups.setdefault(row["bucket"], Totals()).add(row)
-    else:
-        for row in await analytics.rollup(pool, scope, start, end, keys=(what,)):
-            groups.setdefault(row[what], Totals()).add(row)
+    groups: dict[Any, Totals] = {}
     named: dict[int, str] = {}
-    if kind == "key" and what in ("project_id", "team_id"):
-        table = "projects" if what == "project_id" else "teams"
-        named = await analytics.names(pool, table, [k for k in groups if k is not None])
+    async with connection(request) as conn:
+        if kind == "metadata":
+            for row in await analytics.metadata_groups(conn, scope, start, end, what):
+                key = NO_VALUE if row["key"] is None else row["key"]
+                groups.setdefault(key, Totals()).add(row)
+        elif kind == "time":
+            groups = {bucket: Totals() for bucket in buckets(start, end, what)}
+            for row in await analytics.rollup(conn, scope, start, end, unit=what):
+                groups.setdefault(row["bucket"], Totals()).add(row)
+        else:
+            for row in await analytics.rollup(conn, scope, start, end, keys=(what,)):
+                groups.setdefault(row[what], Totals()).add(row)
+        if kind == "key" and what in ("project_id", "team_id"):
+            table = "projects" if what == "project_id" else "teams"
+            named = await analytics.names(conn, table, [k for k in groups if k is not None])
     order = (sorted(groups.items()) if kind == "time"
              else sorted(groups.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))))
     total = Totals()
@@ -288,17 +295,16 @@ async def costs(request: web.Request) -> web.Response:
                        "requests": total.requests, "groups": out})
 
 
-async def _budget(request: web.Request, scope: Scope) -> Decimal | None:
-    pool = request.app[POOL]
+async def _budget(conn: asyncpg.Connection, scope: Scope) -> Decimal | None:
     if scope.project_id is not None:
-        row = await pool.fetchrow("SELECT monthly_budget_usd FROM projects WHERE id = $1",
+        row = await conn.fetchrow("SELECT monthly_budget_usd FROM projects WHERE id = $1",
                                   scope.project_id)
         if row is None:
             raise NotFound(f"project {scope.project_id} does not exist")
         budget: Decimal | None = row["monthly_budget_usd"]
         return budget
     if scope.team_id is not None:
-        row = await pool.fetchrow("SELECT monthly_budget_usd FROM teams WHERE id = $1",
+        row = await conn.fetchrow("SELECT monthly_budget_usd FROM teams WHERE id = $1",
                                   scope.team_id)
         if row is None:
             raise NotFound(f"team {scope.team_id} does not exist")
@@ -313,7 +319,6 @@ async def forecast(request: web.Request) -> web.Response:
     follow budgets.timezone; they are cut from hourly rollups, so in a zone with a
     fractional-hour offset the hour that straddles midnight counts for the day it starts."""
     scope, _ = await read_scope(request, FORECAST_PARAMS)
-    budget = await _budget(request, scope)
     tz_name = request.app[SETTINGS].budgets.timezone
     tz = ZoneInfo(tz_name)
     now = datetime.now(tz)
@@ -324,8 +329,9 @@ async def forecast(request: web.Request) -> web.Response:
     day_start = datetime.combine(today, time(), tz)
     day_length = datetime.combine(today + timedelta(days=1), time(), tz) - day_start
     elapsed = Decimal((now - day_start) / day_length)
-    rows = await analytics.rollup(request.app[POOL], scope, start, end, unit="day",
-                                  tz=tz_name)
+    async with connection(request) as conn:
+        budget = await _budget(conn, scope)
+        rows = await analytics.rollup(conn, scope, start, end, unit="day", tz=tz_name)
     daily: dict[date, Decimal] = defaultdict(lambda: ZERO)
     for row in rows:
         daily[row["bucket"].date()] = analytics.EXACT.add(daily[row["bucket"].date()],
@@ -357,27 +363,26 @@ async def teams_usage(request: web.Request) -> web.Response:
     query = read_query(request, TEAMS_USAGE_PARAMS)
     scope = scope_of(who, query)
     start, end = read_range(query, datetime.now(UTC))
-    pool = request.app[POOL]
-    rows = await analytics.rollup(pool, scope, start, end, keys=("team_id", "model"))
     teams: dict[int | None, Totals] = defaultdict(Totals)
     models: dict[int | None, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
-    for row in rows:
-        teams[row["team_id"]].add(row)
-        models[row["team_id"]][row["model"]].add(row)
     admin = who.admin
     info: dict[int, Any] = {}
-    if admin:
-        listed = await pool.fetch(
-            """SELECT t.id, t.name, t.monthly_budget_usd, count(p.id) AS projects
-               FROM teams t LEFT JOIN projects p ON p.team_id = t.id
-               WHERE $1::bigint IS NULL OR t.id = $1 GROUP BY t.id""", scope.team_id)
-        info = {row["id"]: row for row in listed}
-        if scope.project_id is None and scope.provider is None and scope.model is None:
-            for known in info:
-                teams.setdefault(known, Totals())
-    else:
-        named = await analytics.names(pool, "teams", [t for t in teams if t is not None])
-        info = {team_id: {"name": name} for team_id, name in named.items()}
+    async with connection(request) as conn:
+        for row in await analytics.rollup(conn, scope, start, end, keys=("team_id", "model")):
+            teams[row["team_id"]].add(row)
+            models[row["team_id"]][row["model"]].add(row)
+        if admin:
+            listed = await conn.fetch(
+                """SELECT t.id, t.name, t.monthly_budget_usd, count(p.id) AS projects
+                   FROM teams t LEFT JOIN projects p ON p.team_id = t.id
+                   WHERE $1::bigint IS NULL OR t.id = $1 GROUP BY t.id""", scope.team_id)
+            info = {row["id"]: row for row in listed}
+            if scope.project_id is None and scope.provider is None and scope.model is None:
+                for known in info:
+                    teams.setdefault(known, Totals())
+        else:
+            named = await analytics.names(conn, "teams", [t for t in teams if t is not None])
+            info = {team_id: {"name": name} for team_id, name in named.items()}
     entries = []
     for team_id, totals in sorted(teams.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))):
         meta = info.get(team_id) if team_id is not None else None

@@ -12,8 +12,9 @@ from gateway import checks
 from gateway.budgets import month_start
 from gateway.errors import NotFound
 from gateway.http.access import Access, caller
+from gateway.http.database import connection
 from gateway.http.json import json_response
-from gateway.keys import POOL, SETTINGS
+from gateway.keys import SETTINGS
 
 
 async def _project_id(request: web.Request) -> int:
@@ -29,12 +30,13 @@ async def budget_status(request: web.Request) -> web.Response:
     start_day = month_start(now, tz)
     start = datetime.combine(start_day, time(), tz)
     end = datetime.combine((start_day + timedelta(days=32)).replace(day=1), time(), tz)
-    row = await request.app[POOL].fetchrow(
-        """SELECT p.monthly_budget_usd AS budget,
-                  (SELECT coalesce(sum(u.cost_usd), 0) FROM usage_records u
-                    WHERE u.project_id = p.id AND u.started_at >= $2
-                      AND u.started_at < $3) AS spend
-           FROM projects p WHERE p.id = $1""", project_id, start, end)
+    async with connection(request) as conn:
+        row = await conn.fetchrow(
+            """SELECT p.monthly_budget_usd AS budget,
+                      (SELECT coalesce(sum(u.cost_usd), 0) FROM usage_records u
+                        WHERE u.project_id = p.id AND u.started_at >= $2
+                          AND u.started_at < $3) AS spend
+               FROM projects p WHERE p.id = $1""", project_id, start, end)
     if row is None:
         raise NotFound(f"project {project_id} does not exist")
     spend: Decimal = row["spend"]

@@ -12,8 +12,9 @@ from yarl import URL
 from gateway import checks, credentials, projects
 from gateway.errors import BadRequest, NotFound
 from gateway.http.access import Access, caller
+from gateway.http.database import connection
 from gateway.http.json import int_param, json_response, read_json
-from gateway.keys import CREDENTIALS, POOL, SETTINGS
+from gateway.keys import CREDENTIALS, SETTINGS
 
 _FIELDS = ("api_key", "name", "base_url", "weight", "options")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -82,14 +83,14 @@ async def put_provider_credential(request: web.Request) -> web.Response:
                          details={"setting": "GATEWAY_SECRET_KEY"})
     fields = parse_credential_body(await read_json(request), provider,
                                    request.app[SETTINGS].providers)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         view = await credentials.put_credential(conn, box, project_id, provider, **fields)
     return json_response(view)
 
 
 async def list_provider_credentials(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         views = await credentials.list_credentials(conn, int_param(request, "id"))
     return json_response({"data": views})
 
@@ -102,7 +103,7 @@ async def delete_provider_credential(request: web.Request) -> web.Response:
     name = checks.text_param(checks.read_query(request.query, ("name",)), "name") or "default"
     if "\x00" in provider:
         raise NotFound(f"project {project_id} has no credential for that provider")
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         if not await credentials.delete_credential(conn, project_id, provider, name):
             await projects.get_project(conn, project_id)  # 404 naming the project first
             raise NotFound(f"project {project_id} has no {provider} credential named {name!r}")

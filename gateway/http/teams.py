@@ -17,8 +17,8 @@ from aiohttp import web
 from gateway import checks, projects
 from gateway.errors import Conflict, NotFound
 from gateway.http.access import Access, caller
+from gateway.http.database import connection
 from gateway.http.json import int_param, json_response, read_json
-from gateway.keys import POOL
 
 TEAM_FIELDS = ("name", "monthly_budget_usd")
 _TEAM_SELECT = """
@@ -51,7 +51,7 @@ def _duplicate(name: Any) -> Conflict:
 async def create_team(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     fields = parse_team_fields(await read_json(request), partial=False)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         try:
             team_id = await conn.fetchval(
                 "INSERT INTO teams (name, monthly_budget_usd) VALUES ($1, $2) RETURNING id",
@@ -63,13 +63,14 @@ async def create_team(request: web.Request) -> web.Response:
 
 async def list_teams(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    rows = await request.app[POOL].fetch(f"{_TEAM_SELECT} GROUP BY t.id ORDER BY t.id")
+    async with connection(request) as conn:
+        rows = await conn.fetch(f"{_TEAM_SELECT} GROUP BY t.id ORDER BY t.id")
     return json_response({"teams": [dict(row) for row in rows]})
 
 
 async def get_team(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         return json_response(await _team(conn, int_param(request, "id")))
 
 
@@ -77,7 +78,7 @@ async def update_team(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     team_id = int_param(request, "id")
     fields = parse_team_fields(await read_json(request), partial=True)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         if fields:
             names = list(fields)
             assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
@@ -98,7 +99,7 @@ async def delete_team(request: web.Request) -> web.Response:
     team_id = int_param(request, "id")
     query = checks.read_query(request.query, ("detach",))
     detach = checks.choice(query, "detach", ("true", "false"), "false")
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with connection(request) as conn, conn.transaction():
         team = await conn.fetchrow("SELECT id, name FROM teams WHERE id = $1 FOR UPDATE",
                                    team_id)
         if team is None:
@@ -120,7 +121,7 @@ async def add_project(request: web.Request) -> web.Response:
     """Put a project in this team (moving it out of any other)."""
     await caller(request, allow=Access.ADMIN)
     team_id, project_id = int_param(request, "id"), int_param(request, "project_id")
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with connection(request) as conn, conn.transaction():
         if await conn.fetchval("SELECT id FROM teams WHERE id = $1 FOR KEY SHARE",
                                team_id) is None:
             raise NotFound(f"team {team_id} does not exist")
@@ -136,7 +137,7 @@ async def remove_project(request: web.Request) -> web.Response:
     """Take a project out of this team (404 unless it is a member)."""
     await caller(request, allow=Access.ADMIN)
     team_id, project_id = int_param(request, "id"), int_param(request, "project_id")
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         left = await conn.fetchval(
             "UPDATE projects SET team_id = NULL, updated_at = now() "
             "WHERE id = $1 AND team_id = $2 RETURNING id", project_id, team_id)

@@ -27,8 +27,9 @@ from gateway.domain import Usage, UsageRecord
 from gateway.errors import Conflict, Forbidden, ServiceUnavailable
 from gateway.http.access import Access, caller
 from gateway.http.analytics import exact_json
+from gateway.http.database import connection
 from gateway.http.json import read_json
-from gateway.keys import BUDGETS, LEDGER, POOL, PRICES, REQUEST_ID
+from gateway.keys import BUDGETS, LEDGER, PRICES, REQUEST_ID
 from gateway.pipeline import validate
 
 log = structlog.get_logger(__name__)
@@ -120,7 +121,7 @@ async def track(request: web.Request) -> web.Response:
     client_id = validate.client_request_id(request.headers.get("X-Request-Id"))
     project_id, key_id = who.project_id(call.project_id, denied="tracks only for it"), who.key_id
     if who.principal is None:
-        async with request.app[POOL].acquire() as conn:
+        async with connection(request) as conn:
             await projects.get_project(conn, project_id)  # 404 when missing
     elif not who.principal.project.enabled:
         project = who.principal.project

@@ -11,8 +11,9 @@ from yarl import URL
 from gateway import alerts, checks, projects, webhooks
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.http.access import Access, caller
+from gateway.http.database import connection
 from gateway.http.json import int_param, json_response, read_json
-from gateway.keys import CREDENTIALS, POOL, WEBHOOKS
+from gateway.keys import CREDENTIALS, WEBHOOKS
 
 _FIELDS = ("url", "events", "format", "project_id", "description", "enabled", "secret")
 DEFAULT_EVENTS = ("budget.alert", "usage.exceeded", "anomaly.detected")
@@ -90,7 +91,7 @@ def _endpoint_id(request: web.Request) -> uuid.UUID:
 async def create_webhook(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     fields = parse_webhook_body(await read_json(request), partial=False)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         view, secret = await webhooks.create_endpoint(
             conn, request.app[CREDENTIALS].box, project_id=fields["project_id"],
             url=fields["url"], events=fields["events"], fmt=fields["format"],
@@ -103,14 +104,14 @@ async def list_webhooks(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     project_id = checks.id_param(checks.read_query(request.query, ("project_id",)),
                                  "project_id")
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         views = await webhooks.list_endpoints(conn, project_id)
     return json_response({"webhooks": views})
 
 
 async def get_webhook(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         view = await webhooks.get_endpoint(conn, _endpoint_id(request))
     return json_response(view)
 
@@ -119,7 +120,7 @@ async def update_webhook(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     endpoint_id = _endpoint_id(request)
     fields = parse_webhook_body(await read_json(request), partial=True)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         view = await webhooks.update_endpoint(conn, request.app[CREDENTIALS].box, endpoint_id,
                                               fields)
     return json_response(view)
@@ -127,7 +128,7 @@ async def update_webhook(request: web.Request) -> web.Response:
 
 async def delete_webhook(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         await webhooks.delete_endpoint(conn, _endpoint_id(request))
     return web.Response(status=204)
 
@@ -136,7 +137,7 @@ async def test_webhook(request: web.Request) -> web.Response:
     """Queue a `webhook.test` event for this endpoint alone; the worker delivers it."""
     await caller(request, allow=Access.ADMIN)
     endpoint_id = _endpoint_id(request)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         view = await webhooks.get_endpoint(conn, endpoint_id)
         if not view["enabled"]:
             raise Conflict(f"webhook {endpoint_id} is disabled; enable it first",
@@ -152,7 +153,7 @@ async def test_webhook(request: web.Request) -> web.Response:
 
 async def list_deliveries(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         rows = await webhooks.list_deliveries(conn, _endpoint_id(request))
     return json_response({"deliveries": rows})
 
@@ -165,14 +166,14 @@ async def put_alerts(request: web.Request) -> web.Response:
         raise BadRequest("body must be {\"thresholds\": [percentages]}")
     thresholds = alerts.parse_thresholds(body["thresholds"])
     project_id = int_param(request, "id")
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         stored = await alerts.set_thresholds(conn, project_id, thresholds)
     return json_response({"project_id": project_id, "thresholds": stored})
 
 
 async def get_alerts(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         state = await alerts.alert_state(conn, int_param(request, "id"))
     return json_response(state)
 
@@ -187,7 +188,7 @@ async def create_budget(request: web.Request) -> web.Response:
         raise BadRequest("request body must be a JSON object with at least limit")
     fields = _budget_fields(body)  # project_id range-checked before anything uses it
     project_id = who.project_id(body.get("project_id"), denied="sets only its own budget")
-    async with request.app[POOL].acquire() as conn:
+    async with connection(request) as conn:
         stored = await alerts.set_budget(conn, project_id, fields["limit"], fields["alert_at"],
                                          may_raise=who.admin)
     return json_response({"project_id": project_id, "name": fields["name"],
