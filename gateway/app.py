@@ -116,7 +116,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
         await app[CREDENTIALS].close()
         await start.close()
-        await db.close_pool(app[POOL], settings.query_timeout_s)  # bounded, even partitioned
+        # Bounded, even partitioned, and within what the drain has left.
+        await db.close_pool(app[POOL], min(settings.query_timeout_s, app[SHUTDOWN].remaining()))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -166,7 +167,7 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
         app[ALERTS].on_queued = worker.wake  # events committed with usage go out at once
     app[WEBHOOKS] = worker
     yield
-    await worker.close()
+    await worker.close(deadline_s=app[SHUTDOWN].remaining())
 
 
 async def _limits(app: web.Application) -> AsyncIterator[None]:

@@ -420,16 +420,19 @@ class WebhookWorker:
                 connector=aiohttp.TCPConnector(limit=self._settings.concurrency * 2))
         self._task = asyncio.create_task(self._run(), name="webhook-worker")
 
-    async def close(self) -> None:
+    async def close(self, deadline_s: float | None = None) -> None:
         """Stop polling and let the deliveries in flight finish (for at most the delivery
-        timeout, then cancelled: the whole within about `timeout_s` + 2 s, whatever the
-        database does); any cut short keep their lease and are retried after it, by any
-        replica."""
+        timeout, or `deadline_s` when shorter, then cancelled: the whole within about that
+        + 1 s, whatever the database does); any cut short keep their lease and are retried
+        after it, by any replica."""
+        wait_s = self._settings.timeout_s + 1.0
+        if deadline_s is not None:
+            wait_s = min(wait_s, deadline_s)
         self._closing = True
         self._wake.set()
         if self._task is not None:
             task, self._task = self._task, None
-            done, _ = await asyncio.wait({task}, timeout=self._settings.timeout_s + 1.0)
+            done, _ = await asyncio.wait({task}, timeout=wait_s)
             if not done:
                 task.cancel()
                 done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
