@@ -12,6 +12,7 @@ from gateway import db
 from gateway.alerts import AlertHook
 from gateway.budgets import BudgetBook, TrackedSpendHook
 from gateway.credentials import ProjectCredentials, SecretBox
+from gateway.entries.base import Limits
 from gateway.health import Readiness
 from gateway.http.metrics import metrics_middleware
 from gateway.idempotency import create_claims
@@ -46,7 +47,6 @@ from gateway.pipeline.budget import BudgetGuard
 from gateway.pipeline.idempotency import IdempotencyGuard
 from gateway.pipeline.ratelimit import RateLimitGuard
 from gateway.pipeline.runner import ProxyPipeline
-from gateway.pipeline.validate import Limits
 from gateway.plans import Plans
 from gateway.pricing import PriceTable
 from gateway.providers import configured_credentials, create_adapter

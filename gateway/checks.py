@@ -204,6 +204,39 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+# -- fields every chat entry shape has (gateway/entries/) ------------------------------------
+
+MAX_MODEL_CHARS = 256
+MAX_OUTPUT_TOKENS = 2**31 - 1  # the ledger's integer columns
+MAX_STOP_SEQUENCES = 4
+MAX_METADATA_BYTES = 16_384
+
+
+def model_name(value: Any, field: str, problems: Problems) -> str:
+    """The `model` every entry shape requires: a non-empty string of at most 256 characters."""
+    if not isinstance(value, str) or not value.strip():
+        problems.add(field, f"is required and must be a non-empty string, not {kind(value)}")
+        return ""
+    if len(value) > MAX_MODEL_CHARS:  # a NUL is made storable by the usage row itself
+        problems.add(field, f"must be at most {MAX_MODEL_CHARS} characters")
+    return value
+
+
+def output_tokens(value: Any, field: str, problems: Problems) -> None:
+    """A cap on output tokens: 1 to what the ledger can store."""
+    whole(value, field, problems, 1, MAX_OUTPUT_TOKENS)
+
+
+def stop_sequences(value: Any, field: str, problems: Problems) -> None:
+    """OpenAI's `stop`: a string or an array of 1 to 4 strings."""
+    if isinstance(value, str):
+        return
+    if (not isinstance(value, list) or not 1 <= len(value) <= MAX_STOP_SEQUENCES
+            or not all(isinstance(s, str) for s in value)):
+        problems.add(field,
+                     f"must be a string or an array of 1 to {MAX_STOP_SEQUENCES} strings")
+
+
 def moment(value: Any, field: str, problems: Problems, *, end: bool = False) -> datetime | None:
     """An ISO 8601 date or date-time (naive: UTC) within the window, as an aware UTC datetime.
 

@@ -40,7 +40,7 @@ class Principal:
 class ChatRequest:
     """A validated chat request, in the OpenAI wire shape the upstream expects."""
 
-    entry: str  # "openai" (/v1/chat/completions), "anthropic" (/v1/messages), "native"
+    entry: str  # the entry shape's name (`entries.base.Entry.name`): "openai", "anthropic"...
     provider: str
     model: str
     body: dict[str, Any]  # always OpenAI-shaped: the pivot every adapter translates from
@@ -48,8 +48,8 @@ class ChatRequest:
     include_usage: bool  # the client itself asked for the usage chunk
     max_output_tokens: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
-    # The wire shape the client speaks and, when it is not OpenAI's, its own body, sent as it
-    # is (with the routed model) to a provider of the same wire.
+    # The wire shape the client speaks (`Entry.wire`) and, when it is not OpenAI's, its own
+    # body, sent as it is (with the routed model) to a provider of the same wire.
     entry_wire: str = "openai"
     native_body: dict[str, Any] | None = None
     # Features of native_body that the OpenAI-shaped body cannot carry ("thinking", ...):

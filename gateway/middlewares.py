@@ -9,13 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.db import CONNECTION_ERRORS
-from gateway.entries.anthropic import error_body as anthropic_error_body
+from gateway.entries import error_shape
 from gateway.errors import GatewayError, ServiceUnavailable
 from gateway.keys import REQUEST_ID, SETTINGS
 from gateway.logging import REQUEST_ID_VAR
@@ -23,22 +22,14 @@ from gateway.logging import REQUEST_ID_VAR
 log = structlog.get_logger(__name__)
 
 REQUEST_ID_HEADER = "X-AI-Cost-Gateway-Request-Id"
-ANTHROPIC_PATH = "/v1/messages"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 DATABASE_RETRY_AFTER_S = "2"
 
 
 def error_body(path: str, request_id: str, status: int, code: str, message: str,
                openai_type: str, details: dict[str, Any]) -> bytes:
-    """Anthropic's error shape on `/v1/messages` (the Anthropic SDK's route), OpenAI's on the
-    other `/v1/*` routes, the gateway's everywhere else."""
-    if path.startswith(ANTHROPIC_PATH):
-        return orjson.dumps(anthropic_error_body(status, message))
-    if path.startswith("/v1/"):
-        return orjson.dumps({"error": {"message": message, "type": openai_type, "code": code,
-                                       "param": details.get("field")}})
-    return orjson.dumps({"error": message, "code": code, "requestId": request_id,
-                         "details": details}, default=str)
+    """An error in the shape its path answers in (`entries.error_shape`)."""
+    return error_shape(path).body(request_id, status, code, message, openai_type, details)
 
 
 def request_ids() -> Iterator[uuid.UUID]:

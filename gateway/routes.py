@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.entries import ENTRIES
 from gateway.http import (
     admin,
     analytics,
@@ -23,9 +24,8 @@ from gateway.http import (
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", proxy.chat_completions)
-    app.router.add_post("/v1/messages", proxy.messages)
-    app.router.add_post("/api/proxy/chat", proxy.proxy_chat)
+    for entry in ENTRIES:  # /v1/chat/completions, /v1/messages, /api/proxy/chat
+        app.router.add_post(entry.path, proxy.handler(entry))
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)
     app.router.add_get("/api/budgets/status", budgets.budget_status)

@@ -14,16 +14,13 @@ from multidict import MultiDict
 
 from gateway import alerts, checks, projects
 from gateway.entries.anthropic import validate_messages
+from gateway.entries.base import Limits
+from gateway.entries.native import validate_native
+from gateway.entries.openai_chat import validate_openai
 from gateway.errors import GatewayError
 from gateway.http import analytics, credentials, teams, track, webhooks
 from gateway.http.access import Caller
-from gateway.pipeline.validate import (
-    Limits,
-    parse_json_object,
-    parse_metadata_header,
-    validate_native,
-    validate_openai,
-)
+from gateway.pipeline.validate import parse_json_object, parse_metadata_header
 
 LIMITS = Limits(max_body_bytes=1_000_000, max_messages=100, max_content_chars=32_000)
 PROVIDERS = frozenset({"openai", "anthropic"})

@@ -8,14 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.entries.base import Limits
+from gateway.entries.native import validate_native
+from gateway.entries.openai_chat import validate_openai
 from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.pipeline.validate import (
-    Limits,
-    parse_json_object,
-    parse_metadata_header,
-    validate_native,
-    validate_openai,
-)
+from gateway.pipeline.validate import parse_json_object, parse_metadata_header
 from gateway.settings import ServerSettings, ValidationSettings
 
 LIMITS = Limits(max_body_bytes=ServerSettings().max_body_bytes,

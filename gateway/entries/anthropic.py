@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from gateway import checks
-from gateway.checks import Problems, kind
+from gateway.checks import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, Problems, kind
 from gateway.domain import ChatRequest, Usage
-from gateway.pipeline.validate import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, Limits, model_name
+from gateway.entries.base import ChunkEncoder, ErrorShape, Limits
 from gateway.providers.anthropic import STOP_REASONS, image_url
 
 ROLES = ("user", "assistant")
@@ -32,10 +32,43 @@ _PIVOTED = frozenset({"model", "messages", "max_tokens", "system", "temperature"
 _NEUTRAL = {"thinking": {"type": "disabled"}}
 
 
+class AnthropicErrors:
+    """Anthropic's error shape, for the Anthropic SDK."""
+
+    def body(self, request_id: str, status: int, code: str, message: str, openai_type: str,
+             details: dict[str, Any]) -> bytes:
+        return orjson.dumps(error_body(status, message))
+
+
+class AnthropicMessages:
+    name = "anthropic"
+    wire = "anthropic"
+    path = "/v1/messages"
+    pins_provider = False
+    errors: ErrorShape = AnthropicErrors()
+
+    def parse(self, body: dict[str, Any], limits: Limits,
+              providers: frozenset[str]) -> ChatRequest:
+        return validate_messages(body, limits)
+
+    def render(self, chat: ChatRequest, completion: dict[str, Any], usage: Usage) -> bytes:
+        model = completion.get("model") if isinstance(completion.get("model"), str) else None
+        return orjson.dumps(render_completion(completion, usage, model or chat.model))
+
+    def stream_encoder(self, chat: ChatRequest, request_id: str) -> ChunkEncoder:
+        return AnthropicChunkEncoder(chat.model, request_id)
+
+    def error_event(self, status: int, code: str, message: str, openai_type: str) -> bytes:
+        return error_event(status, message)
+
+
+ANTHROPIC_MESSAGES = AnthropicMessages()
+
+
 def validate_messages(body: dict[str, Any], limits: Limits) -> ChatRequest:
     """An Anthropic Messages body, checked (one 400 naming every problem) and pivoted."""
     errors = Problems()
-    model = model_name(body.get("model"), "model", errors)
+    model = checks.model_name(body.get("model"), "model", errors)
     if body.get("max_tokens") is None:
         errors.add("max_tokens", "is required")
     else:
@@ -49,9 +82,10 @@ def validate_messages(body: dict[str, Any], limits: Limits) -> ChatRequest:
     errors.raise_if_any()
     pivot, lost = to_pivot(body)
     return ChatRequest(
-        entry="anthropic", provider="", model=model, body=pivot, stream=body.get("stream") is True,
-        include_usage=False, max_output_tokens=body["max_tokens"], metadata={},
-        entry_wire="anthropic", native_body=body, untranslatable=tuple(lost))
+        entry=ANTHROPIC_MESSAGES.name, provider="", model=model, body=pivot,
+        stream=body.get("stream") is True, include_usage=False,
+        max_output_tokens=body["max_tokens"], metadata={}, entry_wire=ANTHROPIC_MESSAGES.wire,
+        native_body=body, untranslatable=tuple(lost))
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -443,6 +477,23 @@ class AnthropicStreamEncoder:
         return opening + sse("content_block_delta", {
             "type": "content_block_delta", "index": self._tools[index],
             "delta": {"type": "input_json_delta", "partial_json": arguments}})
+
+
+class AnthropicChunkEncoder:
+    """OpenAI chunks as Anthropic Messages events, for the Anthropic SDK."""
+
+    def __init__(self, model: str, request_id: str) -> None:
+        self._encoder = AnthropicStreamEncoder(model, f"msg_{request_id.replace('-', '')}")
+        self._finish: str | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        return self._encoder.feed(chunk)
+
+    def close(self, usage: Usage, trailer: bytes) -> bytes:
+        return trailer + self._encoder.close(usage, self._finish)
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:

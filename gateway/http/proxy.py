@@ -1,4 +1,4 @@
-"""Proxy handlers: `POST /v1/chat/completions` and `POST /api/proxy/chat`."""
+"""The proxy handler, one per entry shape (`gateway/entries/`): admit, forward, answer."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 
-import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from gateway.entries.anthropic import error_body as anthropic_error_body
+from gateway.entries.base import Entry
 from gateway.errors import GatewayError
 from gateway.http.json import read_limited
 from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS, SHUTDOWN
@@ -21,26 +21,17 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "openai")
+def handler(entry: Entry) -> Handler:
+    """The handler of `POST entry.path`."""
+    return partial(_proxy, entry=entry)
 
 
-async def proxy_chat(request: web.Request) -> web.StreamResponse:
-    return await _proxy(request, "native")
-
-
-async def messages(request: web.Request) -> web.StreamResponse:
-    """`POST /v1/messages`: Anthropic's Messages API, for the Anthropic SDK."""
-    return await _proxy(request, "anthropic")
-
-
-async def _proxy(request: web.Request, entry: str) -> web.StreamResponse:
+async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
     pipeline = request.app[PIPELINE]
     limit = request.app[SETTINGS].server.max_body_bytes
-    ex = Exchange(request[REQUEST_ID], request.path)
+    ex = Exchange(request[REQUEST_ID], request.path, entry)
     try:
-        chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit),
-                                    entry)
+        chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit))
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
             return web.Response(body=body, content_type="application/json", headers={
@@ -85,13 +76,8 @@ async def _relay(request: web.Request, ex: Exchange,
             await response.write(data)
     except GatewayError as exc:
         ex.fail(exc.status, exc.code)
-        if ex.chat is not None and ex.chat.entry_wire == "anthropic":
-            event = b"event: error\ndata: " + orjson.dumps(
-                anthropic_error_body(exc.status, exc.message)) + b"\n\n"
-        else:
-            error = {"message": exc.message, "type": exc.openai_type, "code": exc.code}
-            event = b"data: " + orjson.dumps({"error": error}) + b"\n\n"
-        await _write_quietly(response, event)
+        await _write_quietly(response, ex.entry.error_event(exc.status, exc.code, exc.message,
+                                                            exc.openai_type))
     except ConnectionResetError:  # the client went away mid-stream
         ex.fail(CLIENT_CLOSED, "client_closed")
         return response

@@ -13,6 +13,7 @@ from gateway.domain import NO_USAGE, ChatRequest, Principal, Usage
 from gateway.pricing import Quote
 
 if TYPE_CHECKING:
+    from gateway.entries.base import Entry
     from gateway.pipeline.meter import StreamMeter
     from gateway.pipeline.translate import EventStream
     from gateway.routing import Route
@@ -24,6 +25,7 @@ CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 class Exchange:
     request_id: uuid.UUID
     endpoint: str
+    entry: Entry  # the request shape the client sent
     started: float = field(default_factory=time.perf_counter)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     principal: Principal | None = None

@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 
 from gateway.domain import NO_USAGE, ChatRequest, Usage
+from gateway.entries.openai_chat import DONE
 from gateway.errors import BadGateway
 from gateway.providers.base import ProviderAdapter
 from gateway.tokens.service import TokenService
 
-DONE = b"data: [DONE]\n\n"
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 
 

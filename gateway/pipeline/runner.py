@@ -22,7 +22,8 @@ import aiohttp
 import structlog
 
 from gateway.domain import ChatRequest, Project
-from gateway.entries.anthropic import validate_messages
+from gateway.entries.base import Limits
+from gateway.entries.openai_chat import DONE
 from gateway.errors import (
     BadGateway,
     BadRequest,
@@ -41,7 +42,6 @@ from gateway.pipeline.authorize import authorize
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import read_body, send, upstream_errors
 from gateway.pipeline.meter import (
-    DONE,
     StreamMeter,
     completion_from_body,
     completion_texts,
@@ -82,7 +82,7 @@ class CredentialSource(Protocol):
 
 
 class ProxyPipeline:
-    def __init__(self, *, keys: KeyStore, limits: validate.Limits,
+    def __init__(self, *, keys: KeyStore, limits: Limits,
                  upstreams: Mapping[str, Upstream], prices: PriceTable, ledger: Ledger,
                  tokens: TokenService, router: Router, guards: Sequence[Guard] = (),
                  credentials: CredentialSource | None = None, log_requests: bool = False,
@@ -108,19 +108,13 @@ class ProxyPipeline:
         self._sleep = sleep
 
     async def admit(self, ex: Exchange, headers: Mapping[str, str],
-                    read: Callable[[], Awaitable[bytes]], entry: str) -> ChatRequest:
+                    read: Callable[[], Awaitable[bytes]]) -> ChatRequest:
         ex.principal = await authenticate(self.keys, headers)
         self.ledger.check_capacity()  # 503 while the usage ledger cannot keep up
         ex.client_request_id = validate.client_request_id(headers.get("X-Request-Id"))
         body = validate.parse_json_object(await read(), self.limits.max_body_bytes)
-        pinned = None
-        if entry == "native":
-            chat = validate.validate_native(body, self.limits, self.providers)
-            pinned = chat.provider
-        elif entry == "anthropic":
-            chat = validate_messages(body, self.limits)
-        else:
-            chat = validate.validate_openai(body, self.limits)
+        chat = ex.entry.parse(body, self.limits, self.providers)
+        pinned = chat.provider if ex.entry.pins_provider else None
         ex.chat = chat
         extra = validate.parse_metadata_header(headers.get(METADATA_HEADER))
         ex.metadata = {**chat.metadata, **extra} if extra else chat.metadata
@@ -306,7 +300,7 @@ class ProxyPipeline:
         if same_wire:
             return body
         assert completion is not None
-        return translate.render(chat, completion, ex.usage)
+        return ex.entry.render(chat, completion, ex.usage)
 
     async def stream(self, ex: Exchange, chat: ChatRequest) -> AsyncIterator[bytes]:
         """A streamed call: SSE as it arrives (translated where the wires differ), then the
@@ -322,7 +316,7 @@ class ProxyPipeline:
             meter = StreamMeter(adapter, keep_usage_event=chat.include_usage)
         else:
             meter = translate.EventStream(
-                adapter, chat, translate.chunk_encoder(chat, str(ex.request_id)))
+                adapter, chat, ex.entry.stream_encoder(chat, str(ex.request_id)))
         ex.stream_meter = meter
         started = time.perf_counter()
         try:

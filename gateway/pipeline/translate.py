@@ -5,73 +5,21 @@ bytes pass through, only the usage event is looked at). Every other pair goes th
 `EventStream` splits the provider's SSE into events, hands each to the adapter's translator
 (which keeps the usage) and either relays the event's own bytes (the client speaks the
 provider's wire: Anthropic SDK to Anthropic) or encodes the translator's OpenAI chunks in the
-client's shape (`OpenAIChunkEncoder`, `AnthropicChunkEncoder`).
+client's shape (the entry's `ChunkEncoder`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from gateway.domain import ChatRequest, Usage
-from gateway.entries.anthropic import AnthropicStreamEncoder, render_completion
+from gateway.entries.base import ChunkEncoder
 from gateway.errors import BadGateway
-from gateway.pipeline.meter import DONE, completion_texts, split_events
+from gateway.pipeline.meter import completion_texts, split_events
 from gateway.providers.base import ProviderAdapter
-
-
-class ChunkEncoder(Protocol):
-    def feed(self, chunk: dict[str, Any]) -> bytes: ...
-
-    def close(self, usage: Usage, trailer: bytes) -> bytes: ...
-
-
-class OpenAIChunkEncoder:
-    """OpenAI chunks as `data:` events; the usage chunk only when the client asked for it."""
-
-    def __init__(self, include_usage: bool) -> None:
-        self._include_usage = include_usage
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        if not chunk.get("choices") and not self._include_usage:
-            return b""
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-    def close(self, usage: Usage, trailer: bytes) -> bytes:
-        return trailer + DONE
-
-
-class AnthropicChunkEncoder:
-    """OpenAI chunks as Anthropic Messages events, for the Anthropic SDK."""
-
-    def __init__(self, model: str, request_id: str) -> None:
-        self._encoder = AnthropicStreamEncoder(model, f"msg_{request_id.replace('-', '')}")
-        self._finish: str | None = None
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        for choice in chunk.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-        return self._encoder.feed(chunk)
-
-    def close(self, usage: Usage, trailer: bytes) -> bytes:
-        return trailer + self._encoder.close(usage, self._finish)
-
-
-def chunk_encoder(chat: ChatRequest, request_id: str) -> ChunkEncoder:
-    if chat.entry_wire == "anthropic":
-        return AnthropicChunkEncoder(chat.model, request_id)
-    return OpenAIChunkEncoder(chat.include_usage)
-
-
-def render(chat: ChatRequest, completion: dict[str, Any], usage: Usage) -> bytes:
-    """A translated completion in the client's shape."""
-    if chat.entry_wire == "anthropic":
-        model = completion.get("model") if isinstance(completion.get("model"), str) else None
-        return orjson.dumps(render_completion(completion, usage, model or chat.model))
-    return orjson.dumps(completion)
 
 
 def stamp(completion: dict[str, Any], model: str) -> dict[str, Any]:

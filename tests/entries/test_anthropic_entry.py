@@ -20,8 +20,9 @@ from gateway.entries.anthropic import (
     render_completion,
     validate_messages,
 )
+from gateway.entries.base import Limits
+from gateway.entries.openai_chat import validate_openai
 from gateway.errors import BadRequest
-from gateway.pipeline.validate import Limits, validate_openai
 from gateway.providers.anthropic import AnthropicAdapter
 from gateway.providers.base import Credential
 from gateway.settings import ProviderSettings
