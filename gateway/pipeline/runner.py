@@ -16,6 +16,8 @@ import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
+from functools import partial
 from typing import Protocol
 
 import aiohttp
@@ -28,8 +30,6 @@ from gateway.errors import (
     BadGateway,
     BadRequest,
     Forbidden,
-    GatewayError,
-    ServiceUnavailable,
     UpstreamStatusError,
     UpstreamTimeout,
 )
@@ -52,14 +52,8 @@ from gateway.pipeline.price import price
 from gateway.pipeline.record import record
 from gateway.pricing import PriceTable, format_usd
 from gateway.providers.base import Credential, Upstream, untranslatable
-from gateway.providers.resilience import (
-    CircuitBreaker,
-    backoff_delay,
-    retry_after_s,
-    weighted_order,
-)
+from gateway.providers.resilience import CircuitBreaker, Leg, Plan, weighted_order
 from gateway.routing import Route, Router
-from gateway.settings import ProviderSettings
 from gateway.tokens.service import TokenService
 
 METADATA_HEADER = "X-AI-Cost-Gateway-Metadata"
@@ -167,99 +161,36 @@ class ProxyPipeline:
 
     async def _open(self, ex: Exchange, chat: ChatRequest
                     ) -> tuple[ChatRequest, Upstream, aiohttp.ClientResponse]:
-        """Reach the first route that answers: retries with backoff per credential, the
-        credentials by weight, the breaker per provider, then the fallbacks in order."""
+        """Reach the first route that answers, attempt by attempt as the resilience plan
+        orders them (routes, credentials by weight, retries, breakers)."""
         assert ex.principal is not None
-        failures: list[GatewayError] = []
-        for n, route in enumerate(ex.chain or [self.router.route(chat.model, chat.provider)]):
-            target = chat if n == 0 else self._retarget(chat, route)
-            upstream = self.upstreams[route.provider]
-            breaker = self.breakers[route.provider]
-            try:
-                credentials = await self._credentials(ex.principal.project.id, upstream)
-            except GatewayError as exc:  # the project's stored key cannot be read (503)
-                if n == 0:
-                    raise
-                failures.append(exc)
-                continue
-            for credential in credentials:
+        routes = ex.chain or [self.router.route(chat.model, chat.provider)]
+        legs = [Leg(chat if n == 0 else self._retarget(chat, route),
+                    self.upstreams[route.provider], route.upstream_model)
+                for n, route in enumerate(routes)]
+        plan = Plan(legs, self.breakers, partial(self._credentials, ex.principal.project.id),
+                    ex.attempts, rng=self._rng, sleep=self._sleep)
+        async with aclosing(plan.attempts()) as attempts:
+            async for attempt in attempts:
+                started = time.perf_counter()
+                ex.forwarded = True
                 try:
-                    call = upstream.adapter.build_call(target, credential)
-                except BadRequest as exc:
-                    if n == 0 and not failures:
-                        raise  # the request as the client sent it cannot be made
-                    failures.append(exc)
-                    self._note(ex, route, credential, exc, 0.0)
-                    break
-                settings = upstream.settings
-                for retry in range(settings.max_retries + 1):
-                    if not breaker.allow():
-                        skipped = ServiceUnavailable(
-                            f"{route.provider} is failing; its circuit breaker is open",
-                            code="circuit_open", details={"provider": route.provider})
-                        failures.append(skipped)
-                        self._note(ex, route, credential, skipped, 0.0)
-                        break
-                    started = time.perf_counter()
-                    ex.forwarded = True
-                    try:
-                        response = await send(upstream, call)
-                    except (UpstreamStatusError, BadGateway, UpstreamTimeout) as exc:
-                        elapsed = time.perf_counter() - started
-                        ex.upstream_s += elapsed
-                        self._note(ex, route, credential, exc, elapsed)
-                        failures.append(exc)
-                        if not _provider_failure(exc):
-                            breaker.success()  # it answered: the request was at fault
-                            if _credential_failure(exc):
-                                break  # this key is refused: the next credential
-                            if n == 0:
-                                raise  # the client's own request was refused: say so as is
-                            break  # a fallback refused it (a model it lacks): the next one
-                        breaker.failure()
-                        wait = self._retry_wait(exc, retry, settings)
-                        if wait is None:
-                            break
-                        await self._sleep(wait)
-                        continue
-                    except BaseException:
-                        breaker.release()
-                        raise
-                    breaker.success()
-                    ex.upstream_s += time.perf_counter() - started
-                    self._note(ex, route, credential, None, time.perf_counter() - started)
-                    ex.credential = credential.name
-                    ex.chat, ex.requested_model = target, chat.model
-                    return target, upstream, response
-                if failures and isinstance(failures[-1], ServiceUnavailable):
-                    break  # the breaker opened: no other credential of this provider either
-        raise _final_error(failures)
-
-    def _retry_wait(self, exc: GatewayError, retry: int,
-                    settings: ProviderSettings) -> float | None:
-        """Seconds to wait before retrying, or None to move on (retries spent, a timeout,
-        or a Retry-After longer than the provider allows)."""
-        if retry >= settings.max_retries or isinstance(exc, UpstreamTimeout):
-            return None
-        backoff = backoff_delay(retry, settings.retry_backoff_s, settings.retry_backoff_max_s,
-                                self._rng)
-        asked = retry_after_s(next((v for k, v in exc.headers.items()
-                                    if k.lower() == "retry-after"), None))
-        if asked is None:
-            return backoff
-        if asked > settings.retry_after_max_s:
-            return None
-        return max(asked, backoff)
-
-    @staticmethod
-    def _note(ex: Exchange, route: Route, credential: Credential, exc: GatewayError | None,
-              elapsed: float) -> None:
-        ex.attempts.append({
-            "provider": route.provider, "model": route.upstream_model,
-            "credential": credential.name,
-            "status": 200 if exc is None else exc.status,
-            "error_code": None if exc is None else exc.code,
-            "ms": round(elapsed * 1000, 3)})
+                    response = await send(attempt.leg.upstream, attempt.call)
+                except (UpstreamStatusError, BadGateway, UpstreamTimeout) as exc:
+                    elapsed = time.perf_counter() - started
+                    ex.upstream_s += elapsed
+                    plan.failed(attempt, exc, elapsed)
+                    continue
+                except BaseException:
+                    plan.abandoned(attempt)
+                    raise
+                elapsed = time.perf_counter() - started
+                ex.upstream_s += elapsed
+                plan.succeeded(attempt, elapsed)
+                ex.credential = attempt.credential.name
+                ex.chat, ex.requested_model = attempt.leg.chat, chat.model
+                return attempt.leg.chat, attempt.leg.upstream, response
+        raise plan.error()
 
     async def _credentials(self, project_id: int, upstream: Upstream) -> list[Credential]:
         """The project's own credentials for this provider if it stored any, else the
@@ -375,32 +306,3 @@ class ProxyPipeline:
                      cost_usd=format_usd(row.cost_usd), overhead_ms=row.overhead_ms,
                      upstream_ms=row.upstream_ms, error_code=row.error_code)
 
-
-def _provider_failure(exc: GatewayError) -> bool:
-    """Connect errors, timeouts, 429 and 5xx: the provider's trouble, worth another try."""
-    if isinstance(exc, UpstreamStatusError):
-        return exc.status == 429 or exc.status >= 500
-    return True
-
-
-def _credential_failure(exc: GatewayError) -> bool:
-    """The provider refused this key (401 / 403): another credential may be accepted."""
-    return isinstance(exc, UpstreamStatusError) and exc.status in (401, 403)
-
-
-def _final_error(failures: list[GatewayError]) -> GatewayError:
-    """One attempt: its own error. Several that failed alike (all unreachable, all 429, all
-    timed out): the last, saying how many. Otherwise 502 naming them all."""
-    if not failures:
-        return ServiceUnavailable("no credential is configured for this provider",
-                                  code="missing_provider_credential")
-    last = failures[-1]
-    if len(failures) == 1:
-        return last
-    summary = [{"status": f.status, "code": f.code, "message": f.message} for f in failures]
-    if len({(type(f), f.status, f.code) for f in failures}) == 1:
-        last.message = f"{last.message} (after {len(failures)} attempts)"
-        last.details = {**last.details, "attempts": summary}
-        return last
-    return BadGateway(f"all {len(failures)} upstream attempts failed; the last: {last.message}",
-                      code="all_upstreams_failed", details={"attempts": summary})
