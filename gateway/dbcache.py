@@ -10,12 +10,13 @@ each with its own reader, NOTIFY channel and error.
   refreshes it in the background. A read, pool acquire included, is given up after
   `refresh_timeout_s`. While reads fail an entry keeps answering for `stale_serve_s` past its
   freshness, and not after: then its key is treated as never seen.
-- Waiting: a never-seen key, or an entry the listener's return expired, waits for its read, at
-  most `refresh_timeout_s`; if that read fails, the entry (while within its bound) answers,
-  else the owner's `unavailable` error (a 503). After a failed read no read is tried for
+- Waiting: an entry the listener's return expired waits for its read at most
+  `refresh_timeout_s`, a never-seen key (nothing to fall back on) at most
+  `first_read_timeout_s`; if the read fails, the entry (while within its bound) answers, else
+  the owner's `unavailable` error (a 503). After a failed read no read is tried for
   `RETRY_AFTER_S` (a NOTIFY or the listener's return ends that at once), so an unreachable
   database costs a request nothing and the pool two reads a second; a connect never holds a
-  request for longer than `refresh_timeout_s`.
+  request that has an entry to answer with for longer than `refresh_timeout_s`.
 - Revocation: a NOTIFY drops the entries it names (the owner decides which). When the
   listener comes back after being lost, every entry must be read again before it is trusted,
   so a change made while this process could not hear counts from its next request; before
@@ -49,8 +50,12 @@ class Freshness:
     """How long entries are trusted, and how long the database may take to answer."""
 
     ttl_s: float  # while listening
-    refresh_timeout_s: float = 0.5
+    refresh_timeout_s: float = 0.5  # waiting with an entry to fall back on
     stale_serve_s: float = 300.0
+    # Waiting with nothing to fall back on (a never-seen key): a slow but healthy database
+    # must not turn a first request away, so it gets longer; a failed read still makes the
+    # next ones fail fast for RETRY_AFTER_S.
+    first_read_timeout_s: float = 2.0
     unlistened_ttl_s: float = UNLISTENED_TTL_S
 
 
@@ -122,7 +127,11 @@ class DbCache(Generic[K, V]):
         read = self._reading(key)
         error: BaseException | None = None
         if read is not None:
-            done, _ = await asyncio.wait((read,), timeout=self._freshness.refresh_timeout_s)
+            fallback = entry is not None and time.monotonic() < entry.stale_until
+            fresh = self._freshness
+            wait_s = fresh.refresh_timeout_s if fallback else max(fresh.refresh_timeout_s,
+                                                                   fresh.first_read_timeout_s)
+            done, _ = await asyncio.wait((read,), timeout=wait_s)
             if read in done and not read.cancelled():
                 error = read.exception()
                 if error is None:
@@ -168,7 +177,8 @@ class DbCache(Generic[K, V]):
     async def _load(self, key: K) -> V | None:
         assert self._pool is not None, f"{self._name}: start() was not called"
         generation = self._generation
-        timeout = self._freshness.refresh_timeout_s
+        fresh = self._freshness
+        timeout = max(fresh.refresh_timeout_s, fresh.first_read_timeout_s)  # its longest waiter
         try:
             # The acquire's timeout also bounds the release (asyncpg applies it to both).
             async with asyncio.timeout(timeout), self._pool.acquire(timeout=timeout) as conn:
