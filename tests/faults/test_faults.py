@@ -142,7 +142,9 @@ async def test_a_partition_stalls_no_one_and_spills_its_rows(
            second_half_per_s=round(second_half, 1), slowest_call_s=round(slowest, 2),
            not_answered=failed, max_spill_bytes=max(spill_bytes, default=None),
            max_disk_bytes=max(on_disk, default=None), ledger=result,
-           rows_after_restore_s=round(time.monotonic() - restored, 2), waited_s=round(waited, 2))
+           rows_after_restore_s=round(time.monotonic() - restored, 2), waited_s=round(waited, 2),
+           ledger_events=[(e["event"], e.get("error", "")[:80]) for e in gw.log
+                          if str(e.get("event", "")).startswith(("ledger_", "budget_"))][:8])
     assert baseline > 20, f"the load did not run: {load.statuses()}"
     assert second_half >= baseline / 2, (
         f"stalled: {second_half:.1f} answered/s in the partition's second half against "
