@@ -10,11 +10,14 @@ asks which one it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
 from gateway.domain import ChatRequest, Usage
+
+if TYPE_CHECKING:
+    from gateway.providers.base import Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,14 @@ class Entry(Protocol):
     def error_event(self, status: int, code: str, message: str, openai_type: str) -> bytes:
         """An error as a stream event, for a stream that already started."""
         ...
+
+
+@runtime_checkable
+class OwnEndpoint(Protocol):
+    """An optional ability: an entry served by another endpoint of each provider's API than
+    chat (embeddings, ...), reached through the provider's upstream as it adapts it."""
+
+    def upstream(self, upstream: Upstream) -> Upstream: ...
 
 
 class GatewayErrors:

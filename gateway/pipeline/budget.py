@@ -78,8 +78,9 @@ class BudgetGuard:
             self._book.settle(ex.reservation, ex.cost if ex.forwarded else Decimal(0))
 
     def _max_output(self, chat: ChatRequest, price: Price) -> int:
-        return (chat.max_output_tokens or price.max_output_tokens
-                or self._settings.default_max_output_tokens)
+        if chat.max_output_tokens is not None:  # 0: an answer without output (embeddings)
+            return chat.max_output_tokens
+        return price.max_output_tokens or self._settings.default_max_output_tokens
 
     @staticmethod
     def _worst(price: Price, tokens_in: int, tokens_out: int) -> Decimal:

@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 
 from gateway.domain import ChatRequest, Project
-from gateway.entries.base import Limits
+from gateway.entries.base import Entry, Limits, OwnEndpoint
 from gateway.entries.openai_chat import DONE
 from gateway.errors import (
     BadGateway,
@@ -166,7 +166,7 @@ class ProxyPipeline:
         assert ex.principal is not None
         routes = ex.chain or [self.router.route(chat.model, chat.provider)]
         legs = [Leg(chat if n == 0 else self._retarget(chat, route),
-                    self.upstreams[route.provider], route.upstream_model)
+                    self._upstream(ex.entry, route.provider), route.upstream_model)
                 for n, route in enumerate(routes)]
         plan = Plan(legs, self.breakers, partial(self._credentials, ex.principal.project.id),
                     ex.attempts, rng=self._rng, sleep=self._sleep)
@@ -191,6 +191,11 @@ class ProxyPipeline:
                 ex.chat, ex.requested_model = attempt.leg.chat, chat.model
                 return attempt.leg.chat, attempt.leg.upstream, response
         raise plan.error()
+
+    def _upstream(self, entry: Entry, provider: str) -> Upstream:
+        """The provider, at the endpoint of its API that serves this entry."""
+        upstream = self.upstreams[provider]
+        return entry.upstream(upstream) if isinstance(entry, OwnEndpoint) else upstream
 
     async def _credentials(self, project_id: int, upstream: Upstream) -> list[Credential]:
         """The project's own credentials for this provider if it stored any, else the

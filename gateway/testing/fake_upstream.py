@@ -11,6 +11,9 @@ Routes (one module each):
 * ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` (``?alt=sse``)
   and ``:countTokens``: Google Gemini (``fake_gemini``).
 * ``POST /v2/chat``: Cohere Chat v2 (``fake_cohere``).
+* Embeddings: ``POST /v1/embeddings`` (OpenAI, Mistral), Azure's
+  ``/openai/deployments/{deployment}/embeddings``, Gemini's ``:embedContent`` and
+  ``:batchEmbedContents``, Cohere's ``/v2/embed`` (``fake_embeddings``).
 * ``/_fake/script``, ``/_fake/requests``, ``/_fake/health``: control (``fake_control``).
 
 Every provider route shares one scripted behaviour queue, one request log and one
@@ -36,7 +39,13 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.testing import fake_anthropic, fake_cohere, fake_control, fake_gemini, fake_openai
+from gateway.testing import (
+    fake_anthropic,
+    fake_cohere,
+    fake_control,
+    fake_embeddings,
+    fake_openai,
+)
 from gateway.testing.fake_behaviour import STATE, FakeUpstreamState
 from gateway.testing.fake_openai import count_prompt_tokens, usage_object
 
@@ -67,8 +76,14 @@ def build_app(
     )
     router.add_post("/v1/messages", fake_anthropic.messages)
     router.add_post("/v1/messages/count_tokens", fake_anthropic.count_tokens)
-    router.add_post("/v1beta/models/{target}", fake_gemini.models_action)  # {model}:{method}
+    # {model}:{method}: generation and countTokens (fake_gemini), embeddings (fake_embeddings)
+    router.add_post("/v1beta/models/{target}", fake_embeddings.gemini_models_action)
     router.add_post("/v2/chat", fake_cohere.chat)
+    router.add_post("/v1/embeddings", fake_embeddings.embeddings)
+    router.add_post(
+        "/openai/deployments/{deployment}/embeddings", fake_embeddings.azure_embeddings
+    )
+    router.add_post("/v2/embed", fake_embeddings.cohere_embed)
     router.add_post("/_fake/script", fake_control.post_script)
     router.add_delete("/_fake/script", fake_control.delete_script)
     router.add_get("/_fake/requests", fake_control.get_requests)

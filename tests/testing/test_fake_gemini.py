@@ -196,7 +196,7 @@ async def test_scripted_errors(client: TestClient, status: int, name: str) -> No
         (GENERATE, {**BODY, "generationConfig": {"maxOutputTokens": 0}}, KEY, 400,
          "INVALID_ARGUMENT"),
         (GENERATE, BODY, {}, 403, "PERMISSION_DENIED"),
-        (MODEL + ":embedContent", BODY, KEY, 404, "NOT_FOUND"),
+        (MODEL + ":predict", BODY, KEY, 404, "NOT_FOUND"),
     ],
 )  # fmt: skip
 async def test_invalid_requests(
