@@ -45,6 +45,9 @@ class ChatPieces:
 
 def chat_pieces(body: dict[str, Any], encoding: str) -> ChatPieces:
     """Split a chat request into the texts to encode and the tokens that are fixed."""
+    if "messages" not in body and ("prompt" in body or "input" in body):
+        from gateway.tokens.prompt import prompt_pieces  # the entries without messages
+        return prompt_pieces(body)
     out = ChatPieces()
     for message in body.get("messages") or ():
         out.constant += TOKENS_PER_MESSAGE
