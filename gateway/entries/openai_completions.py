@@ -21,6 +21,7 @@ from gateway.entries.base import ChunkEncoder, ErrorShape, Limits, OpenAIErrors
 from gateway.entries.openai_chat import OpenAIChunkEncoder
 
 OPENAI_WIRE_KINDS = frozenset({"openai", "openai_compatible"})
+UPSTREAM_PATH = "/completions"
 DEFAULT_MAX_TOKENS = 16  # the API's default `max_tokens` for completions
 MAX_BEST_OF = 20
 MAX_LOGPROBS = 5
@@ -50,7 +51,7 @@ class OpenAICompletions:
             entry=self.name, provider="openai", model=model, body=body, stream=stream,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             max_output_tokens=worst_output(body, prompts),
-            upstream_path="/completions", provider_kinds=OPENAI_WIRE_KINDS)
+            upstream_path=UPSTREAM_PATH, provider_kinds=OPENAI_WIRE_KINDS)
 
     def render(self, chat: ChatRequest, completion: dict[str, Any], usage: Usage) -> bytes:
         return orjson.dumps(completion)  # only OpenAI-wire providers serve it: never translated

@@ -205,3 +205,23 @@ async def test_another_v1_path_is_a_404_naming_the_endpoints(
                      "POST /v1/moderations", "POST /v1/messages", "GET /v1/models"):
         assert endpoint in error["message"]
     assert not fake_upstream.state.log
+
+
+async def test_the_clamp_policy_lowers_max_tokens_only_where_it_bounds_the_answer(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream) -> None:
+    gateway = await make_gateway(budgets={"policy": "clamp", "clamp_min_output_tokens": 5})
+    budget = cost(BILLED_PROMPT, 100)  # only 100 output tokens fit
+    _, key = await create_project(gateway, monthly_budget_usd=str(budget))
+    fake_upstream.script({"reply_tokens": 2000})
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 1000}
+    resp = await gateway.post("/v1/completions", json=body,
+                              headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["X-AI-Cost-Gateway-Max-Tokens-Clamped"] == "100"
+    assert fake_upstream.state.log[-1]["body"]["max_tokens"] == 100
+    assert (await resp.json())["usage"]["completion_tokens"] == 100
+    # With two choices max_tokens holds for each: no single limit fits, so 402.
+    _, key = await create_project(gateway, monthly_budget_usd=str(budget))
+    resp = await gateway.post("/v1/completions", json={**body, "n": 2},
+                              headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 402
