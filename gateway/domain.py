@@ -59,6 +59,7 @@ class ChatRequest:
     # under an OpenAI-wire base URL, and the provider kinds that serve it (empty: any).
     upstream_path: str | None = None
     provider_kinds: frozenset[str] = frozenset()
+    free: bool = False  # a call nothing is billed for (count_tokens): no budget reserved
 
 
 USAGE_SOURCES = ("provider", "counted", "estimated", "none")

@@ -35,6 +35,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/v1/messages"): (PROXY, None),
     ("POST", "/v1/completions"): (PROXY, None),
     ("POST", "/v1/moderations"): (PROXY, None),
+    ("POST", "/v1/messages/count_tokens"): (PROXY, None),
     ("POST", "/api/proxy/chat"): (PROXY, None),
     ("GET", "/v1/models"): (PROXY, None),
     ("POST", "/api/tokens/count"): (PROJECT_OR_ADMIN, None),

@@ -30,6 +30,8 @@ class BudgetGuard:
     async def admit(self, ex: Exchange) -> None:
         assert ex.principal is not None and ex.chat is not None
         project, chat = ex.principal.project, ex.chat
+        if chat.free:
+            return
         accounts = []
         if project.monthly_budget_usd is not None:
             accounts.append(self._book.account("project", project.id, project.monthly_budget_usd))

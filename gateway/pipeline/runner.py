@@ -236,6 +236,15 @@ class ProxyPipeline:
         assert completion is not None
         return ex.entry.render(chat, completion, ex.usage)
 
+    async def relay(self, ex: Exchange, chat: ChatRequest) -> bytes:
+        """A free call's upstream answer as it is (`ChatRequest.free`: nothing to meter)."""
+        chat, upstream, response = await self._open(ex, chat)
+        started = time.perf_counter()
+        try:
+            return await read_body(upstream, response)
+        finally:
+            ex.upstream_s += time.perf_counter() - started
+
     async def stream(self, ex: Exchange, chat: ChatRequest) -> AsyncIterator[bytes]:
         """A streamed call: SSE as it arrives (translated where the wires differ), then the
         cost line and the end of the stream.
