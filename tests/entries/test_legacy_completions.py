@@ -225,3 +225,28 @@ async def test_the_clamp_policy_lowers_max_tokens_only_where_it_bounds_the_answe
     resp = await gateway.post("/v1/completions", json={**body, "n": 2},
                               headers={"Authorization": f"Bearer {key}"})
     assert resp.status == 402
+
+
+async def test_tokens_per_minute_reserve_the_prompt_and_the_default_max_tokens(
+        gateway: TestClient, fake_upstream: FakeUpstream) -> None:
+    # One call's worst case: the prompt as billed plus the API's default max_tokens (16).
+    _, key = await create_project(gateway, tokens_per_minute=BILLED_PROMPT + 16 - 1)
+    resp = await gateway.post("/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                              json={"model": MODEL, "prompt": PROMPT})
+    assert resp.status == 429
+    assert not fake_upstream.state.log
+    _, key = await create_project(gateway, tokens_per_minute=BILLED_PROMPT + 16)
+    resp = await gateway.post("/v1/completions", headers={"Authorization": f"Bearer {key}"},
+                              json={"model": MODEL, "prompt": PROMPT})
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_reused_request_id_is_a_409(gateway: TestClient,
+                                           fake_upstream: FakeUpstream) -> None:
+    _, key = await create_project(gateway)
+    headers = {"Authorization": f"Bearer {key}", "X-Request-Id": "legacy-once"}
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2}
+    assert (await gateway.post("/v1/completions", headers=headers, json=body)).status == 200
+    resp = await gateway.post("/v1/completions", headers=headers, json=body)
+    assert resp.status == 409
+    assert len(fake_upstream.state.log) == 1
