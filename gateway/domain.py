@@ -55,6 +55,11 @@ class ChatRequest:
     # Features of native_body that the OpenAI-shaped body cannot carry ("thinking", ...):
     # fine when the provider speaks the entry's wire, a 400 naming them otherwise.
     untranslatable: tuple[str, ...] = ()
+    # Entries other than chat on the OpenAI wire (`/completions`, `/moderations`): the path
+    # under an OpenAI-wire base URL, and the provider kinds that serve it (empty: any).
+    upstream_path: str | None = None
+    provider_kinds: frozenset[str] = frozenset()
+    free: bool = False  # a call nothing is billed for (count_tokens): no budget reserved
 
 
 USAGE_SOURCES = ("provider", "counted", "estimated", "none")

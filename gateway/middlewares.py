@@ -67,7 +67,7 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.text or exc.reason
         if exc.status == 404:
-            message = f"no route for {request.method} {request.path}"
+            message = f"no route for {request.method} {request.path}" + _supported(request)
         elif exc.status == 413:
             limit = request.app[SETTINGS].server.max_body_bytes
             message = f"request body is too large; the limit is {limit} bytes"
@@ -96,6 +96,17 @@ async def _database_errors_as_503(request: web.Request, handler: Handler
         raise ServiceUnavailable("the database is unavailable; retry shortly",
                                  code="database_unavailable",
                                  headers={"Retry-After": DATABASE_RETRY_AFTER_S}) from None
+
+
+def _supported(request: web.Request) -> str:
+    """Under `/v1/`, the endpoints that are served there (nothing else is forwarded)."""
+    if not request.path.startswith("/v1/"):
+        return ""
+    served = sorted({(route.resource.canonical, route.method)
+                     for route in request.app.router.routes()
+                     if route.resource is not None and route.method != "HEAD"
+                     and route.resource.canonical.startswith("/v1/")})
+    return "; the supported endpoints are " + ", ".join(f"{m} {p}" for p, m in served)
 
 
 def _render(request: web.Request, status: int, code: str, message: str, openai_type: str,

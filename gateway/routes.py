@@ -9,6 +9,7 @@ from gateway.http import (
     admin,
     analytics,
     budgets,
+    count_tokens,
     credentials,
     docs,
     health,
@@ -26,6 +27,7 @@ from gateway.http import (
 def setup_routes(app: web.Application) -> None:
     for entry in ENTRIES:  # /v1/chat/completions, /v1/messages, /api/proxy/chat, /v1/embeddings
         app.router.add_post(entry.path, proxy.handler(entry))
+    app.router.add_post("/v1/messages/count_tokens", count_tokens.count_tokens)  # free
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)
     app.router.add_get("/api/budgets/status", budgets.budget_status)

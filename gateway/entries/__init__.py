@@ -6,11 +6,13 @@ from gateway.entries.anthropic import ANTHROPIC_MESSAGES
 from gateway.entries.base import Entry, ErrorShape, GatewayErrors, OpenAIErrors
 from gateway.entries.native import NATIVE_CHAT
 from gateway.entries.openai_chat import OPENAI_CHAT
+from gateway.entries.openai_completions import OPENAI_COMPLETIONS
 from gateway.entries.openai_embeddings import OPENAI_EMBEDDINGS
+from gateway.entries.openai_moderations import OPENAI_MODERATIONS
 
 # Each is served at its `path` (routes.py) and runs the whole pipeline.
 ENTRIES: tuple[Entry, ...] = (OPENAI_CHAT, ANTHROPIC_MESSAGES, NATIVE_CHAT,
-                              OPENAI_EMBEDDINGS)
+                              OPENAI_EMBEDDINGS, OPENAI_COMPLETIONS, OPENAI_MODERATIONS)
 
 _OPENAI_ERRORS, _GATEWAY_ERRORS = OpenAIErrors(), GatewayErrors()
 

@@ -7,6 +7,8 @@ from decimal import Decimal
 
 from gateway.budgets import BudgetBook, Reservation, Shortfall
 from gateway.domain import ChatRequest, Usage
+from gateway.entries.openai_completions import DEFAULT_MAX_TOKENS
+from gateway.entries.openai_completions import UPSTREAM_PATH as LEGACY_COMPLETIONS
 from gateway.errors import PaymentRequired
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.ratelimit import input_tokens
@@ -28,6 +30,8 @@ class BudgetGuard:
     async def admit(self, ex: Exchange) -> None:
         assert ex.principal is not None and ex.chat is not None
         project, chat = ex.principal.project, ex.chat
+        if chat.free:
+            return
         accounts = []
         if project.monthly_budget_usd is not None:
             accounts.append(self._book.account("project", project.id, project.monthly_budget_usd))
@@ -54,7 +58,8 @@ class BudgetGuard:
         price = max(prices, key=lambda p: self._worst(p, tokens_in, max_out))
         worst = self._worst(price, tokens_in, max_out)
         result = await self._book.reserve(accounts, worst)
-        if isinstance(result, Shortfall) and self._settings.policy == "clamp":
+        if (isinstance(result, Shortfall) and self._settings.policy == "clamp"
+                and _clampable(chat)):
             fitting = self._fitting_output(price, tokens_in, result.can_reserve)
             if fitting >= self._settings.clamp_min_output_tokens and fitting < max_out:
                 worst = self._worst(price, tokens_in, fitting)
@@ -94,9 +99,18 @@ class BudgetGuard:
         return int(left.scaleb(6) / price.output)
 
 
+def _clampable(chat: ChatRequest) -> bool:
+    """Whether one output limit bounds the whole answer: not so for legacy completions of
+    several prompts or choices, whose `max_tokens` holds for each."""
+    if chat.upstream_path != LEGACY_COMPLETIONS:
+        return True
+    return chat.max_output_tokens == (chat.body.get("max_tokens") or DEFAULT_MAX_TOKENS)
+
+
 def _clamp(chat: ChatRequest, tokens: int) -> None:
     """Lower the output limit sent upstream, in whichever field the client used."""
-    field = "max_tokens" if "max_tokens" in chat.body else "max_completion_tokens"
+    field = ("max_tokens" if "max_tokens" in chat.body or chat.upstream_path == LEGACY_COMPLETIONS
+             else "max_completion_tokens")
     chat.body[field] = tokens
     chat.max_output_tokens = tokens
     if chat.native_body is not None:  # sent as it is to a provider of the client's wire

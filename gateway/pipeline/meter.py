@@ -154,6 +154,9 @@ def completion_texts(choices: Any, key: str) -> list[tuple[tuple[Any, ...], str]
     keyed by where it belongs (choice, field, tool call), so stream deltas can be joined."""
     texts: list[tuple[tuple[Any, ...], str]] = []
     for n, choice in enumerate(choices if isinstance(choices, list) else ()):
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            texts.append(((choice.get("index", n), "text"), choice["text"]))  # legacy
+            continue
         part = choice.get(key) if isinstance(choice, dict) else None
         if not isinstance(part, dict):
             continue

@@ -51,7 +51,7 @@ from gateway.pipeline.meter import (
 from gateway.pipeline.price import price
 from gateway.pipeline.record import record
 from gateway.pricing import PriceTable, format_usd
-from gateway.providers.base import Credential, Upstream, untranslatable
+from gateway.providers.base import Credential, Upstream, unsupported_provider, untranslatable
 from gateway.providers.resilience import CircuitBreaker, Leg, Plan, weighted_order
 from gateway.routing import Route, Router
 from gateway.tokens.service import TokenService
@@ -147,7 +147,10 @@ class ProxyPipeline:
         return usable
 
     def _check_translatable(self, chat: ChatRequest, route: Route) -> None:
-        wire = self.upstreams[route.provider].adapter.wire
+        upstream = self.upstreams[route.provider]
+        if chat.provider_kinds and upstream.settings.kind not in chat.provider_kinds:
+            raise unsupported_provider(chat, route.provider, upstream.settings.kind)
+        wire = upstream.adapter.wire
         if chat.untranslatable and wire != chat.entry_wire:
             raise untranslatable(list(chat.untranslatable), route.provider,
                                  f"it speaks {wire}'s API, the request is {chat.entry_wire}'s")
@@ -237,6 +240,15 @@ class ProxyPipeline:
             return body
         assert completion is not None
         return ex.entry.render(chat, completion, ex.usage)
+
+    async def relay(self, ex: Exchange, chat: ChatRequest) -> bytes:
+        """A free call's upstream answer as it is (`ChatRequest.free`: nothing to meter)."""
+        chat, upstream, response = await self._open(ex, chat)
+        started = time.perf_counter()
+        try:
+            return await read_body(upstream, response)
+        finally:
+            ex.upstream_s += time.perf_counter() - started
 
     async def stream(self, ex: Exchange, chat: ChatRequest) -> AsyncIterator[bytes]:
         """A streamed call: SSE as it arrives (translated where the wires differ), then the

@@ -74,7 +74,8 @@ class AnthropicAdapter:
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if credential.api_key:
             headers["x-api-key"] = credential.api_key
-        return UpstreamCall(f"{base}/v1/messages", headers, orjson.dumps(self.request_body(chat)))
+        path = chat.upstream_path or "/v1/messages"  # or count_tokens, relayed as it is
+        return UpstreamCall(f"{base}{path}", headers, orjson.dumps(self.request_body(chat)))
 
     def request_body(self, chat: ChatRequest) -> dict[str, Any]:
         """The Messages request: the client's own body when it spoke Anthropic, else a

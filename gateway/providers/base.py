@@ -70,6 +70,17 @@ def untranslatable(features: str | Sequence[str], provider: str, why: str = "") 
         details={"feature": names[0], "features": names, "provider": provider})
 
 
+def unsupported_provider(chat: ChatRequest, provider: str, kind: str) -> BadRequest:
+    """The 400 for a model whose provider does not serve the request's endpoint."""
+    kinds = sorted(chat.provider_kinds)
+    return BadRequest(
+        f"POST /v1{chat.upstream_path} is served by {', '.join(kinds)} providers only; model "
+        f"{chat.model!r}"
+        f"is served by provider {provider!r} (kind {kind})", code="unsupported_provider",
+        details={"endpoint": f"/v1{chat.upstream_path}", "providers": kinds, "provider": provider,
+                 "model": chat.model})
+
+
 def upstream_error(provider: str, status: int, message: str, kind: str, error: Any,
                    headers: dict[str, str]) -> UpstreamStatusError:
     """The gateway's error for an upstream's error answer (only Retry-After is relayed)."""

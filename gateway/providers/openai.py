@@ -45,7 +45,7 @@ class OpenAIAdapter:
         require_key(self.name, credential, _KEYED_HOSTS, _KEYED_HOSTS.get(host, self.key_env))
 
     def url(self, credential: Credential, chat: ChatRequest) -> str:
-        return credential.base_url.rstrip("/") + "/chat/completions"
+        return credential.base_url.rstrip("/") + (chat.upstream_path or "/chat/completions")
 
     def headers(self, credential: Credential) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -79,8 +79,9 @@ class OpenAIAdapter:
 
     def _completion(self, body: bytes) -> dict[str, Any]:
         data = orjson.loads(body)  # JSONDecodeError is a ValueError
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise ValueError("not a chat completion object")
+        if not isinstance(data, dict) or not (isinstance(data.get("choices"), list)
+                                              or isinstance(data.get("results"), list)):
+            raise ValueError("not a completion or moderation object")
         return data
 
     def stream_translator(self, chat: ChatRequest) -> OpenAIStreamTranslator:

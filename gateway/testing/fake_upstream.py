@@ -5,6 +5,8 @@ Routes (one module each):
 
 * ``POST /v1/chat/completions``: OpenAI Chat Completions, JSON and SSE; Mistral uses the
   same path and shape (``fake_openai``).
+* ``POST /v1/completions`` (JSON and SSE) and ``/v1/moderations``: OpenAI's legacy
+  completions and moderations (``fake_openai_legacy``).
 * ``POST /openai/deployments/{deployment}/chat/completions?api-version=...``: Azure OpenAI
   (``fake_openai``).
 * ``POST /v1/messages`` and ``/v1/messages/count_tokens``: Anthropic (``fake_anthropic``).
@@ -45,6 +47,7 @@ from gateway.testing import (
     fake_control,
     fake_embeddings,
     fake_openai,
+    fake_openai_legacy,
 )
 from gateway.testing.fake_behaviour import STATE, FakeUpstreamState
 from gateway.testing.fake_openai import count_prompt_tokens, usage_object
@@ -74,6 +77,8 @@ def build_app(
     router.add_post(
         "/openai/deployments/{deployment}/chat/completions", fake_openai.azure_chat_completions
     )
+    router.add_post("/v1/completions", fake_openai_legacy.completions)
+    router.add_post("/v1/moderations", fake_openai_legacy.moderations)
     router.add_post("/v1/messages", fake_anthropic.messages)
     router.add_post("/v1/messages/count_tokens", fake_anthropic.count_tokens)
     # {model}:{method}: generation and countTokens (fake_gemini), embeddings (fake_embeddings)

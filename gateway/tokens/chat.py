@@ -45,8 +45,10 @@ class ChatPieces:
 
 def chat_pieces(body: dict[str, Any], encoding: str) -> ChatPieces:
     """Split a chat request into the texts to encode and the tokens that are fixed."""
-    if "messages" not in body and "input" in body:
-        return embedding_pieces(body)
+    if "messages" not in body and ("prompt" in body or "input" in body):
+        # Embeddings, legacy completions and moderations: their input, with no framing.
+        from gateway.tokens.prompt import prompt_pieces
+        return prompt_pieces(body)
     out = ChatPieces()
     for message in body.get("messages") or ():
         out.constant += TOKENS_PER_MESSAGE
@@ -72,22 +74,6 @@ def chat_pieces(body: dict[str, Any], encoding: str) -> ChatPieces:
         if isinstance(value, dict) and value.get("type") not in (None, "text", "json_object"):
             out.texts.append(orjson.dumps(value).decode())
             out.exact = False
-    return out
-
-
-def embedding_pieces(body: dict[str, Any]) -> ChatPieces:
-    """An embeddings request (`input`): each string as it is, token arrays by their length;
-    no framing, as OpenAI bills embeddings."""
-    out = ChatPieces()
-    value = body.get("input")
-    items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    if items and all(isinstance(v, int) for v in items):
-        items = [items]  # one token array
-    for item in items:
-        if isinstance(item, str):
-            out.texts.append(item)
-        elif isinstance(item, list):
-            out.constant += len(item)
     return out
 
 

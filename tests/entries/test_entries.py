@@ -19,8 +19,13 @@ LIMITS = Limits(max_body_bytes=1_000_000, max_messages=8, max_content_chars=200)
 def test_each_entry_has_its_own_path_and_name() -> None:
     entries: tuple[Entry, ...] = ENTRIES  # mypy: each fits the protocol
     assert sorted(e.path for e in entries) == ["/api/proxy/chat", "/v1/chat/completions",
-                                               "/v1/embeddings", "/v1/messages"]
+                                               "/v1/completions", "/v1/embeddings",
+                                               "/v1/messages", "/v1/moderations"]
     assert len({e.name for e in entries}) == len(entries)
+
+
+# The entries that take no messages: legacy completions' prompt, moderations' input.
+_NO_MESSAGES = {"completions": {"prompt": "Hi"}, "moderations": {"input": "Hi"}}
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.name)
@@ -30,6 +35,7 @@ def test_parse_records_the_entry_and_its_wire(entry: Entry) -> None:
             else {"model": "m", "messages": [message], "max_tokens": 5})
     if entry is OPENAI_EMBEDDINGS:
         body = {"model": "m", "input": "Hi"}
+    body = {**body, **_NO_MESSAGES.get(entry.name, {})}
     chat = entry.parse(body, LIMITS, frozenset({"openai"}))
     assert (chat.entry, chat.entry_wire) == (entry.name, entry.wire)
     with pytest.raises(BadRequest):
