@@ -24,7 +24,7 @@ from gateway.http import (
 
 
 def setup_routes(app: web.Application) -> None:
-    for entry in ENTRIES:  # /v1/chat/completions, /v1/messages, /api/proxy/chat
+    for entry in ENTRIES:  # /v1/chat/completions, /v1/messages, /api/proxy/chat, /v1/responses
         app.router.add_post(entry.path, proxy.handler(entry))
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)

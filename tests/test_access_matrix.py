@@ -33,6 +33,7 @@ QUERY, BODY = "query", "body"
 ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/v1/chat/completions"): (PROXY, None),
     ("POST", "/v1/messages"): (PROXY, None),
+    ("POST", "/v1/responses"): (PROXY, None),
     ("POST", "/api/proxy/chat"): (PROXY, None),
     ("GET", "/v1/models"): (PROXY, None),
     ("POST", "/api/tokens/count"): (PROJECT_OR_ADMIN, None),

@@ -6,9 +6,10 @@ from gateway.entries.anthropic import ANTHROPIC_MESSAGES
 from gateway.entries.base import Entry, ErrorShape, GatewayErrors, OpenAIErrors
 from gateway.entries.native import NATIVE_CHAT
 from gateway.entries.openai_chat import OPENAI_CHAT
+from gateway.entries.openai_responses import OPENAI_RESPONSES
 
 # Each is served at its `path` (routes.py) and runs the whole pipeline.
-ENTRIES: tuple[Entry, ...] = (OPENAI_CHAT, ANTHROPIC_MESSAGES, NATIVE_CHAT)
+ENTRIES: tuple[Entry, ...] = (OPENAI_CHAT, ANTHROPIC_MESSAGES, NATIVE_CHAT, OPENAI_RESPONSES)
 
 _OPENAI_ERRORS, _GATEWAY_ERRORS = OpenAIErrors(), GatewayErrors()
 

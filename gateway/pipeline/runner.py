@@ -147,7 +147,7 @@ class ProxyPipeline:
         return usable
 
     def _check_translatable(self, chat: ChatRequest, route: Route) -> None:
-        wire = self.upstreams[route.provider].adapter.wire
+        wire = self.upstreams[route.provider].speaking(chat.entry_wire).adapter.wire
         if chat.untranslatable and wire != chat.entry_wire:
             raise untranslatable(list(chat.untranslatable), route.provider,
                                  f"it speaks {wire}'s API, the request is {chat.entry_wire}'s")
@@ -166,7 +166,8 @@ class ProxyPipeline:
         assert ex.principal is not None
         routes = ex.chain or [self.router.route(chat.model, chat.provider)]
         legs = [Leg(chat if n == 0 else self._retarget(chat, route),
-                    self.upstreams[route.provider], route.upstream_model)
+                    self.upstreams[route.provider].speaking(chat.entry_wire),
+                    route.upstream_model)
                 for n, route in enumerate(routes)]
         plan = Plan(legs, self.breakers, partial(self._credentials, ex.principal.project.id),
                     ex.attempts, rng=self._rng, sleep=self._sleep)

@@ -9,6 +9,7 @@ the gateway relays the provider's bytes as they are and only meters them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from gateway.settings import BUILTIN_PROVIDERS, ProviderSettings
 OFFICIAL_HOSTS = frozenset(
     host for _, url, _, _ in BUILTIN_PROVIDERS.values() if (host := urlsplit(url).hostname))
 
-WIRES = ("openai", "anthropic", "gemini", "cohere")
+WIRES = ("openai", "anthropic", "gemini", "cohere", "openai_responses")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +190,18 @@ class Upstream:
     @property
     def name(self) -> str:
         return self.adapter.name
+
+    def speaking(self, wire: str) -> Upstream:
+        """This provider as it serves `wire`: itself, or a view (same session, credentials
+        and breaker) whose adapter relays a second API of that wire, where the adapter's
+        optional `relay(wire)` has one (OpenAI's Responses API)."""
+        relay = getattr(self.adapter, "relay", None)
+        adapter = relay(wire) if relay is not None and self.adapter.wire != wire else None
+        if adapter is None:
+            return self
+        view = copy.copy(self)
+        view.adapter = adapter
+        return view
 
     @property
     def usable(self) -> bool:

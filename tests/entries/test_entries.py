@@ -18,7 +18,7 @@ LIMITS = Limits(max_body_bytes=1_000_000, max_messages=8, max_content_chars=200)
 def test_each_entry_has_its_own_path_and_name() -> None:
     entries: tuple[Entry, ...] = ENTRIES  # mypy: each fits the protocol
     assert sorted(e.path for e in entries) == ["/api/proxy/chat", "/v1/chat/completions",
-                                               "/v1/messages"]
+                                               "/v1/messages", "/v1/responses"]
     assert len({e.name for e in entries}) == len(entries)
 
 
@@ -26,7 +26,7 @@ def test_each_entry_has_its_own_path_and_name() -> None:
 def test_parse_records_the_entry_and_its_wire(entry: Entry) -> None:
     message = {"role": "user", "content": "Hi"}
     body = ({"model": "m", "messages": [message], "provider": "openai"} if entry is NATIVE_CHAT
-            else {"model": "m", "messages": [message], "max_tokens": 5})
+            else {"model": "m", "messages": [message], "max_tokens": 5, "input": "Hi"})
     chat = entry.parse(body, LIMITS, frozenset({"openai"}))
     assert (chat.entry, chat.entry_wire) == (entry.name, entry.wire)
     with pytest.raises(BadRequest):
