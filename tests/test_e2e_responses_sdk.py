@@ -125,3 +125,36 @@ async def test_untranslatable_feature_is_400(gateway: TestClient) -> None:
             model="gemini-2.5-flash", input="hi", previous_response_id="resp_1")
     assert caught.value.code == "untranslatable_feature"
     assert "previous_response_id" in caught.value.message
+
+
+async def test_stored_responses_are_reached_on_openai(gateway: TestClient,
+                                                      fake_upstream: FakeUpstream) -> None:
+    _, key = await create_project(gateway)
+    client = sdk(gateway, key)
+    created = await client.responses.create(model="gpt-4o-mini", input="Say hello")
+    fetched = await client.responses.retrieve(created.id)
+    assert (fetched.id, fetched.output_text) == (created.id, created.output_text)
+    items = await client.responses.input_items.list(created.id)
+    assert [item.type for item in items.data] == ["message"]
+    await client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(created.id)
+    assert [(r["method"], r["path"]) for r in fake_upstream.state.log] == [
+        ("POST", "/v1/responses"), ("GET", f"/v1/responses/{created.id}"),
+        ("GET", f"/v1/responses/{created.id}/input_items"),
+        ("DELETE", f"/v1/responses/{created.id}"), ("GET", f"/v1/responses/{created.id}")]
+    rows = await wait_for_rows(gateway, 5)
+    assert [(r["endpoint"], r["status"], r["cost_usd"]) for r in rows[1:]] == [
+        (f"/v1/responses/{created.id}", 200, 0),
+        (f"/v1/responses/{created.id}/input_items", 200, 0),
+        (f"/v1/responses/{created.id}", 200, 0), (f"/v1/responses/{created.id}", 404, 0)]
+
+
+async def test_stored_responses_keep_to_the_allow_list(gateway: TestClient,
+                                                       fake_upstream: FakeUpstream) -> None:
+    _, key = await create_project(gateway, allowed_providers=["anthropic"])
+    with pytest.raises(openai.PermissionDeniedError):
+        await sdk(gateway, key).responses.retrieve("resp_1")
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(gateway, "sk-wrong").responses.retrieve("resp_1")
+    assert fake_upstream.state.received == 0

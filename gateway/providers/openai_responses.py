@@ -51,6 +51,12 @@ class OpenAIResponsesAdapter:
         return UpstreamCall(credential.base_url.rstrip("/") + "/responses",
                             self._openai.headers(credential), orjson.dumps(body))
 
+    def stored_call(self, credential: Credential, path: str) -> UpstreamCall:
+        """A call on a stored response (`path`: `/responses/{id}...`); it has no body."""
+        self._openai.require_key(credential)
+        return UpstreamCall(credential.base_url.rstrip("/") + path,
+                            self._openai.headers(credential), b"")
+
     def parse_response(self, body: bytes) -> tuple[Usage, str | None]:
         data = _response(body)
         model = data.get("model")

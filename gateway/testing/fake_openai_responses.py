@@ -1,7 +1,7 @@
 """OpenAI Responses API: ``POST /v1/responses`` (JSON, and SSE with every event in OpenAI's
 order, each with its ``sequence_number``), ``GET`` and ``DELETE /v1/responses/{id}`` and
 ``GET /v1/responses/{id}/input_items`` for responses it stored (``store`` is true unless the
-request says false).
+request says false); each is logged like any request.
 
 Token rule: input_tokens is ``count_prompt_tokens`` (as for chat completions) of the input as
 messages: ``instructions`` as a system message, a string input as a user message, each message
@@ -25,6 +25,7 @@ from gateway.testing.fake_behaviour import (
     body_response,
     json_response,
     open_turn,
+    record_request,
     send_stream,
     sse_event,
     wants_stream,
@@ -174,6 +175,7 @@ async def _stream(request: web.Request, behaviour: dict[str, Any], response: dic
 
 async def retrieve(request: web.Request) -> web.Response:
     """``GET /v1/responses/{id}``."""
+    record_request(request, b"")
     stored = request.app[STORED].get(request.match_info["id"])
     if stored is None:
         return _not_found(request.match_info["id"])
@@ -182,6 +184,7 @@ async def retrieve(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     """``DELETE /v1/responses/{id}``."""
+    record_request(request, b"")
     response_id = request.match_info["id"]
     if request.app[STORED].pop(response_id, None) is None:
         return _not_found(response_id)
@@ -190,6 +193,7 @@ async def delete(request: web.Request) -> web.Response:
 
 async def input_items(request: web.Request) -> web.Response:
     """``GET /v1/responses/{id}/input_items``."""
+    record_request(request, b"")
     response_id = request.match_info["id"]
     stored = request.app[STORED].get(response_id)
     if stored is None:
