@@ -10,7 +10,7 @@ the gateway relays the provider's bytes as they are and only meters them.
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -162,6 +162,13 @@ class ProviderAdapter(Protocol):
         ...
 
 
+class Relaying(Protocol):
+    """An optional ability: an adapter whose provider also serves a second wire as it is
+    (OpenAI's Responses API), relayed by the adapter `relay` answers."""
+
+    def relay(self, wire: str) -> ProviderAdapter | None: ...
+
+
 def credential_usable(kind: str, credential: Credential) -> bool:
     """Whether a call with this credential can be made at all: a key, or (not for Azure) a
     server of one's own that may need none."""
@@ -195,8 +202,12 @@ class Upstream:
         """This provider as it serves `wire`: itself, or a view (same session, credentials
         and breaker) whose adapter relays a second API of that wire, where the adapter's
         optional `relay(wire)` has one (OpenAI's Responses API)."""
-        relay = getattr(self.adapter, "relay", None)
-        adapter = relay(wire) if relay is not None and self.adapter.wire != wire else None
+        if self.adapter.wire == wire:
+            return self
+        # getattr, not isinstance(Relaying): a runtime Protocol check costs microseconds here.
+        relay: Callable[[str], ProviderAdapter | None] | None = getattr(
+            self.adapter, "relay", None)
+        adapter = relay(wire) if relay is not None else None
         if adapter is None:
             return self
         view = copy.copy(self)
