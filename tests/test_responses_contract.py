@@ -176,3 +176,40 @@ async def test_what_only_openai_takes_is_untranslatable_elsewhere(
     name = next(iter(feature))
     assert name in error["message"] or "web_search" in error["message"]
     assert fake_upstream.state.received == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_an_answer_without_usage_is_counted_never_free(
+        contract_gateway: TestClient, fake_upstream: FakeUpstream,  # noqa: F811
+        provider: str, stream: bool) -> None:
+    _, key = await create_project(contract_gateway)
+    fake_upstream.script({"no_usage": True})
+    resp = await contract_gateway.post(
+        "/v1/responses", json=responses_body(provider, stream=stream, tools=False),
+        headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    [row] = await wait_for_rows(contract_gateway, 1)
+    kind = "counted" if provider == "openai" else "estimated"
+    assert (row["input_source"], row["output_source"]) == (kind, kind)
+    assert row["input_tokens"] > 0 and row["output_tokens"] >= 12 and row["cost_usd"] > 0
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+async def test_a_stream_cut_upstream_ends_with_an_error_event_and_charges_what_was_sent(
+        contract_gateway: TestClient, fake_upstream: FakeUpstream,  # noqa: F811
+        provider: str) -> None:
+    _, key = await create_project(contract_gateway)
+    fake_upstream.script({"stream_cut_after": 4})
+    resp = await contract_gateway.post(
+        "/v1/responses", json=responses_body(provider, stream=True, tools=False),
+        headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200  # the stream had begun
+    events, _ = parse_sse(await resp.read())
+    name, last = events[-1]
+    assert name == last["type"] == "error" and last["code"].startswith("upstream")
+    assert "response.output_text.delta" in [n for n, _ in events]
+    [row] = await wait_for_rows(contract_gateway, 1)
+    assert (row["status"], row["endpoint"]) == (502, "/v1/responses")
+    assert row["output_tokens"] > 0 and row["cost_usd"] > 0  # what was streamed is charged
