@@ -17,6 +17,7 @@ from gateway.http import (
     metrics,
     models,
     proxy,
+    stored_responses,
     teams,
     tokens,
     track,
@@ -25,10 +26,13 @@ from gateway.http import (
 
 
 def setup_routes(app: web.Application) -> None:
-    for entry in ENTRIES:  # /v1/chat/completions, /v1/messages, /api/proxy/chat, /v1/embeddings
+    for entry in ENTRIES:  # one route per entry shape: see gateway/entries/__init__.py
         app.router.add_post(entry.path, proxy.handler(entry))
     app.router.add_post("/v1/messages/count_tokens", count_tokens.count_tokens)  # free
     app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/responses/{id}", stored_responses.retrieve)
+    app.router.add_delete("/v1/responses/{id}", stored_responses.delete)
+    app.router.add_get("/v1/responses/{id}/input_items", stored_responses.input_items)
     app.router.add_post("/api/tokens/count", tokens.count_tokens)
     app.router.add_get("/api/budgets/status", budgets.budget_status)
     app.router.add_post("/api/budgets", webhooks.create_budget)

@@ -9,9 +9,10 @@ from gateway.entries.openai_chat import OPENAI_CHAT
 from gateway.entries.openai_completions import OPENAI_COMPLETIONS
 from gateway.entries.openai_embeddings import OPENAI_EMBEDDINGS
 from gateway.entries.openai_moderations import OPENAI_MODERATIONS
+from gateway.entries.openai_responses import OPENAI_RESPONSES
 
 # Each is served at its `path` (routes.py) and runs the whole pipeline.
-ENTRIES: tuple[Entry, ...] = (OPENAI_CHAT, ANTHROPIC_MESSAGES, NATIVE_CHAT,
+ENTRIES: tuple[Entry, ...] = (OPENAI_CHAT, ANTHROPIC_MESSAGES, NATIVE_CHAT, OPENAI_RESPONSES,
                               OPENAI_EMBEDDINGS, OPENAI_COMPLETIONS, OPENAI_MODERATIONS)
 
 _OPENAI_ERRORS, _GATEWAY_ERRORS = OpenAIErrors(), GatewayErrors()

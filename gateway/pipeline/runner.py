@@ -150,7 +150,7 @@ class ProxyPipeline:
         upstream = self.upstreams[route.provider]
         if chat.provider_kinds and upstream.settings.kind not in chat.provider_kinds:
             raise unsupported_provider(chat, route.provider, upstream.settings.kind)
-        wire = upstream.adapter.wire
+        wire = upstream.speaking(chat.entry_wire).adapter.wire
         if chat.untranslatable and wire != chat.entry_wire:
             raise untranslatable(list(chat.untranslatable), route.provider,
                                  f"it speaks {wire}'s API, the request is {chat.entry_wire}'s")
@@ -169,7 +169,8 @@ class ProxyPipeline:
         assert ex.principal is not None
         routes = ex.chain or [self.router.route(chat.model, chat.provider)]
         legs = [Leg(chat if n == 0 else self._retarget(chat, route),
-                    self._upstream(ex.entry, route.provider), route.upstream_model)
+                    self._upstream(ex.entry, route.provider).speaking(chat.entry_wire),
+                    route.upstream_model)
                 for n, route in enumerate(routes)]
         plan = Plan(legs, self.breakers, partial(self._credentials, ex.principal.project.id),
                     ex.attempts, rng=self._rng, sleep=self._sleep)

@@ -9,7 +9,8 @@ the gateway relays the provider's bytes as they are and only meters them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import copy
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from gateway.settings import BUILTIN_PROVIDERS, ProviderSettings
 OFFICIAL_HOSTS = frozenset(
     host for _, url, _, _ in BUILTIN_PROVIDERS.values() if (host := urlsplit(url).hostname))
 
-WIRES = ("openai", "anthropic", "gemini", "cohere")
+WIRES = ("openai", "anthropic", "gemini", "cohere", "openai_responses")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +173,13 @@ class ProviderAdapter(Protocol):
         ...
 
 
+class Relaying(Protocol):
+    """An optional ability: an adapter whose provider also serves a second wire as it is
+    (OpenAI's Responses API), relayed by the adapter `relay` answers."""
+
+    def relay(self, wire: str) -> ProviderAdapter | None: ...
+
+
 def credential_usable(kind: str, credential: Credential) -> bool:
     """Whether a call with this credential can be made at all: a key, or (not for Azure) a
     server of one's own that may need none."""
@@ -200,6 +208,22 @@ class Upstream:
     @property
     def name(self) -> str:
         return self.adapter.name
+
+    def speaking(self, wire: str) -> Upstream:
+        """This provider as it serves `wire`: itself, or a view (same session, credentials
+        and breaker) whose adapter relays a second API of that wire, where the adapter's
+        optional `relay(wire)` has one (OpenAI's Responses API)."""
+        if self.adapter.wire == wire:
+            return self
+        # getattr, not isinstance(Relaying): a runtime Protocol check costs microseconds here.
+        relay: Callable[[str], ProviderAdapter | None] | None = getattr(
+            self.adapter, "relay", None)
+        adapter = relay(wire) if relay is not None else None
+        if adapter is None:
+            return self
+        view = copy.copy(self)
+        view.adapter = adapter
+        return view
 
     @property
     def usable(self) -> bool:

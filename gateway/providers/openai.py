@@ -21,6 +21,7 @@ from gateway.providers.base import (
     require_key,
     upstream_error,
 )
+from gateway.providers.openai_responses import RESPONSES_WIRE, OpenAIResponsesAdapter
 from gateway.settings import ProviderSettings
 
 # Hosts that certainly need a key: calling them without one is answered 400 here, at once.
@@ -39,6 +40,13 @@ class OpenAIAdapter:
         self.require_key(credential)
         return UpstreamCall(self.url(credential, chat), self.headers(credential),
                             orjson.dumps(self.request_body(chat)))
+
+    def relay(self, wire: str) -> OpenAIResponsesAdapter | None:
+        """OpenAI's own API also serves the Responses wire (compatible servers, Azure and
+        Mistral get Responses requests translated to chat completions)."""
+        if wire == RESPONSES_WIRE and self.settings.kind == "openai":
+            return OpenAIResponsesAdapter(self)
+        return None
 
     def require_key(self, credential: Credential) -> None:
         host = urlsplit(credential.base_url).hostname or ""

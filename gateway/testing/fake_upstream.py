@@ -12,6 +12,8 @@ Routes (one module each):
 * ``POST /v1/messages`` and ``/v1/messages/count_tokens``: Anthropic (``fake_anthropic``).
 * ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` (``?alt=sse``)
   and ``:countTokens``: Google Gemini (``fake_gemini``).
+* ``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}`` and its ``/input_items``:
+  OpenAI's Responses API (``fake_openai_responses``).
 * ``POST /v2/chat``: Cohere Chat v2 (``fake_cohere``).
 * Embeddings: ``POST /v1/embeddings`` (OpenAI, Mistral), Azure's
   ``/openai/deployments/{deployment}/embeddings``, Gemini's ``:embedContent`` and
@@ -48,6 +50,7 @@ from gateway.testing import (
     fake_embeddings,
     fake_openai,
     fake_openai_legacy,
+    fake_openai_responses,
 )
 from gateway.testing.fake_behaviour import STATE, FakeUpstreamState
 from gateway.testing.fake_openai import count_prompt_tokens, usage_object
@@ -89,6 +92,11 @@ def build_app(
         "/openai/deployments/{deployment}/embeddings", fake_embeddings.azure_embeddings
     )
     router.add_post("/v2/embed", fake_embeddings.cohere_embed)
+    app[fake_openai_responses.STORED] = {}
+    router.add_post("/v1/responses", fake_openai_responses.create)
+    router.add_get("/v1/responses/{id}", fake_openai_responses.retrieve)
+    router.add_delete("/v1/responses/{id}", fake_openai_responses.delete)
+    router.add_get("/v1/responses/{id}/input_items", fake_openai_responses.input_items)
     router.add_post("/_fake/script", fake_control.post_script)
     router.add_delete("/_fake/script", fake_control.delete_script)
     router.add_get("/_fake/requests", fake_control.get_requests)

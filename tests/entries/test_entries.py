@@ -11,6 +11,7 @@ from gateway.entries.base import Entry, Limits
 from gateway.entries.native import NATIVE_CHAT
 from gateway.entries.openai_chat import OPENAI_CHAT
 from gateway.entries.openai_embeddings import OPENAI_EMBEDDINGS
+from gateway.entries.openai_responses import OPENAI_RESPONSES
 from gateway.errors import BadRequest
 
 LIMITS = Limits(max_body_bytes=1_000_000, max_messages=8, max_content_chars=200)
@@ -20,7 +21,8 @@ def test_each_entry_has_its_own_path_and_name() -> None:
     entries: tuple[Entry, ...] = ENTRIES  # mypy: each fits the protocol
     assert sorted(e.path for e in entries) == ["/api/proxy/chat", "/v1/chat/completions",
                                                "/v1/completions", "/v1/embeddings",
-                                               "/v1/messages", "/v1/moderations"]
+                                               "/v1/messages", "/v1/moderations",
+                                               "/v1/responses"]
     assert len({e.name for e in entries}) == len(entries)
 
 
@@ -35,6 +37,8 @@ def test_parse_records_the_entry_and_its_wire(entry: Entry) -> None:
             else {"model": "m", "messages": [message], "max_tokens": 5})
     if entry is OPENAI_EMBEDDINGS:
         body = {"model": "m", "input": "Hi"}
+    elif entry is OPENAI_RESPONSES:
+        body = {**body, "input": "Hi"}
     body = {**body, **_NO_MESSAGES.get(entry.name, {})}
     chat = entry.parse(body, LIMITS, frozenset({"openai"}))
     assert (chat.entry, chat.entry_wire) == (entry.name, entry.wire)
