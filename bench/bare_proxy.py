@@ -33,7 +33,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     headers = {name: request.headers[name] for name in FORWARD_HEADERS if name in request.headers}
     session = request.app[SESSION]
-    async with session.post(request.app[TARGET], data=body, headers=headers,
+    target = request.app[TARGET] + request.path.removeprefix("/v1")
+    async with session.post(target, data=body, headers=headers,
                             allow_redirects=False) as upstream:
         content_type = upstream.headers.get("Content-Type", "application/octet-stream")
         if not content_type.startswith("text/event-stream"):
@@ -51,7 +52,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 def build_app(upstream: str, max_connections: int = 256) -> web.Application:
     app = web.Application()
-    app[TARGET] = upstream.rstrip("/") + "/chat/completions"
+    app[TARGET] = upstream.rstrip("/")  # + the path after /v1
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         # The gateway's connector and timeouts (config/gateway.toml [providers.openai]).
@@ -63,7 +64,8 @@ def build_app(upstream: str, max_connections: int = 256) -> web.Application:
         await app[SESSION].close()
 
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/embeddings"):
+        app.router.add_post(path, chat_completions)
     return app
 
 

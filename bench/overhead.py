@@ -40,7 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 HOST = "127.0.0.1"
-PATH = "/v1/chat/completions"
+# What each --endpoint posts: its path, and a request body (stream: whether to stream it).
+PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
+         "embeddings": "/v1/embeddings"}
 TARGETS = ("upstream", "bare", "gateway", "limits")
 LABELS = {"upstream": "upstream (direct)", "bare": "bare aiohttp proxy", "gateway": "gateway",
           "limits": "gateway + limits"}
@@ -282,6 +284,7 @@ class LoadGen:
     key: str
     pin: str | None
     wrk_threads: int
+    path: str = PATHS["chat"]
     lua: Path = field(init=False)
     body_file: Path = field(init=False)
 
@@ -296,14 +299,14 @@ class LoadGen:
 
     def run(self, target: str, port: int, connections: int, seconds: int,
             round_: int) -> Measurement:
-        url = f"http://{HOST}:{port}{PATH}"
+        url = f"http://{HOST}:{port}{self.path}"
         if self.kind == "wrk":
             threads = max(1, min(self.wrk_threads, connections))
             cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
                    "--timeout", "5s", "--latency", "-s", str(self.lua), url]
         else:
             cmd = [sys.executable, str(BENCH / "loadgen.py"), "--port", str(port),
-                   "--path", PATH, "--connections", str(connections), "--seconds",
+                   "--path", self.path, "--connections", str(connections), "--seconds",
                    str(seconds), "--body-file", str(self.body_file),
                    "--header", "Content-Type: application/json",
                    "--header", f"Authorization: Bearer {self.key}"]
@@ -346,8 +349,18 @@ def create_key(url: str, admin_token: str, project: dict[str, Any]) -> str:
     return str(json.loads(data)["key"])
 
 
-def request_body(stream: bool) -> bytes:
+def request_body(stream: bool, endpoint: str = "chat") -> bytes:
     body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 16}
+    if endpoint == "responses":
+        body = {"model": "gpt-4o-mini", "instructions": MESSAGES[0]["content"],
+                "input": MESSAGES[1]["content"], "max_output_tokens": 16}
+        if stream:
+            body["stream"] = True
+        return json.dumps(body, separators=(",", ":")).encode()
+    if endpoint == "embeddings":
+        body = {"model": "text-embedding-3-small", "input": MESSAGES[1]["content"],
+                "encoding_format": "float"}
+        return json.dumps(body, separators=(",", ":")).encode()
     if stream:
         # Every target then makes the upstream do the same work: the gateway always asks
         # for the usage chunk on streams.
@@ -356,23 +369,26 @@ def request_body(stream: bool) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def preflight(name: str, url: str, body: bytes, key: str, stream: bool) -> None:
-    """One request through `url`: it must be a 200 with a real completion in it."""
-    status, headers, data = http("POST", url + PATH, body, {
+def preflight(name: str, url: str, body: bytes, key: str, stream: bool,
+              endpoint: str = "chat") -> None:
+    """One request through `url`: it must be a 200 with a real answer in it."""
+    status, headers, data = http("POST", url + PATHS[endpoint], body, {
         "Content-Type": "application/json", "Authorization": f"Bearer {key}"}, timeout=10)
     problem = None
     if status != 200:
         problem = f"status {status}"
     elif stream:
-        if not data.rstrip().endswith(b"data: [DONE]"):
-            problem = "stream does not end with data: [DONE]"
+        last = b"response.completed" if endpoint == "responses" else b"data: [DONE]"
+        if last not in data[-2000:]:
+            problem = f"stream does not end with {last.decode()}"
     else:
+        field_name = {"chat": "choices", "responses": "output", "embeddings": "data"}[endpoint]
         try:
-            choices = json.loads(data).get("choices")
+            answer = json.loads(data).get(field_name)
         except ValueError:
-            choices = None
-        if not choices:
-            problem = "no choices in the body"
+            answer = None
+        if not answer:
+            problem = f"no {field_name} in the body"
     if name in ("gateway", "limits") and problem is None and not stream \
             and COST_HEADER not in headers:
         problem = f"no {COST_HEADER} header"
@@ -533,7 +549,8 @@ def print_report(result: dict[str, Any]) -> None:
     conc = cfg["concurrency"]
     mode = "streaming" if cfg["stream"] else "non-streaming"
     print()
-    print(f"Gateway overhead: {mode} POST {PATH}, {cfg['rounds']} rounds x {cfg['seconds']}s "
+    print(f"Gateway overhead: {mode} POST {cfg['path']}, {cfg['rounds']} rounds x "
+          f"{cfg['seconds']}s "
           f"per target, load generator {cfg['loadgen']}, CPUs {cfg['pinning_text']}")
     load = result["environment"]["loadavg_before"]
     print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
@@ -597,7 +614,10 @@ def run(args: argparse.Namespace) -> int:
     pin_text = ("unpinned" if pins["proxy"] is None else
                 f"load generator on {pins['loadgen']}, fake upstream on {pins['upstream']}, "
                 f"proxy under test on {pins['proxy']}")
-    body = request_body(args.stream)
+    if args.stream and args.endpoint == "embeddings":
+        raise BenchError("embeddings do not stream")
+    path = PATHS[args.endpoint]
+    body = request_body(args.stream, args.endpoint)
     db_name = f"gateway_bench_{os.getpid()}"
     gateway_dsn = with_database(args.database_url, db_name)
     admin_token = secrets.token_urlsafe(24)
@@ -652,13 +672,15 @@ def run(args: argparse.Namespace) -> int:
         urls = {"upstream": upstream.url, "bare": bare.url, "gateway": gateway.url,
                 "limits": limited.url}
         for t in TARGETS:
-            preflight(t, urls[t], body, limited_key if t == "limits" else key, args.stream)
-        loadgen = LoadGen(loadgen_kind, workdir, body, key, pins["loadgen"], args.wrk_threads)
+            preflight(t, urls[t], body, limited_key if t == "limits" else key, args.stream,
+                      args.endpoint)
+        loadgen = LoadGen(loadgen_kind, workdir, body, key, pins["loadgen"], args.wrk_threads,
+                          path)
         limited_dir = workdir / "limits"
         limited_dir.mkdir()
         loadgens = {t: loadgen for t in TARGETS}
         loadgens["limits"] = LoadGen(loadgen_kind, limited_dir, body, limited_key,
-                                     pins["loadgen"], args.wrk_threads)
+                                     pins["loadgen"], args.wrk_threads, path)
 
         def check() -> None:
             for s in servers:
@@ -739,7 +761,8 @@ def run(args: argparse.Namespace) -> int:
             "duration_s": round(time.time() - started, 1),
             "config": {
                 "rounds": args.rounds, "seconds": args.seconds, "warmup_s": args.warmup,
-                "concurrency": concurrency, "stream": args.stream,
+                "concurrency": concurrency, "stream": args.stream, "path": path,
+                "endpoint": args.endpoint,
                 "loadgen": loadgen_kind, "wrk_threads": args.wrk_threads,
                 "pinning": pins, "pinning_text": pin_text, "body": body.decode(),
             },
@@ -821,7 +844,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="32,1",
                         help="connection counts; the largest is the throughput level, the "
                              "smallest the latency level")
-    parser.add_argument("--stream", action="store_true", help="benchmark streamed completions")
+    parser.add_argument("--stream", action="store_true", help="benchmark streamed answers")
+    parser.add_argument("--endpoint", choices=tuple(PATHS), default="chat",
+                        help="chat completions, the Responses API, or embeddings")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--pin", choices=("auto", "off"), default="auto",
