@@ -14,9 +14,9 @@ from gateway.domain import Usage
 from gateway.entries.anthropic_count_tokens import ANTHROPIC_COUNT_TOKENS
 from gateway.errors import BadGateway, GatewayError
 from gateway.http.json import read_limited
-from gateway.http.proxy import COST_HEADER
+from gateway.http.proxy import COST_HEADER, cancelled
 from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS
-from gateway.pipeline.exchange import CLIENT_CLOSED, Exchange
+from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.price import price
 
 ANTHROPIC_WIRE = "anthropic"
@@ -47,7 +47,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         exc.headers = {**ex.response_headers, **exc.headers}
         raise
     except asyncio.CancelledError:
-        ex.fail(CLIENT_CLOSED, "client_closed")
+        cancelled(request, ex)  # the client gone (499), or the gateway shutting down (503)
         raise
     except Exception:
         ex.fail(500, "internal_error")

@@ -42,7 +42,7 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
         exc.headers = {**ex.response_headers, **exc.headers}
         raise
     except asyncio.CancelledError:
-        _cancelled(request, ex)
+        cancelled(request, ex)
         raise
     except Exception:
         ex.fail(500, "internal_error")
@@ -51,7 +51,7 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
         await pipeline.finish(ex)
 
 
-def _cancelled(request: web.Request, ex: Exchange) -> None:
+def cancelled(request: web.Request, ex: Exchange) -> None:
     """Who cut the call short: the gateway itself, shutting down with the client still
     connected (503 `gateway_shutdown`), or the client that went away (499)."""
     transport = request.transport
