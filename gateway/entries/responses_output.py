@@ -106,8 +106,13 @@ class ResponsesStreamEncoder:
         self._sequence = 0
         self._started = False
         self._output: list[dict[str, Any]] = []  # items done so far
-        self._open: dict[str, Any] | None = None  # the item being streamed
-        self._tools: dict[int, dict[str, Any]] = {}  # pivot tool call index -> its item
+        self._open: dict[str, Any] | None = None  # the message being streamed
+        # Function calls being streamed, by pivot tool call index: all stay open until the
+        # text resumes or the stream ends, since a provider may interleave parallel calls'
+        # argument deltas (each event names its item's output_index).
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._tools: dict[int, dict[str, Any]] = {}  # every call seen, by pivot index
+        self._added = 0  # output_index of the next item added
         self._finish: str | None = None
 
     def _event(self, kind: str, **fields: Any) -> bytes:
@@ -139,16 +144,22 @@ class ResponsesStreamEncoder:
 
     def close(self, usage: Usage, trailer: bytes) -> bytes:
         status = "incomplete" if self._finish == "length" else "completed"
+        closing = self._close_item() + self._close_calls()
         response = response_object(self._chat, self._id, self._created, status,
                                    self._output, usage)
-        return b"".join((self._start(), self._close_item(), trailer,
+        return b"".join((self._start(), closing, trailer,
                          self._event(f"response.{status}", response=response)))
 
     def _add(self, item: dict[str, Any]) -> bytes:
-        closing = self._close_item()
-        self._open = item
+        """A new item: a message closes what is open; a call closes an open message."""
+        closing = self._close_item() + (self._close_calls() if item["type"] == "message"
+                                        else b"")
+        item["_index"] = self._added
+        self._added += 1
+        if item["type"] == "message":
+            self._open = item
         return closing + self._event("response.output_item.added",
-                                     output_index=len(self._output), item=item)
+                                     output_index=item["_index"], item=_public(item))
 
     def _text(self, text: str) -> bytes:
         opening = b""
@@ -157,37 +168,44 @@ class ResponsesStreamEncoder:
             item["_text"] = []
             opening = self._add(item) + self._event(
                 "response.content_part.added", item_id=item["id"],
-                output_index=len(self._output), content_index=0, part=_part(""))
+                output_index=item["_index"], content_index=0, part=_part(""))
         assert self._open is not None
         self._open["_text"].append(text)
         return opening + self._event(
             "response.output_text.delta", item_id=self._open["id"],
-            output_index=len(self._output), content_index=0, delta=text, logprobs=[])
+            output_index=self._open["_index"], content_index=0, delta=text, logprobs=[])
 
     def _tool(self, call: dict[str, Any]) -> bytes:
         index = call.get("index", 0)
         function = call.get("function") or {}
         opening = b""
         if index not in self._tools:
-            n = len(self._output) + (self._open is not None)
+            n = self._added
             item = _call(f"fc_{self._base}_{n}", call.get("id") or f"call_{self._base}_{n}",
                          function.get("name") or "", "", "in_progress")
-            self._tools[index] = item
+            self._tools[index] = self._calls[index] = item
             opening = self._add(item)
-        item = self._tools[index]
+        open_call = self._calls.get(index)
         arguments = function.get("arguments")
-        if not arguments or item is not self._open:
+        if not arguments or open_call is None:  # deltas after its call was closed: none known
             return opening
-        item["arguments"] += arguments
+        open_call["arguments"] += arguments
         return opening + self._event("response.function_call_arguments.delta",
-                                     item_id=item["id"], output_index=len(self._output),
+                                     item_id=open_call["id"], output_index=open_call["_index"],
                                      delta=arguments)
+
+    def _close_calls(self) -> bytes:
+        """Every open function call, in output order."""
+        calls = sorted(self._calls.values(), key=lambda item: item["_index"])
+        self._calls.clear()
+        return b"".join(self._done(item) for item in calls)
 
     def _close_item(self) -> bytes:
         item, self._open = self._open, None
-        if item is None:
-            return b""
-        index = len(self._output)
+        return b"" if item is None else self._done(item)
+
+    def _done(self, item: dict[str, Any]) -> bytes:
+        index = item.pop("_index")
         out = []
         if item["type"] == "message":
             text = "".join(item.pop("_text"))
@@ -211,3 +229,8 @@ class ResponsesStreamEncoder:
         data = {"type": "error", "code": code, "message": message, "param": None,
                 "sequence_number": 0}
         return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _public(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as clients see it (without the encoder's own `_` fields)."""
+    return {k: v for k, v in item.items() if not k.startswith("_")}

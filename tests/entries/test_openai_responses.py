@@ -119,3 +119,36 @@ def test_a_stream_cut_by_the_limit_ends_incomplete() -> None:
     assert events[-1]["type"] == "response.incomplete"
     assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     assert b": cost\n\n" in out
+
+
+def test_parallel_calls_whose_deltas_interleave_keep_every_argument() -> None:
+    """A provider may stream two calls' arguments interleaved: both items stay open, each
+    delta names its own output_index, and the completed response has every argument."""
+    chat = parse(input="hi", stream=True)
+    encoder = OPENAI_RESPONSES.stream_encoder(chat, "rid")
+
+    def call(index: int, **function: str) -> dict[str, Any]:
+        extra = {"id": f"c{index}"} if "name" in function else {}
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": index, **extra, "function": function}]}}]}
+
+    out = encoder.feed({"choices": [{"index": 0, "delta": {"content": "Looking."}}]})
+    out += encoder.feed(call(0, name="look", arguments='{"city":'))
+    out += encoder.feed(call(1, name="look", arguments='{"city":'))
+    out += encoder.feed(call(0, arguments=' "Paris"}'))
+    out += encoder.feed(call(1, arguments=' "Rome"}'))
+    out += encoder.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    out += encoder.close(Usage(5, 0, 9), b"")
+    events = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    deltas = [(e["output_index"], e["delta"]) for e in events
+              if e["type"] == "response.function_call_arguments.delta"]
+    assert deltas == [(1, '{"city":'), (2, '{"city":'), (1, ' "Paris"}'), (2, ' "Rome"}')]
+    done = [(e["output_index"], e["item"].get("arguments")) for e in events
+            if e["type"] == "response.output_item.done"]
+    assert done == [(0, None), (1, '{"city": "Paris"}'), (2, '{"city": "Rome"}')]
+    output = events[-1]["response"]["output"]
+    assert [item["type"] for item in output] == ["message", "function_call", "function_call"]
+    assert [item.get("arguments") for item in output[1:]] == ['{"city": "Paris"}',
+                                                              '{"city": "Rome"}']
+    assert all(not k.startswith("_") for e in events if "item" in e for k in e["item"])
