@@ -4,7 +4,6 @@ recorded once at cost 0."""
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
 import orjson
@@ -12,9 +11,9 @@ from aiohttp import web
 
 from gateway.domain import Usage
 from gateway.entries.anthropic_count_tokens import ANTHROPIC_COUNT_TOKENS
-from gateway.errors import BadGateway, GatewayError
+from gateway.errors import BadGateway
 from gateway.http.json import read_limited
-from gateway.http.proxy import COST_HEADER, cancelled
+from gateway.http.proxy import COST_HEADER, settled
 from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.price import price
@@ -26,7 +25,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     limit = request.app[SETTINGS].server.max_body_bytes
     ex = Exchange(request[REQUEST_ID], request.path, ANTHROPIC_COUNT_TOKENS)
-    try:
+    async with settled(request, ex):
         chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit))
         relayed = [r for r in ex.chain
                    if pipeline.upstreams[r.provider].adapter.wire == ANTHROPIC_WIRE]
@@ -42,18 +41,6 @@ async def count_tokens(request: web.Request) -> web.Response:
         price(ex, pipeline.prices)  # 0 tokens: cost 0
         return web.Response(body=body, content_type="application/json", headers={
             **ex.response_headers, COST_HEADER: "0"})
-    except GatewayError as exc:
-        ex.fail(exc.status, exc.code)
-        exc.headers = {**ex.response_headers, **exc.headers}
-        raise
-    except asyncio.CancelledError:
-        cancelled(request, ex)  # the client gone (499), or the gateway shutting down (503)
-        raise
-    except Exception:
-        ex.fail(500, "internal_error")
-        raise
-    finally:
-        await pipeline.finish(ex)
 
 
 def _input_tokens(body: bytes, provider: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -30,13 +31,21 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
     pipeline = request.app[PIPELINE]
     limit = request.app[SETTINGS].server.max_body_bytes
     ex = Exchange(request[REQUEST_ID], request.path, entry)
-    try:
+    async with settled(request, ex):
         chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit))
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
             return web.Response(body=body, content_type="application/json", headers={
                 **ex.response_headers, COST_HEADER: format_usd(ex.cost)})
         return await _relay(request, ex, pipeline.stream(ex, chat))
+
+
+@contextlib.asynccontextmanager
+async def settled(request: web.Request, ex: Exchange) -> AsyncIterator[None]:
+    """Around a metered call: its outcome marked whatever ends it (the error's status, a cut
+    call, an internal error), then its guards settled and its usage row queued, once."""
+    try:
+        yield
     except GatewayError as exc:
         ex.fail(exc.status, exc.code)
         exc.headers = {**ex.response_headers, **exc.headers}
@@ -48,7 +57,7 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
         ex.fail(500, "internal_error")
         raise
     finally:
-        await pipeline.finish(ex)
+        await request.app[PIPELINE].finish(ex)
 
 
 def cancelled(request: web.Request, ex: Exchange) -> None:

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from gateway.domain import Project
 from gateway.entries.openai_responses import OPENAI_RESPONSES
-from gateway.errors import Forbidden, GatewayError, NotFound
+from gateway.errors import Forbidden, NotFound
+from gateway.http.proxy import settled
 from gateway.keys import PIPELINE, REQUEST_ID
 from gateway.pipeline.authenticate import authenticate
 from gateway.pipeline.exchange import Exchange
@@ -43,7 +44,7 @@ async def input_items(request: web.Request) -> web.Response:
 async def _relay(request: web.Request, method: str, suffix: str) -> web.Response:
     pipeline = request.app[PIPELINE]
     ex = Exchange(request[REQUEST_ID], request.path, OPENAI_RESPONSES)
-    try:
+    async with settled(request, ex):
         ex.principal = await authenticate(pipeline.keys, request.headers)
         project = ex.principal.project
         upstream, adapter = _openai(pipeline, project)
@@ -61,11 +62,6 @@ async def _relay(request: web.Request, method: str, suffix: str) -> web.Response
         if response.status >= 400:
             ex.fail(response.status, "upstream_error")
         return web.Response(status=response.status, body=body, content_type="application/json")
-    except GatewayError as exc:
-        ex.fail(exc.status, exc.code)
-        raise
-    finally:
-        await pipeline.finish(ex)
 
 
 def _openai(pipeline: ProxyPipeline, project: Project) -> tuple[Upstream, OpenAIResponsesAdapter]:
