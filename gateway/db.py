@@ -91,15 +91,25 @@ async def bounded_connection(pool: asyncpg.Pool, timeout_s: float
     connection, a cancellation) is terminated, never reset: resetting one behind a partition
     would wait out asyncpg's command timeout. One that only saw a query refused, or an error
     of the caller's own, goes back to the pool as usual."""
-    async with asyncio.timeout(timeout_s):
+    async with asyncio.timeout(timeout_s) as scope:
         conn = await pool.acquire()
+        # Cancelling at the deadline is not enough: a transaction block cancelled there awaits
+        # its ROLLBACK, which behind a partition waits out the command timeout. So the
+        # connection itself dies at the deadline, failing whatever the caller still awaits.
+        deadline = scope.when()
+        assert deadline is not None
+        loop = asyncio.get_running_loop()
+        watchdog = loop.call_at(deadline, _terminate, conn)
         try:
             yield conn
         except BaseException as exc:
             if isinstance(exc, CONNECTION_ERRORS) or not isinstance(exc, Exception):
                 _terminate(conn)
+            if isinstance(exc, asyncpg.InterfaceError) and loop.time() >= deadline:
+                raise TimeoutError(f"no answer from PostgreSQL within {timeout_s} s") from exc
             raise
         finally:
+            watchdog.cancel()
             try:
                 await pool.release(conn)
             except (*DB_ERRORS, asyncio.CancelledError):

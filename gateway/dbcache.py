@@ -34,6 +34,7 @@ from typing import Generic, TypeVar
 import asyncpg
 import structlog
 
+from gateway.db import bounded_connection
 from gateway.listener import DB_ERRORS, NotifyListener
 
 log = structlog.get_logger(__name__)
@@ -180,8 +181,7 @@ class DbCache(Generic[K, V]):
         fresh = self._freshness
         timeout = max(fresh.refresh_timeout_s, fresh.first_read_timeout_s)  # its longest waiter
         try:
-            # The acquire's timeout also bounds the release (asyncpg applies it to both).
-            async with asyncio.timeout(timeout), self._pool.acquire(timeout=timeout) as conn:
+            async with bounded_connection(self._pool, timeout) as conn:
                 value = await self._read(conn, key)
         except DB_ERRORS as exc:
             self._retry_at = time.monotonic() + RETRY_AFTER_S

@@ -3,14 +3,13 @@ and is anything degraded (usage rows waiting in the ledger's dead letters)?"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from gateway.db import DatabaseStart
+from gateway.db import DatabaseStart, bounded_connection
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.tokens.service import TokenService
@@ -52,10 +51,9 @@ class Readiness:
                                           f": {start.error or 'in progress'}"}
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(DB_CHECK_TIMEOUT_S):
-                async with self.pool.acquire() as conn:
-                    self.ledger.dead_letters_waiting = await conn.fetchval(
-                        "SELECT count(*) FROM ledger_dead_letters WHERE replayed_at IS NULL")
+            async with bounded_connection(self.pool, DB_CHECK_TIMEOUT_S) as conn:
+                self.ledger.dead_letters_waiting = await conn.fetchval(
+                    "SELECT count(*) FROM ledger_dead_letters WHERE replayed_at IS NULL")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip(": ")}
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -30,6 +30,7 @@ from gateway.db import init_connection
 from gateway.keys import POOL
 from gateway.settings import Settings, settings_from_mapping
 from gateway.testing.fake_upstream import STATE, FakeUpstreamState, start_fake_upstream
+from gateway.testing.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEST_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -43,6 +44,29 @@ TABLES = ("usage_records, api_keys, projects, teams, budget_periods, budget_leas
 def with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def start_pg_proxy(database_url: str) -> tuple[TcpProxy, str]:
+    """A TCP path to the test database that can be cut or black-holed: (proxy, its DSN)."""
+    parts = urlsplit(database_url)
+    if parts.hostname:
+        proxy = TcpProxy(host=parts.hostname, port=parts.port or 5432)
+    else:  # embedded server: a Unix socket directory in ?host=
+        socket_dir = parts.query.split("host=", 1)[1].split("&")[0]
+        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.5432")
+    await proxy.start()
+    user = parts.username or "postgres"
+    auth = f"{user}:{parts.password}" if parts.password else user
+    dsn = with_database(f"postgresql://{auth}@127.0.0.1:{proxy.port}/x", parts.path.lstrip("/"))
+    return proxy, dsn
+
+
+@pytest.fixture
+async def pg_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP path to the test database that can be cut or black-holed: (proxy, DSN)."""
+    proxy, dsn = await start_pg_proxy(database_url)
+    yield proxy, dsn
+    await proxy.cut()
 
 
 async def _reachable(dsn: str) -> bool:

@@ -7,10 +7,8 @@ The store, the cache and the crypto run against the real PostgreSQL; the HTTP te
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
@@ -228,15 +226,13 @@ class CountingPool:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool, self.fetches = pool, 0
 
-    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[Any]:
-        return self._acquire(timeout)
-
-    @contextlib.asynccontextmanager
-    async def _acquire(self, limit: float | None) -> AsyncIterator[Any]:
+    async def acquire(self) -> Any:
         self.fetches += 1
         await asyncio.sleep(0.05)  # keep the query in flight while the others arrive
-        async with self.pool.acquire(timeout=limit) as conn:
-            yield conn
+        return await self.pool.acquire()
+
+    async def release(self, conn: Any) -> None:
+        await self.pool.release(conn)
 
 
 async def test_one_query_per_project_however_many_requests(
@@ -260,12 +256,10 @@ class FlakyPool(CountingPool):
 
     down = False
 
-    @contextlib.asynccontextmanager
-    async def _acquire(self, limit: float | None) -> AsyncIterator[Any]:
+    async def acquire(self) -> Any:
         if self.down:
             raise ConnectionRefusedError("database is down")
-        async with super()._acquire(limit) as conn:
-            yield conn
+        return await super().acquire()
 
 
 async def test_while_the_database_is_down_the_last_answer_keeps_serving(

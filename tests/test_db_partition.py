@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -20,9 +19,9 @@ from conftest import (
     chat_body,
     create_project,
     wait_for_rows,
-    with_database,
 )
 
+from gateway import db as gateway_db
 from gateway.keys import CREDENTIALS, KEYSTORE
 from gateway.testing.tcp_proxy import TcpProxy
 
@@ -31,21 +30,6 @@ PROJECT_KEY = "sk-project-own-key-0000abcd"
 NEVER_SEEN = "gw_zzzzzzzzzz_never-issued-never-seen"
 MAX_WAIT_S = 1.0  # no call may wait longer than this for the database
 REFRESH_TIMEOUT_S = 0.3
-
-
-@pytest.fixture
-async def pg_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    """A TCP path to the test database that can be cut or black-holed: (proxy, DSN)."""
-    parts = urlsplit(database_url)
-    if parts.hostname:
-        proxy = TcpProxy(host=parts.hostname, port=parts.port or 5432)
-    else:  # embedded server: a Unix socket directory in ?host=
-        socket_dir = parts.query.split("host=", 1)[1].split("&")[0]
-        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.5432")
-    await proxy.start()
-    yield proxy, with_database(f"postgresql://postgres@127.0.0.1:{proxy.port}/x",
-                               parts.path.lstrip("/"))
-    await proxy.cut()
 
 
 async def _gateway(make_gateway: GatewayFactory, dsn: str, **database: Any) -> TestClient:
@@ -166,3 +150,55 @@ async def test_the_gateway_starts_without_the_database_and_becomes_ready_when_it
     status, _, body = await _call(gateway, key)
     assert status == 200, body
     assert len(await wait_for_rows(gateway, 1)) == 1
+
+
+BOUND_S = 0.5
+
+
+async def _in_transaction(conn: asyncpg.Connection, proxy: TcpProxy) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT 1")
+        await proxy.black_hole()
+        await conn.execute("SELECT 2")
+
+
+async def _at_commit(conn: asyncpg.Connection, proxy: TcpProxy) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT 1")
+        await proxy.black_hole()
+
+
+async def _copying(conn: asyncpg.Connection, proxy: TcpProxy) -> None:
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS t (n int)")
+    async with conn.transaction():
+        await proxy.black_hole()
+        await conn.copy_records_to_table("t", records=[(n,) for n in range(100)])
+
+
+async def _plain(conn: asyncpg.Connection, proxy: TcpProxy) -> None:
+    await proxy.black_hole()
+    await conn.fetchval("SELECT 1")
+
+
+@pytest.mark.parametrize("where", [_plain, _in_transaction, _at_commit, _copying],
+                         ids=["query", "in-transaction", "commit", "copy"])
+async def test_a_bounded_connection_ends_within_its_bound_behind_a_partition(
+        pg_proxy: tuple[TcpProxy, str],
+        where: Callable[[asyncpg.Connection, TcpProxy], Awaitable[None]]) -> None:
+    """Wherever the partition catches it, even inside a transaction block (whose exit awaits
+    a ROLLBACK a partition never answers), the caller is free within the bound: TimeoutError,
+    the connection given up, the pool still usable once PostgreSQL answers again."""
+    proxy, dsn = pg_proxy
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, command_timeout=30)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            async with gateway_db.bounded_connection(pool, BOUND_S) as conn:
+                await where(conn, proxy)
+        waited = time.perf_counter() - started
+        assert waited < BOUND_S + 0.3, f"waited {waited:.2f} s on a {BOUND_S} s bound"
+        await proxy.restore()
+        async with gateway_db.bounded_connection(pool, 5.0) as conn:
+            assert await conn.fetchval("SELECT 41 + 1") == 42
+    finally:
+        pool.terminate()

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import GatewayFactory, admin_headers, create_project, with_database
+from conftest import GatewayFactory, admin_headers, create_project
 
 from gateway import db as gateway_db
 from gateway import migrate
@@ -25,21 +23,6 @@ from gateway.webhooks import WebhookWorker
 QUERY_TIMEOUT_S = 1.0
 MAX_ANSWER_S = QUERY_TIMEOUT_S + 1.0  # the bound on any admin or analytics answer
 FAULTS = ["cut", "black_hole"]
-
-
-@pytest.fixture
-async def pg_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    """A TCP path to the test database that can be cut or black-holed: (proxy, DSN)."""
-    parts = urlsplit(database_url)
-    if parts.hostname:
-        proxy = TcpProxy(host=parts.hostname, port=parts.port or 5432)
-    else:  # embedded server: a Unix socket directory in ?host=
-        socket_dir = parts.query.split("host=", 1)[1].split("&")[0]
-        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.5432")
-    await proxy.start()
-    yield proxy, with_database(f"postgresql://postgres@127.0.0.1:{proxy.port}/x",
-                               parts.path.lstrip("/"))
-    await proxy.cut()
 
 
 async def _gateway(make_gateway: GatewayFactory, dsn: str, **sections: Any) -> TestClient:

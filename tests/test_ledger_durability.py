@@ -8,11 +8,10 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -71,21 +70,6 @@ async def assert_rollups_exact(db: asyncpg.Connection) -> None:
     assert raw == rolled and raw
     total = await db.fetchval("SELECT sum(cost_usd) FROM usage_records")
     assert await db.fetchval("SELECT sum(cost_usd) FROM usage_hourly") == total
-
-
-@pytest.fixture
-async def pg_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    """A cuttable TCP path to the test database: (proxy, DSN through it)."""
-    parts = urlsplit(database_url)
-    if parts.hostname:
-        proxy = TcpProxy(host=parts.hostname, port=parts.port or 5432)
-    else:  # embedded server: a Unix socket directory in ?host=
-        socket_dir = parts.query.split("host=", 1)[1].split("&")[0]
-        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.5432")
-    await proxy.start()
-    yield proxy, with_database(f"postgresql://postgres@127.0.0.1:{proxy.port}/x",
-                               parts.path.lstrip("/"))
-    await proxy.cut()
 
 
 def spill_files(directory: Path) -> list[Path]:

@@ -9,11 +9,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from conftest import FakeUpstream
+from conftest import FakeUpstream, start_pg_proxy
 
 from gateway.testing.tcp_proxy import TcpProxy
 
-from .harness import GatewayProcess, start_gateway, start_pg_proxy
+from .harness import GatewayProcess, start_gateway
 
 ProxyFactory = Callable[[], Awaitable[tuple[TcpProxy, str]]]
 GatewayStarter = Callable[..., Awaitable[GatewayProcess]]

@@ -16,36 +16,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import orjson
-from conftest import ROOT, with_database
+from conftest import ROOT
 
 from gateway import projects
-from gateway.testing.tcp_proxy import TcpProxy
 
 REQUEST_ID_HEADER = "X-AI-Cost-Gateway-Request-Id"
 CALL_TIMEOUT_S = 10.0  # one call of the load, whatever happens to the gateway
-
-
-# -- PostgreSQL behind a proxy ---------------------------------------------------------------
-
-
-async def start_pg_proxy(database_url: str) -> tuple[TcpProxy, str]:
-    """A TCP path to the test database that can be cut or black-holed: (proxy, its DSN)."""
-    parts = urlsplit(database_url)
-    if parts.hostname:
-        proxy = TcpProxy(host=parts.hostname, port=parts.port or 5432)
-    else:  # embedded server: a Unix socket directory in ?host=
-        socket_dir = parts.query.split("host=", 1)[1].split("&")[0]
-        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.5432")
-    await proxy.start()
-    user = parts.username or "postgres"
-    auth = f"{user}:{parts.password}" if parts.password else user
-    dsn = with_database(f"postgresql://{auth}@127.0.0.1:{proxy.port}/x", parts.path.lstrip("/"))
-    return proxy, dsn
 
 
 # -- gateway processes ------------------------------------------------------------------------
