@@ -158,3 +158,27 @@ async def test_stored_responses_keep_to_the_allow_list(gateway: TestClient,
     with pytest.raises(openai.AuthenticationError):
         await sdk(gateway, "sk-wrong").responses.retrieve("resp_1")
     assert fake_upstream.state.received == 0
+
+
+async def test_stored_responses_are_held_to_rate_limits_and_request_ids(
+        gateway: TestClient, fake_upstream: FakeUpstream) -> None:
+    """A read or delete of a stored response is a call like the others: it counts against the
+    plan's requests per minute (429 past it, with the rate headers) and claims its
+    X-Request-Id (409 on reuse); the budget guard reserves nothing for it."""
+    _, key = await create_project(gateway, requests_per_minute=4, monthly_budget_usd="1")
+    client = sdk(gateway, key)
+    created = await client.responses.create(model="gpt-4o-mini", input="Say hello")
+    raw = await client.responses.with_raw_response.retrieve(
+        created.id, extra_headers={"X-Request-Id": "read-1"})
+    assert (raw.headers["x-ratelimit-limit"], raw.headers["x-ratelimit-remaining"]) == ("4", "2")
+    with pytest.raises(openai.ConflictError) as reused:
+        await client.responses.retrieve(created.id, extra_headers={"X-Request-Id": "read-1"})
+    assert reused.value.code == "duplicate_request_id"
+    await client.responses.input_items.list(created.id)
+    await client.responses.delete(created.id)
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.responses.retrieve(created.id)
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+    assert fake_upstream.state.received == 4
+    rows = await wait_for_rows(gateway, 6)
+    assert sorted(r["status"] for r in rows) == [200, 200, 200, 200, 409, 429]

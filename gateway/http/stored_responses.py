@@ -1,9 +1,10 @@
 """`GET` and `DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`: responses
 OpenAI stored for a project, reached on OpenAI itself (only it keeps them).
 
-Nothing is generated, so there is nothing to meter: the call is authenticated, held to the
-project's provider allow-list, relayed with the project's (else the gateway's) OpenAI
-credential, answered as OpenAI answered, and recorded as one ledger row at cost 0.
+Nothing is generated, so there is nothing to meter: the call is admitted like any other (key,
+idempotency, the request rate limits; no budget to reserve), held to the project's provider
+allow-list, relayed with the project's (else the gateway's) OpenAI credential, answered as
+OpenAI answered (rate-limit headers added), and recorded as one ledger row at cost 0.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from gateway.entries.openai_responses import OPENAI_RESPONSES
 from gateway.errors import Forbidden, NotFound
 from gateway.http.proxy import settled
 from gateway.keys import PIPELINE, REQUEST_ID
-from gateway.pipeline.authenticate import authenticate
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import upstream_errors
 from gateway.pipeline.runner import ProxyPipeline
@@ -45,7 +45,8 @@ async def _relay(request: web.Request, method: str, suffix: str) -> web.Response
     pipeline = request.app[PIPELINE]
     ex = Exchange(request[REQUEST_ID], request.path, OPENAI_RESPONSES)
     async with settled(request, ex):
-        ex.principal = await authenticate(pipeline.keys, request.headers)
+        await pipeline.admit_call(ex, request.headers)
+        assert ex.principal is not None
         project = ex.principal.project
         upstream, adapter = _openai(pipeline, project)
         credential = await _credential(pipeline, project, upstream)
@@ -61,7 +62,8 @@ async def _relay(request: web.Request, method: str, suffix: str) -> web.Response
         ex.upstream_s = time.perf_counter() - started
         if response.status >= 400:
             ex.fail(response.status, "upstream_error")
-        return web.Response(status=response.status, body=body, content_type="application/json")
+        return web.Response(status=response.status, body=body, content_type="application/json",
+                            headers=ex.response_headers)
 
 
 def _openai(pipeline: ProxyPipeline, project: Project) -> tuple[Upstream, OpenAIResponsesAdapter]:

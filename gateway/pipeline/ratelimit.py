@@ -57,14 +57,14 @@ class RateLimitGuard:
         return f"project:{ex.principal.project.id}"
 
     async def admit(self, ex: Exchange) -> None:
-        assert ex.principal is not None and ex.chat is not None
+        assert ex.principal is not None
         limits = self._plans.limits(ex.principal.project)
         windows = []
         if limits.requests_per_minute:
             windows.append(Window("minute", limits.requests_per_minute, 60, 1))
         if limits.requests_per_day:
             windows.append(Window("day", limits.requests_per_day, 86_400, 1))
-        if limits.tokens_per_minute:
+        if limits.tokens_per_minute and ex.chat is not None:  # a call with no model: none
             expected = await input_tokens(ex, self._tokens) + (ex.chat.max_output_tokens or 0)
             windows.append(Window(TOKENS_WINDOW, limits.tokens_per_minute, 60, expected))
         if not windows:

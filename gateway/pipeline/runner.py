@@ -118,6 +118,17 @@ class ProxyPipeline:
             ex.guards_admitted += 1
         return chat
 
+    async def admit_call(self, ex: Exchange, headers: Mapping[str, str]) -> None:
+        """Admit a call with no model and nothing to generate (a stored response read or
+        deleted): key, idempotency and the request rate limits; no budget to reserve."""
+        ex.principal = await authenticate(self.keys, headers)
+        self.ledger.check_capacity()
+        ex.client_request_id = validate.client_request_id(headers.get("X-Request-Id"))
+        ex.metadata = validate.parse_metadata_header(headers.get(METADATA_HEADER))
+        for guard in self.guards:
+            await guard.admit(ex)
+            ex.guards_admitted += 1
+
     def _chain(self, project: Project, chat: ChatRequest, pinned: str | None) -> list[Route]:
         """Route the request (400 / 403 when its first route cannot take it) and keep the
         fallbacks that could."""
@@ -218,8 +229,9 @@ class ProxyPipeline:
         return weighted_order(found, lambda c: c.weight, self._rng)
 
     async def complete(self, ex: Exchange, chat: ChatRequest) -> bytes:
-        """A non-streamed call: the upstream body, relayed byte for byte on the same wire,
-        else translated to the client's shape."""
+        """A non-streamed call: the upstream body, relayed byte for byte on the same wire
+        when it reports its usage, else rendered in the client's shape by the entry (which
+        adds the usage as metered where the client's shape has one)."""
         chat, upstream, response = await self._open(ex, chat)
         started = time.perf_counter()
         try:
@@ -229,18 +241,18 @@ class ProxyPipeline:
         adapter = upstream.adapter
         ex.usage, ex.upstream_model = usage_from_body(adapter, body)
         same_wire = adapter.wire == chat.entry_wire
-        completion = None if same_wire and ex.usage.source == "provider" else (
-            translate.stamp(completion_from_body(adapter, body, chat), chat.model))
+        completion = (None if same_wire and ex.usage.source == "provider"
+                      else completion_from_body(adapter, body, chat) if same_wire
+                      else translate.stamp(completion_from_body(adapter, body, chat), chat.model))
         if ex.usage.source != "provider":  # an upstream that reports no usage: count it
             assert completion is not None
             output = [text for _, text in completion_texts(completion.get("choices"),
                                                            "message")]
             ex.usage = await fill_missing_usage(chat, ex.usage, output, self.tokens)
         price(ex, self.prices)
-        if same_wire:
+        if completion is None:  # same wire, usage reported: the bytes as they came
             return body
-        assert completion is not None
-        return ex.entry.render(chat, completion, ex.usage)
+        return ex.entry.render(chat, completion, ex.usage)  # with the usage as metered
 
     async def relay(self, ex: Exchange, chat: ChatRequest) -> bytes:
         """A free call's upstream answer as it is (`ChatRequest.free`: nothing to meter)."""
