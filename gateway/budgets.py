@@ -161,6 +161,39 @@ class BudgetBook:
             done.append((account, amount))
         return Reservation(done)
 
+    async def exhausted(self, accounts: list[Account]) -> Shortfall | None:
+        """The first account whose budget is spent (its reported spend and ours reach the
+        limit), as last seen within the lease's trust (refreshed when older); else None."""
+        for account in accounts:
+            if time.monotonic() >= account.trusted_until:
+                await self._refresh(account)
+            if account.spent + account.used >= account.limit:
+                return Shortfall(account.scope, account.scope_id, account.limit,
+                                 account.spent + account.used, ZERO)
+        return None
+
+    async def _refresh(self, account: Account) -> None:
+        """Report our spend and learn the budget's (503 `budget_unavailable` if the store
+        cannot answer)."""
+        async with account.lock:
+            now = time.monotonic()
+            if now < account.trusted_until:
+                return  # refreshed while we waited
+            if now < account.retry_at:
+                raise _unavailable(account)
+            await self._sync_or_unavailable(account)
+
+    async def _sync_or_unavailable(self, account: Account, *, want: Decimal = ZERO,
+                                   need: Decimal = ZERO) -> None:
+        """`_sync`, or 503 `budget_unavailable` (no new try for a moment) if it fails."""
+        try:
+            await self._sync(account, want=want, need=need)
+        except DB_ERRORS as exc:
+            account.retry_at = time.monotonic() + RETRY_AFTER_FAILURE_S
+            log.warning("budget_unavailable", scope=account.scope,
+                        scope_id=account.scope_id, error=_describe(exc))
+            raise _unavailable(account) from None
+
     def settle(self, reservation: Reservation, actual: Decimal) -> None:
         """Replace the reservation by what the call actually cost (0 if it failed)."""
         if reservation.settled:
@@ -186,13 +219,7 @@ class BudgetBook:
                 need = max(amount - account.available, ZERO)
                 chunk = Decimal(account.rate * CHUNK_SECONDS).quantize(Decimal("1e-9"))
                 want = max(need, chunk, amount * FIRST_CHUNK_REQUESTS) if need else ZERO
-                try:
-                    await self._sync(account, want=want, need=need)
-                except DB_ERRORS as exc:
-                    account.retry_at = time.monotonic() + RETRY_AFTER_FAILURE_S
-                    log.warning("budget_unavailable", scope=account.scope,
-                                scope_id=account.scope_id, error=_describe(exc))
-                    raise _unavailable(account) from None
+                await self._sync_or_unavailable(account, want=want, need=need)
             if account.available >= amount:
                 account.reserved += amount
                 account.last_activity = time.monotonic()

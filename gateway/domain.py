@@ -59,7 +59,8 @@ class ChatRequest:
     # under an OpenAI-wire base URL, and the provider kinds that serve it (empty: any).
     upstream_path: str | None = None
     provider_kinds: frozenset[str] = frozenset()
-    free: bool = False  # a call nothing is billed for (count_tokens): no budget reserved
+    # A call nothing is billed for (count_tokens): nothing reserved; a spent budget stops it.
+    free: bool = False
 
 
 USAGE_SOURCES = ("provider", "counted", "estimated", "none")

@@ -98,3 +98,23 @@ async def test_a_replayed_tracked_row_counts_once(gateway: TestClient) -> None:
     spent = await gateway.app[POOL].fetchval(
         "SELECT spent_usd FROM budget_periods WHERE scope = 'project'")
     assert spent == Decimal("0.25")
+
+
+async def test_a_spent_budget_stops_free_calls_too(gateway: TestClient) -> None:
+    """Moderations and token counts cost nothing and pass while the budget has room; once it
+    is spent, a project is stopped everywhere (402), free calls included."""
+    _, key = await create_project(gateway, monthly_budget_usd=str(BUDGET))
+    calls = [("/v1/moderations", {"model": "omni-moderation-latest", "input": "I like cake"}),
+             ("/v1/messages/count_tokens", {"model": "claude-sonnet-4-5", "messages": [
+                 {"role": "user", "content": "hello"}]})]
+    for path, body in calls:
+        resp = await gateway.post(path, json=body, headers=auth(key))
+        assert resp.status == 200, await resp.text()
+    before = gateway.app[BUDGETS].notices
+    await _track(gateway, key, BUDGET)
+    await _noticed(gateway, before + 1)
+    for path, body in calls:
+        resp = await gateway.post(path, json=body, headers=auth(key))
+        assert resp.status == 402, await resp.text()
+        answer = await resp.json()
+        assert "budget is spent" in str(answer), answer

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from gateway.budgets import BudgetBook, Reservation, Shortfall
+from gateway.budgets import Account, BudgetBook, Reservation, Shortfall
 from gateway.domain import ChatRequest, Usage
 from gateway.entries.openai_completions import DEFAULT_MAX_TOKENS
 from gateway.entries.openai_completions import UPSTREAM_PATH as LEGACY_COMPLETIONS
@@ -28,9 +28,9 @@ class BudgetGuard:
         self._settings = settings
 
     async def admit(self, ex: Exchange) -> None:
-        assert ex.principal is not None and ex.chat is not None
+        assert ex.principal is not None
         project, chat = ex.principal.project, ex.chat
-        if chat.free:
+        if chat is None:  # no model call (a stored response read or deleted): no budget
             return
         accounts = []
         if project.monthly_budget_usd is not None:
@@ -38,6 +38,9 @@ class BudgetGuard:
         if project.team_id is not None and project.team_budget_usd is not None:
             accounts.append(self._book.account("team", project.team_id, project.team_budget_usd))
         if not accounts:
+            return
+        if chat.free:
+            await self._not_spent(accounts)
             return
         # A fallback may serve the call: reserve for the dearest model of the chain.
         prices = [self._prices.resolve(chat.provider, chat.model)[0]]
@@ -57,6 +60,9 @@ class BudgetGuard:
                 tokens_in = await input_tokens(ex, self._tokens)
         price = max(prices, key=lambda p: self._worst(p, tokens_in, max_out))
         worst = self._worst(price, tokens_in, max_out)
+        if worst <= 0:  # a model priced at zero (moderations)
+            await self._not_spent(accounts)
+            return
         result = await self._book.reserve(accounts, worst)
         if (isinstance(result, Shortfall) and self._settings.policy == "clamp"
                 and _clampable(chat)):
@@ -77,6 +83,18 @@ class BudgetGuard:
                          "request_worst_case": float(worst),
                          "available": float(result.can_reserve)})
         ex.reservation = result
+
+    async def _not_spent(self, accounts: list[Account]) -> None:
+        """A call that costs nothing fits any budget with room, but a project whose budget
+        is spent is stopped everywhere (402), free calls included."""
+        spent = await self._book.exhausted(accounts)
+        if spent is not None:
+            raise PaymentRequired(
+                f"the {spent.scope} budget is spent: ${format_usd(spent.spent)} of "
+                f"${format_usd(spent.limit)} this month",
+                details={"scope": spent.scope, "current_spend": float(spent.spent),
+                         "budget_limit": float(spent.limit), "request_worst_case": 0.0,
+                         "available": 0.0})
 
     async def settle(self, ex: Exchange) -> None:
         if isinstance(ex.reservation, Reservation):
