@@ -143,9 +143,9 @@ async def test_counted_where_the_server_reports_no_usage(embed_gateway: TestClie
     resp = await embed_gateway.post(PATH, headers=auth(key), json={
         "model": "text-embedding-3-small", "input": TEXTS, "encoding_format": "base64"})
     assert resp.status == 200, await resp.text()
-    answer = await resp.json()  # relayed as the server sent it
-    assert "usage" not in answer
+    answer = await resp.json()
     tokens = billed_tokens(list(TEXTS))  # cl100k, exactly as the gateway counts OpenAI's
+    assert answer["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}  # as counted
     assert Decimal(resp.headers["X-AI-Cost-Gateway-Cost"]) == tokens * Decimal("0.02") / 10**6
     assert floats(answer["data"][1]["embedding"]) == vector(TEXTS[1], DEFAULT_DIMENSIONS)
     [row] = await wait_for_rows(embed_gateway, 1)
