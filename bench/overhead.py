@@ -644,7 +644,8 @@ def run(args: argparse.Namespace) -> int:
         servers.append(bare)
         env = {**os.environ, "GATEWAY_DATABASE_URL": gateway_dsn,
                "OPENAI_BASE_URL": upstream_base, "GATEWAY_LOGGING_LEVEL": "warning",
-               "GATEWAY_ADMIN_TOKEN": admin_token}
+               "GATEWAY_ADMIN_TOKEN": admin_token,
+               "GATEWAY_SERVER_WORKERS": "1"}  # one process, like the bare proxy it is held to
         gateway = start("gateway", [py, "-m", "gateway", "serve", "--host", HOST,
                                     "--port", str(p_gw)], p_gw, workdir, pins["proxy"], env)
         servers.append(gateway)

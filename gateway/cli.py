@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import connections, db, demo, migrate, projects
+from gateway import connections, db, demo, migrate, projects, workers
 from gateway.errors import GatewayError
 from gateway.http.json import json_default
 from gateway.keys import POOL, READINESS, SHUTDOWN
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--no-migrate", action="store_true", help="do not migrate on start")
+    serve.add_argument("--workers", type=int,
+                       help="processes sharing the port (default: one per core where the "
+                            "limits are shared, else one)")
     serve.add_argument("--demo", action="store_true",
                        help="demo project and key; a local fake provider if no key is set")
     serve.set_defaults(run=_serve)
@@ -208,15 +212,35 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.no_migrate:
         database = dataclasses.replace(database, migrate_on_start=False)
     settings = dataclasses.replace(settings, server=server, database=database)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
+    try:
+        count = workers.worker_count(
+            args.workers if args.workers is not None else settings.server.workers or None,
+            settings, demo=args.demo)
+    except SettingsError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if count > 1:
+        return workers.Supervisor(settings, count, _serve_worker).run()
+    _install_uvloop()
     asyncio.run(serve(settings, demo_mode=args.demo))
     return 0
 
 
-async def serve(settings: Settings, *, demo_mode: bool = False) -> None:
+def _serve_worker(settings: Settings, index: int) -> None:
+    """One of several `serve` workers (a forked process): the port shared by SO_REUSEPORT."""
+    _install_uvloop()
+    asyncio.run(serve(settings, reuse_port=True, worker=index))
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+
+
+async def serve(settings: Settings, *, demo_mode: bool = False, reuse_port: bool = False,
+                worker: int | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: readiness 503, finish requests, flush the ledger."""
     from gateway.app import build_app
 
@@ -233,11 +257,13 @@ async def serve(settings: Settings, *, demo_mode: bool = False) -> None:
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        site = web.TCPSite(runner, settings.server.host, settings.server.port,
+                           reuse_port=reuse_port or None)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else settings.server.port
         url = f"http://{settings.server.host}:{port}"
-        log.info("gateway_listening", url=url)
+        log.info("gateway_listening", url=url, pid=os.getpid(),
+                 **({"worker": worker} if worker is not None else {}))
         if demo_mode:
             key = await demo.ensure_demo_key(app[POOL], settings.database.data_dir)
             print(demo.banner(url, key, settings.auth.admin_token,

@@ -39,7 +39,9 @@ def configure_logging(settings: LoggingSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (print() makes two), so the lines of `serve --workers N`, all
+        # on one stderr, never interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries that log through the standard library (aiohttp, asyncpg) go to stderr too.

@@ -53,6 +53,7 @@ class ServerSettings:
     header_timeout_s: float = _opt(30.0, minimum=0.01)  # request line + headers, then closed
     body_timeout_s: float = _opt(30.0, minimum=0.01)  # whole body after the headers, then 408
     max_connections: int = _opt(10_000, minimum=1)  # open client connections, this process
+    workers: int = _opt(0, minimum=0)  # `serve` processes on the port; 0: one per core (auto)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,9 @@ class RateLimitSettings:
     upstash_token: str = _opt("", secret=True)
     timeout_s: float = _opt(0.5, minimum=0.001)  # one backend call, on the hot path
     idempotency_retention_s: float = _opt(86_400.0, minimum=1)
+    # With the memory backend each `serve` worker keeps its own limits and claims: several
+    # workers are refused unless this says that is what is wanted.
+    per_process_limits: bool = _opt(False)
     plans_file: Path = _opt(PROJECT_ROOT / "config" / "plans.toml")
 
 

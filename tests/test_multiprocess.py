@@ -36,7 +36,8 @@ async def replicas(database_url: str, redis_url: str, fake_upstream: FakeUpstrea
     await client.aclose()
     env = {"GATEWAY_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake_upstream.url,
            "GATEWAY_RATELIMIT_BACKEND": "redis", "GATEWAY_REDIS_URL": isolated,
-           "GATEWAY_DATABASE_MIGRATE_ON_START": "false", "GATEWAY_LOGGING_LEVEL": "info"}
+           "GATEWAY_DATABASE_MIGRATE_ON_START": "false", "GATEWAY_LOGGING_LEVEL": "info",
+           "GATEWAY_SERVER_WORKERS": "1"}  # replicas of one process each
     started = await asyncio.gather(*(start_gateway_process(env) for _ in range(REPLICAS)))
     try:
         yield list(started)
