@@ -23,6 +23,7 @@ from gateway.http import (
     track,
     webhooks,
 )
+from gateway.http.faces import meterr
 
 
 def setup_routes(app: web.Application) -> None:
@@ -43,6 +44,21 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/costs", analytics.costs)
     app.router.add_get("/api/costs/forecast", analytics.forecast)
     app.router.add_get("/api/teams/usage", analytics.teams_usage)
+
+    # meterr's face under /v1 (gateway/http/faces/meterr.py): the same handlers where the
+    # answers are the same; its error shape comes from the path.
+    app.router.add_get("/v1/usage", analytics.usage)
+    app.router.add_post("/v1/usage", track.track)
+    app.router.add_get("/v1/usage/history", analytics.timeseries)
+    app.router.add_post("/v1/track", track.track)
+    app.router.add_get("/v1/costs", meterr.costs)
+    app.router.add_get("/v1/costs/forecast", analytics.forecast)
+    app.router.add_post("/v1/budgets", webhooks.create_budget)
+    app.router.add_get("/v1/teams", meterr.list_teams)
+    app.router.add_post("/v1/teams", teams.create_team)
+    app.router.add_get("/v1/providers", meterr.list_providers)
+    app.router.add_post("/v1/providers/connect", meterr.connect_provider)
+    app.router.add_delete("/v1/providers/{id}", meterr.disconnect_provider)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)
