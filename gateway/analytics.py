@@ -375,3 +375,14 @@ async def manual_costs(conn: asyncpg.Connection, project_id: int | None, first: 
            FROM manual_costs WHERE month >= $1 AND month <= $2
              AND ($3::bigint IS NULL OR project_id = $3) ORDER BY month, id""",
         first, last, project_id))
+
+
+async def add_manual_cost(conn: asyncpg.Connection, project_id: int, service: str,
+                          amount: Decimal, month: date, category: str,
+                          description: str) -> Any:
+    """Record a cost paid outside the gateway for a month (its first day); answers the row."""
+    return await conn.fetchrow(
+        """INSERT INTO manual_costs (project_id, service, amount_usd, month, category,
+               description) VALUES ($1, $2, $3, $4, $5, $6)
+           RETURNING id, project_id, service, amount_usd, month, category, description,
+                     created_at""", project_id, service, amount, month, category, description)

@@ -23,6 +23,9 @@ from gateway.http import (
     track,
     webhooks,
 )
+from gateway.http.faces import codingvibez as cv
+from gateway.http.faces import codingvibez_costs as cv_costs
+from gateway.http.faces import codingvibez_status as cv_status
 from gateway.http.faces import meterr
 
 
@@ -59,6 +62,23 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/providers", meterr.list_providers)
     app.router.add_post("/v1/providers/connect", meterr.connect_provider)
     app.router.add_delete("/v1/providers/{id}", meterr.disconnect_provider)
+
+    # CodingVibez's face under /api (gateway/http/faces/codingvibez*.py), in its envelope.
+    # /api/costs/{provider} comes after the fixed /api/costs/* paths, which win.
+    app.router.add_post("/api/tokens/track", cv.track_usage)
+    app.router.add_get("/api/tokens", cv.tokens)
+    app.router.add_get("/api/tokens/stats", cv.stats)
+    app.router.add_get("/api/tokens/timeseries", cv.timeseries)
+    app.router.add_get("/api/tokens/burn-rate", cv.burn_rate)
+    app.router.add_get("/api/costs/all", cv_costs.all_costs)
+    app.router.add_post("/api/costs/manual", cv_costs.add_manual_cost)
+    app.router.add_get("/api/costs/{provider}", cv_costs.provider_costs)
+    app.router.add_get("/api/dashboard", cv.dashboard)
+    app.router.add_get("/api/analytics", cv.analytics_series)
+    app.router.add_get("/api/projections", cv.projections)
+    app.router.add_get("/api/health", cv_status.health)
+    app.router.add_get("/api/tracking-health", cv_status.tracking_health)
+    app.router.add_get("/api/status", cv_status.status)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)
