@@ -62,7 +62,8 @@ async def client(make_gateway: GatewayFactory) -> TestClient:
 
 
 async def seed_usage(db: asyncpg.Connection, project_id: int) -> None:
-    """Dec 2025 and Jan 2026 usage (OpenAI, Anthropic, Gemini), and an hour ago."""
+    """Dec 2025 and Jan 2026 usage (OpenAI, Anthropic, Gemini), and half an hour ago (this
+    month's: the tests that count on it are skipped in a month's first half hour)."""
     jan = datetime(2026, 1, 5, 10, tzinfo=UTC)
     rows = [(jan - timedelta(days=10), "openai", "gpt-4-turbo", "10", 1000),
             (jan, "openai", "gpt-4-turbo", "7.5", 2000),
@@ -70,7 +71,10 @@ async def seed_usage(db: asyncpg.Connection, project_id: int) -> None:
             (jan + timedelta(days=2), "anthropic", "claude-3-opus", "20", 3000),
             (jan + timedelta(days=20), "gemini", "gemini-pro", "0.25", 400),
             (jan + timedelta(days=30), "openai", "gpt-4o", "100", 9000)]  # February
-    recent = datetime.now(UTC) - timedelta(minutes=30)
+    now = datetime.now(UTC)
+    recent = now - timedelta(minutes=30)
+    if recent.month != now.month:
+        pytest.skip("half an hour ago was last month: this month has no usage to show yet")
     rows += [(recent, "openai", "gpt-4o", "0.48", 240), (recent, "anthropic",
                                                          "claude-3-haiku", "0.96", 480)]
     await insert_rows(db, [{"project_id": project_id, "provider": provider, "model": model,
@@ -213,6 +217,8 @@ async def test_errors_are_in_its_envelope(client: TestClient) -> None:
     bad = await call(client, "GET", "/api/tokens/burn-rate", auth(key), 400,
                      params={"hours": "0"})
     assert bad["code"] == "VALIDATION_ERROR"
+    wrong = await call(client, "GET", "/api/costs/manual", ADMIN, 405)  # not a service
+    assert wrong["code"] == "METHOD_NOT_ALLOWED"
     # The gateway's own /api routes keep the gateway's shape.
     resp = await client.get("/api/costs/forecast")
     assert set(await resp.json()) == {"error", "code", "requestId", "details"}
@@ -244,3 +250,15 @@ async def test_its_per_method_limits_and_the_plans_limits(client: TestClient) ->
 def test_data_freshness_as_it_defines_it(age: timedelta | None, expected: str) -> None:
     now = datetime(2026, 1, 1, 12, tzinfo=UTC)
     assert freshness(None if age is None else now - age, now) == expected
+
+
+async def test_with_the_database_gone_its_answers_are_database_errors(
+        make_gateway: GatewayFactory, pg_proxy: Any) -> None:
+    proxy, dsn = pg_proxy
+    client = await make_gateway(database={"url": dsn, "connect_timeout_s": 0.5,
+                                          "query_timeout_s": 1.0})
+    await call(client, "GET", "/api/health", {}, schema="health")
+    await proxy.cut()
+    for path in ("/api/health", "/api/costs/all", "/api/dashboard"):
+        answer = await call(client, "GET", path, ADMIN, 503)
+        assert answer["code"] == "DATABASE_ERROR", path

@@ -87,6 +87,8 @@ async def provider_costs(request: web.Request) -> web.Response:
     """`GET /api/costs/{provider}`: the month's and the previous month's metered cost of one
     provider, by model, its token usage and freshness."""
     provider = canonical_provider(request.match_info["provider"].lower())
+    if provider == "manual":  # POST /api/costs/manual's path, not a service
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
     if not SERVICE.fullmatch(provider):
         raise invalid("provider", "must be a provider or service name")
     scope, query = await read_scope(request, MONTH_PARAMS)

@@ -27,10 +27,12 @@ async def health(request: web.Request) -> web.Response:
     database = found["database"]
     services = camel({"ledger": found["ledger"], "key_invalidation": found["key_invalidation"],
                       "tokens": found["tokens"], "draining": found["draining"]})
-    if not ok:
-        raise ServiceUnavailable("unhealthy: " + ("draining" if found["draining"] else
-                                                  database.get("error", "database")),
-                                 code="unhealthy", details={"services": services})
+    if not ok:  # its DATABASE_ERROR while the database is what fails
+        raise ServiceUnavailable(
+            "unhealthy: " + ("draining" if found["draining"] else
+                             database.get("error", "database")),
+            code="draining" if database["ok"] else "database_unavailable",
+            details={"services": services})
     status = "degraded" if found["ledger"]["status"] == "degraded" else "healthy"
     return envelope(request, {
         "status": status,
