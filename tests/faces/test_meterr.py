@@ -5,6 +5,7 @@ filters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -217,3 +218,24 @@ async def test_the_plans_daily_request_quota_is_402_and_the_minute_limit_429(
         assert resp.status == 200 and "X-RateLimit-Remaining" in resp.headers
     limited = await call(client, "GET", "/v1/usage", auth(minute), 429)
     assert limited["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_google_is_gemini_in_routing_and_allow_lists(client: TestClient,
+                                                           db: asyncpg.Connection) -> None:
+    project, key = await create_project(client, allowed_providers=["google"])
+    assert project["allowed_providers"] == ["gemini"]
+    answer = await call(client, "POST", "/api/proxy/chat", auth(key), 200, json={
+        "provider": "google", "model": "gemini-2.5-flash",
+        "messages": [{"role": "user", "content": "Say hello"}]})
+    assert answer is not None
+    rows = await db.fetch("SELECT provider, model FROM usage_records")
+    for _ in range(100):  # the ledger writes proxied rows in batches; bounded wait
+        if rows:
+            break
+        await asyncio.sleep(0.02)
+        rows = await db.fetch("SELECT provider, model FROM usage_records")
+    assert [(r["provider"], r["model"]) for r in rows] == [("gemini", "gemini-2.5-flash")]
+    refused = await call(client, "POST", "/api/proxy/chat", auth(key), 403, json={
+        "provider": "openai", "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello"}]})
+    assert "gemini" in json.dumps(refused)
