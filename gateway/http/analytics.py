@@ -66,17 +66,18 @@ FORECAST_PARAMS = SCOPE_PARAMS
 TEAMS_USAGE_PARAMS = (*RANGE_PARAMS, *SCOPE_PARAMS)
 
 
-def read_query(request: web.Request, accepted: tuple[str, ...]) -> dict[str, str]:
+def read_query(request: web.Request, accepted: tuple[str, ...],
+               aliases: dict[str, str] = ALIASES) -> dict[str, str]:
     """The route's query under canonical names; 400 naming an unknown or repeated one."""
-    return checks.read_query(request.query, accepted, ALIASES)
+    return checks.read_query(request.query, accepted, aliases)
 
 
-async def read_scope(request: web.Request,
-                     accepted: tuple[str, ...]) -> tuple[Scope, dict[str, str]]:
+async def read_scope(request: web.Request, accepted: tuple[str, ...],
+                     aliases: dict[str, str] = ALIASES) -> tuple[Scope, dict[str, str]]:
     """Authenticate, then the query and the scope: the key's own project, or the admin's
     filters."""
     who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
-    query = read_query(request, accepted)
+    query = read_query(request, accepted, aliases)
     return scope_of(who, query), query
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import alerts, analytics, checks
+from gateway import alerts, analytics
 from gateway.analytics import Scope, Totals, truncate
 from gateway.http import analytics as reports
 from gateway.http import track
@@ -25,16 +25,16 @@ from gateway.http.faces.envelope import camel, envelope, freshness
 from gateway.http.json import read_json
 
 ALIASES = {**reports.ALIASES, "billingStartDate": "start_date", "billingEndDate": "end_date"}
+TOKENS_PARAMS = (*reports.RANGE_PARAMS, *reports.SCOPE_PARAMS)
 AVERAGE = Decimal("0.000000001")
 TOP_MODELS = 5
 
 
 async def read_scope(request: web.Request, accepted: tuple[str, ...]
                      ) -> tuple[Scope, dict[str, str]]:
-    """Authenticate (and admit: the face's limits, the plan's), then the scope and query."""
-    who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
-    query = checks.read_query(request.query, accepted, ALIASES)
-    return reports.scope_of(who, query), query
+    """Authenticate (and admit: the face's limits, the plan's), then the scope and query,
+    under CodingVibez's parameter names too."""
+    return await reports.read_scope(request, accepted, ALIASES)
 
 
 def month_start(now: datetime) -> datetime:
@@ -68,7 +68,7 @@ async def track_usage(request: web.Request) -> web.Response:
 async def tokens(request: web.Request) -> web.Response:
     """`GET /api/tokens`: usage by provider and model over the billing period (default: this
     month so far), when it was last updated and how fresh that is."""
-    scope, query = await read_scope(request, reports.TEAMS_USAGE_PARAMS)
+    scope, query = await read_scope(request, TOKENS_PARAMS)
     now = datetime.now(UTC)
     if "start_date" not in query and "end_date" not in query:
         query["start_date"] = month_start(now).isoformat()
