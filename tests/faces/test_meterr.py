@@ -196,6 +196,10 @@ async def test_errors_answer_in_each_paths_shape(client: TestClient) -> None:
     for path in ("/v1/nope", "/v1/usage/nope"):
         unknown = await call(client, "GET", path, {}, 404)
         assert set(unknown["error"]) == {"message", "type", "code", "param"}, path
+    invite = await call(client, "POST", "/v1/teams/1/invite", ADMIN, 404,
+                        json={"email": "a@example.com"})
+    check("error", invite)
+    assert "not part of this product" in invite["error"]["message"]
     openai = await call(client, "POST", "/v1/chat/completions", {}, 401, json=chat_body())
     assert openai["error"]["type"] == "authentication_error"
 

@@ -15,7 +15,7 @@ CODINGVIBEZ = "codingvibez"
 METERR_PATHS = frozenset({"/v1/usage", "/v1/usage/history", "/v1/track", "/v1/costs",
                           "/v1/costs/forecast", "/v1/budgets", "/v1/teams", "/v1/providers",
                           "/v1/providers/connect"})
-METERR_PREFIXES = ("/v1/providers/",)
+METERR_PREFIXES = ("/v1/providers/", "/v1/teams/")
 
 CODINGVIBEZ_PATHS = frozenset({
     "/api/tokens", "/api/tokens/track", "/api/tokens/stats", "/api/tokens/timeseries",
@@ -25,8 +25,9 @@ CODINGVIBEZ_PATHS = frozenset({
 CODINGVIBEZ_PREFIXES = ("/api/costs/",)  # /api/costs/{provider}
 GATEWAY_PATHS = frozenset({"/api/costs/forecast"})  # the gateway's own, under a face prefix
 
-# CodingVibez paths of things this product does not do: 404 in its envelope, saying so.
+# The seeds' paths of things this product does not do: 404 in the face's shape, saying so.
 OUT_OF_PRODUCT = {
+    "/v1/teams": "team member invitations (it has projects and keys, not users)",
     "/api/checkout": "billing checkout",
     "/api/billing-history": "billing history",
     "/api/subscription-status": "subscriptions",
@@ -45,9 +46,10 @@ def _under(path: str, prefix: str) -> bool:
 
 
 def out_of_product(path: str) -> str | None:
-    """What a CodingVibez path out of this product is about, or None."""
+    """What a seed's path out of this product is about, or None (`/v1/teams` itself is
+    served; only the paths under it are out)."""
     for prefix, what in OUT_OF_PRODUCT.items():
-        if _under(path, prefix):
+        if _under(path, prefix) and path not in METERR_PATHS:
             return what
     return None
 
