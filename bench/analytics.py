@@ -86,8 +86,10 @@ async def setup(dsn: str, rows: int, days: int, chunk: int,
     team_ids = [await conn.fetchval("INSERT INTO teams (name) VALUES ($1) RETURNING id", n)
                 for n in ("search", "support")]
     project_ids = [await conn.fetchval(
-        "INSERT INTO projects (name, team_id, monthly_budget_usd) VALUES ($1, $2, 50000) "
-        "RETURNING id", f"bench-{i}", team_ids[i % 2] if i < PROJECTS - 1 else None)
+        # enterprise: no plan limits, which now hold analytics calls too (not what is measured)
+        "INSERT INTO projects (name, team_id, monthly_budget_usd, plan) "
+        "VALUES ($1, $2, 50000, 'enterprise') RETURNING id",
+        f"bench-{i}", team_ids[i % 2] if i < PROJECTS - 1 else None)
         for i in range(PROJECTS)]
     key, prefix = projects.new_key()
     await conn.execute("INSERT INTO api_keys (project_id, prefix, key_hash) VALUES ($1, $2, $3)",

@@ -354,3 +354,35 @@ def exact_sum(values: Any) -> Decimal:
 
 def _q(value: Decimal | None) -> Decimal | None:
     return None if value is None else value.quantize(CENT)
+
+
+async def last_usage(conn: asyncpg.Connection, scope: Scope) -> datetime | None:
+    """When the newest usage row in scope started (None: no usage at all)."""
+    args: list[Any] = []
+    where = scope.conditions("u", args, raw=True)
+    last: datetime | None = await conn.fetchval(
+        f"SELECT max(u.started_at) FROM usage_records u WHERE true{where}", *args)
+    return last
+
+
+# -- costs paid outside the gateway (kept apart: never part of the totals above) -------------
+
+async def manual_costs(conn: asyncpg.Connection, project_id: int | None, first: date,
+                       last: date) -> list[Any]:
+    """Manual costs of months `first` to `last` (first days of months), one project or all."""
+    return list(await conn.fetch(
+        """SELECT id, project_id, service, amount_usd, month, category, description, created_at
+           FROM manual_costs WHERE month >= $1 AND month <= $2
+             AND ($3::bigint IS NULL OR project_id = $3) ORDER BY month, id""",
+        first, last, project_id))
+
+
+async def add_manual_cost(conn: asyncpg.Connection, project_id: int, service: str,
+                          amount: Decimal, month: date, category: str,
+                          description: str) -> Any:
+    """Record a cost paid outside the gateway for a month (its first day); answers the row."""
+    return await conn.fetchrow(
+        """INSERT INTO manual_costs (project_id, service, amount_usd, month, category,
+               description) VALUES ($1, $2, $3, $4, $5, $6)
+           RETURNING id, project_id, service, amount_usd, month, category, description,
+                     created_at""", project_id, service, amount, month, category, description)

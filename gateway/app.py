@@ -15,6 +15,7 @@ from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.entries.base import Limits
 from gateway.health import Readiness
 from gateway.http.metrics import metrics_middleware
+from gateway.http.quota import add_rate_headers
 from gateway.idempotency import create_claims
 from gateway.keys import (
     ALERTS,
@@ -80,7 +81,7 @@ def build_app(settings: Settings) -> web.Application:
         stale_serve_s=settings.auth.stale_serve_s)
     app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _webhooks,
                             _limits, _pipeline])
-    app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.extend([add_request_id, add_rate_headers])
     setup_routes(app)
     return app
 

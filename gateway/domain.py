@@ -9,6 +9,13 @@ from decimal import Decimal
 from typing import Any
 
 PLANS = ("free", "pro", "team", "enterprise")
+# Other names clients use for a provider: the seeds call Gemini `google`.
+PROVIDER_ALIASES = {"google": "gemini"}
+
+
+def canonical_provider(name: str) -> str:
+    """The gateway's name for a provider (`google` is `gemini` everywhere)."""
+    return PROVIDER_ALIASES.get(name, name)
 
 
 @dataclass(frozen=True, slots=True)

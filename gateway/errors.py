@@ -1,8 +1,10 @@
 """One exception tree for everything the gateway answers with an error status.
 
 Handlers and stages raise these; `middlewares.error_middleware` is the only place that turns
-them into HTTP responses, in the shape of the path's entry (`entries.error_shape`): Anthropic's
-on `/v1/messages`, OpenAI's on the rest of `/v1/*`, the gateway's own on `/api/*`.
+them into HTTP responses, in the shape of the path: a seed face's on its paths
+(`http/faces/envelope.py`: meterr's on its `/v1` paths, CodingVibez's envelope on its), else
+the path's entry's (`entries.error_shape`): Anthropic's on `/v1/messages`, OpenAI's on the
+rest of `/v1/*`, the gateway's own on `/api/*`.
 """
 
 from __future__ import annotations

@@ -54,3 +54,5 @@ WEBHOOKS: web.AppKey[WebhookWorker] = web.AppKey("webhooks")
 ALERTS: web.AppKey[AlertHook] = web.AppKey("alerts")
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)
+# The rate-limit headers of an admitted API call (`http/quota.py`), for its answer.
+RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers")

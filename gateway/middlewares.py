@@ -16,6 +16,8 @@ from aiohttp.typedefs import Handler, Middleware
 from gateway.db import CONNECTION_ERRORS
 from gateway.entries import error_shape
 from gateway.errors import GatewayError, ServiceUnavailable
+from gateway.http.faces import not_found_message
+from gateway.http.faces.envelope import face_error_shape
 from gateway.keys import REQUEST_ID, SETTINGS
 from gateway.logging import REQUEST_ID_VAR
 
@@ -28,8 +30,10 @@ DATABASE_RETRY_AFTER_S = "2"
 
 def error_body(path: str, request_id: str, status: int, code: str, message: str,
                openai_type: str, details: dict[str, Any]) -> bytes:
-    """An error in the shape its path answers in (`entries.error_shape`)."""
-    return error_shape(path).body(request_id, status, code, message, openai_type, details)
+    """An error in the shape its path answers in: a seed face's (`faces.envelope`), else
+    its entry's (`entries.error_shape`)."""
+    shape = face_error_shape(path) or error_shape(path)
+    return shape.body(request_id, status, code, message, openai_type, details)
 
 
 def request_ids() -> Iterator[uuid.UUID]:
@@ -67,7 +71,8 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.text or exc.reason
         if exc.status == 404:
-            message = f"no route for {request.method} {request.path}" + _supported(request)
+            message = not_found_message(request.path) or (
+                f"no route for {request.method} {request.path}" + _supported(request))
         elif exc.status == 413:
             limit = request.app[SETTINGS].server.max_body_bytes
             message = f"request body is too large; the limit is {limit} bytes"

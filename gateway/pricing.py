@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from gateway.domain import Usage
+from gateway.domain import Usage, canonical_provider
 from gateway.settings import PricingSettings
 from gateway.tomlfile import read_toml
 
@@ -106,6 +106,7 @@ class PriceTable:
 
     def resolve(self, provider: str, model: str) -> tuple[Price, bool]:
         """The price to charge and whether a fallback rule chose it."""
+        provider = canonical_provider(provider)
         key = (provider, model)
         hit = self._resolved.get(key)
         if hit is None:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from gateway import checks
-from gateway.domain import PLANS, Project
+from gateway.domain import PLANS, Project, canonical_provider
 from gateway.errors import Conflict, NotFound
 from gateway.plans import LIMIT_FIELDS
 
@@ -120,6 +120,11 @@ def _names(key: str, value: Any, problems: checks.Problems) -> list[str]:
     return sorted(set(names or ()))
 
 
+def _providers(key: str, value: Any, problems: checks.Problems) -> list[str]:
+    """Provider names as the gateway calls them (`google` is `gemini`)."""
+    return sorted({canonical_provider(name) for name in _names(key, value, problems)})
+
+
 def _enabled(key: str, value: Any, problems: checks.Problems) -> bool | None:
     return checks.flag(value, key, problems)
 
@@ -139,7 +144,7 @@ def _metadata(key: str, value: Any, problems: checks.Problems) -> dict[str, Any]
 
 _PARSERS = {
     "name": _name, "team": _team, "plan": _plan, "monthly_budget_usd": _budget,
-    "allowed_providers": _names, "allowed_models": _names, "enabled": _enabled,
+    "allowed_providers": _providers, "allowed_models": _names, "enabled": _enabled,
     "metadata": _metadata,
     **dict.fromkeys(LIMIT_FIELDS, _limit),
 }

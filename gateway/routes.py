@@ -23,6 +23,10 @@ from gateway.http import (
     track,
     webhooks,
 )
+from gateway.http.faces import codingvibez as cv
+from gateway.http.faces import codingvibez_costs as cv_costs
+from gateway.http.faces import codingvibez_status as cv_status
+from gateway.http.faces import meterr
 
 
 def setup_routes(app: web.Application) -> None:
@@ -43,6 +47,38 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/costs", analytics.costs)
     app.router.add_get("/api/costs/forecast", analytics.forecast)
     app.router.add_get("/api/teams/usage", analytics.teams_usage)
+
+    # meterr's face under /v1 (gateway/http/faces/meterr.py): the same handlers where the
+    # answers are the same; its error shape comes from the path.
+    app.router.add_get("/v1/usage", analytics.usage)
+    app.router.add_post("/v1/usage", track.track)
+    app.router.add_get("/v1/usage/history", analytics.timeseries)
+    app.router.add_post("/v1/track", track.track)
+    app.router.add_get("/v1/costs", meterr.costs)
+    app.router.add_get("/v1/costs/forecast", analytics.forecast)
+    app.router.add_post("/v1/budgets", webhooks.create_budget)
+    app.router.add_get("/v1/teams", meterr.list_teams)
+    app.router.add_post("/v1/teams", teams.create_team)
+    app.router.add_get("/v1/providers", meterr.list_providers)
+    app.router.add_post("/v1/providers/connect", meterr.connect_provider)
+    app.router.add_delete("/v1/providers/{id}", meterr.disconnect_provider)
+
+    # CodingVibez's face under /api (gateway/http/faces/codingvibez*.py), in its envelope.
+    # /api/costs/{provider} comes after the fixed /api/costs/* paths, which win.
+    app.router.add_post("/api/tokens/track", cv.track_usage)
+    app.router.add_get("/api/tokens", cv.tokens)
+    app.router.add_get("/api/tokens/stats", cv.stats)
+    app.router.add_get("/api/tokens/timeseries", cv.timeseries)
+    app.router.add_get("/api/tokens/burn-rate", cv.burn_rate)
+    app.router.add_get("/api/costs/all", cv_costs.all_costs)
+    app.router.add_post("/api/costs/manual", cv_costs.add_manual_cost)
+    app.router.add_get("/api/costs/{provider}", cv_costs.provider_costs)
+    app.router.add_get("/api/dashboard", cv.dashboard)
+    app.router.add_get("/api/analytics", cv.analytics_series)
+    app.router.add_get("/api/projections", cv.projections)
+    app.router.add_get("/api/health", cv_status.health)
+    app.router.add_get("/api/tracking-health", cv_status.tracking_health)
+    app.router.add_get("/api/status", cv_status.status)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)

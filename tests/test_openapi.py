@@ -81,3 +81,28 @@ async def test_answers_fit_the_documented_schemas(gateway: TestClient,
     _check(spec, "/api/proxy/chat", "post", resp.status, await resp.json())  # 502
     resp = await gateway.delete(f"/api/admin/keys/{key['id']}", headers=admin)
     _check(spec, "/api/admin/keys/{id}", "delete", resp.status, await resp.json())
+
+
+async def test_the_seed_faces_answers_fit_the_documented_schemas(gateway: TestClient) -> None:
+    spec = await _spec(gateway)
+    resp = await gateway.post("/api/admin/projects", json={"name": "faces"},
+                              headers=admin_headers())
+    project = await resp.json()
+    resp = await gateway.post(f"/api/admin/projects/{project['id']}/keys",
+                              headers=admin_headers())
+    auth = {"Authorization": f"Bearer {(await resp.json())['key']}"}
+    track = {"provider": "openai", "model": "gpt-4", "input_tokens": 10, "output_tokens": 5}
+    calls = [("post", "/v1/track", "/v1/track", track), ("post", "/api/tokens/track",
+                                                         "/api/tokens/track", track),
+             ("post", "/api/costs/manual", "/api/costs/manual",
+              {"service": "Cursor", "amount": 20}),
+             ("post", "/v1/track", "/v1/track", {"provider": "openai"})]  # a 400
+    calls += [("get", path, path, None) for path in (
+        "/v1/usage", "/v1/usage/history", "/v1/costs", "/v1/costs/forecast", "/v1/teams",
+        "/v1/providers", "/api/tokens", "/api/tokens/stats", "/api/tokens/timeseries",
+        "/api/tokens/burn-rate", "/api/costs/all", "/api/dashboard", "/api/analytics",
+        "/api/projections", "/api/health", "/api/tracking-health", "/api/status")]
+    calls.append(("get", "/api/costs/openai", "/api/costs/{provider}", None))
+    for method, path, documented, body in calls:
+        resp = await gateway.request(method, path, json=body, headers=auth)
+        _check(spec, documented, method, resp.status, await resp.json())

@@ -299,3 +299,45 @@ def test_real_table_entries_have_sources(real_raw: dict[str, Any]) -> None:
             value = entry.get(key, entry["input"])
             assert isinstance(value, Decimal), (name, key)  # never a string or float
             assert value.is_finite() and value >= 0, (name, key)
+
+
+# Every model the seeds name, at its provider's published list price (USD per 1M tokens).
+SEED_MODELS = [
+    ("anthropic", "claude-3.5-sonnet", "claude-3-5-sonnet", "3.00", "15.00"),
+    ("anthropic", "claude-3-5-sonnet-20241022", "claude-3-5-sonnet", "3.00", "15.00"),
+    ("anthropic", "claude-3-opus", "claude-3-opus", "15.00", "75.00"),
+    ("anthropic", "claude-3-opus-20240229", "claude-3-opus", "15.00", "75.00"),
+    ("anthropic", "claude-3-sonnet-20240229", "claude-3-sonnet", "3.00", "15.00"),
+    ("anthropic", "claude-3-haiku-20240307", "claude-3-haiku", "0.25", "1.25"),
+    ("anthropic", "claude-3.5-haiku", "claude-3-5-haiku", "0.80", "4.00"),
+    ("gemini", "gemini-pro", "gemini-pro", "0.50", "1.50"),
+    ("google", "gemini-pro", "gemini-pro", "0.50", "1.50"),
+    ("gemini", "gemini-1.5-pro", "gemini-1.5-pro", "1.25", "5.00"),
+    ("gemini", "gemini-1.5-flash", "gemini-1.5-flash", "0.075", "0.30"),
+    ("gemini", "gemini-1.5-flash-8b", "gemini-1.5-flash-8b", "0.0375", "0.15"),
+    ("gemini", "gemini-2.0-flash", "gemini-2.0-flash", "0.10", "0.40"),
+    ("gemini", "gemini-2.5-pro", "gemini-2.5-pro", "1.25", "10.00"),
+    ("mistral", "mistral-large", "mistral-large-2411", "2.00", "6.00"),
+    ("mistral", "mistral-large-latest", "mistral-large-latest", "0.50", "1.50"),
+    ("cohere", "command-r", "command-r-08-2024", "0.15", "0.60"),
+    ("cohere", "command-r-plus", "command-r-plus-08-2024", "2.50", "10.00"),
+    ("openai", "gpt-4-turbo", "gpt-4-turbo", "10.00", "30.00"),
+    ("openai", "gpt-4", "gpt-4", "30.00", "60.00"),
+    ("openai", "gpt-3.5-turbo", "gpt-3.5-turbo", "0.50", "1.50"),
+]
+
+
+@pytest.mark.parametrize(("provider", "model", "entry", "input_price", "output_price"),
+                         SEED_MODELS)
+def test_real_table_prices_the_seeds_models(real_table: PriceTable, provider: str, model: str,
+                                            entry: str, input_price: str,
+                                            output_price: str) -> None:
+    price, fallback = real_table.resolve(provider, model)
+    assert (price.model, fallback) == (entry, False)
+    assert (price.input, price.output) == (D(input_price), D(output_price))
+
+
+def test_claude_3_5_sonnet_is_no_longer_charged_at_the_opus_rate(
+        real_table: PriceTable) -> None:
+    cost = real_table.quote("anthropic", "claude-3.5-sonnet", Usage(1_000_000, 0, 1_000_000))
+    assert (cost.cost, cost.fallback) == (D("18.00"), False)

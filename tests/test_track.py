@@ -120,7 +120,7 @@ async def test_concurrent_retries_count_once(client: TestClient, db: asyncpg.Con
     ({**SEED_BODY, "cost": -0.5}, {"cost"}),
     ({**SEED_BODY, "cached_tokens": 151}, {"cached_tokens"}),
     ({**SEED_BODY, "metadata": ["a"]}, {"metadata"}),
-    ({**SEED_BODY, "tokens": 650}, {"tokens"}),
+    ({**SEED_BODY, "tokens": 651}, {"tokens"}),  # not input + output
     ({**SEED_BODY, "inputTokens": 3}, {"inputTokens"}),
     ({**SEED_BODY, "model": "", "endpoint": 7}, {"model", "endpoint"}),
     ({**SEED_BODY, "input_tokens": True}, {"input_tokens"}),

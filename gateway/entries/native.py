@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway import checks
 from gateway.checks import Problems
-from gateway.domain import ChatRequest, Usage
+from gateway.domain import ChatRequest, Usage, canonical_provider
 from gateway.entries.base import ChunkEncoder, ErrorShape, GatewayErrors, Limits
 from gateway.entries.openai_chat import OPENAI_CHAT, chat_messages
 
@@ -58,6 +58,8 @@ def validate_native(body: dict[str, Any], limits: Limits, providers: frozenset[s
     for name in sorted(set(body) - known):
         errors.add(name, f"unknown field; allowed: {', '.join(sorted(known))}")
     provider = body.get("provider")
+    if isinstance(provider, str):
+        provider = canonical_provider(provider)
     if not isinstance(provider, str) or not provider:
         errors.add("provider", "is required and must be a string")
     elif provider not in providers:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.domain import Principal
 from gateway.errors import BadRequest, Forbidden, Unauthorized
+from gateway.http.quota import admit
 from gateway.keys import KEYSTORE, SETTINGS
 from gateway.pipeline.authenticate import authenticate
 
@@ -81,7 +82,8 @@ def _is_admin_token(request: web.Request) -> bool:
 
 async def caller(request: web.Request, *, allow: Access) -> Caller:
     """Who is calling, if `allow` admits them: 401 for a missing, wrong or revoked credential,
-    403 for the admin API while no admin token is configured. Errors never echo the key."""
+    403 for the admin API while no admin token is configured. Errors never echo the key.
+    A project key calling an API route is counted against its plan (`http/quota.py`)."""
     if allow is not Access.PROJECT and _is_admin_token(request):
         return Caller()
     if allow is Access.ADMIN:
@@ -90,4 +92,7 @@ async def caller(request: web.Request, *, allow: Access) -> Caller:
                             code="admin_disabled")
         raise Unauthorized("admin token required: send 'Authorization: Bearer <admin token>'",
                            code="invalid_admin_token")
-    return Caller(await authenticate(request.app[KEYSTORE], request.headers))
+    principal = await authenticate(request.app[KEYSTORE], request.headers)
+    if allow is Access.PROJECT_OR_ADMIN:  # the API routes: held to the project's plan
+        await admit(request, principal)
+    return Caller(principal)

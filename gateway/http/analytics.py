@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway import analytics, checks
 from gateway.analytics import UNITS, ZERO, Scope, Totals, buckets, label, truncate
 from gateway.checks import Query, invalid
+from gateway.domain import canonical_provider
 from gateway.errors import Forbidden, NotFound
 from gateway.http.access import Access, Caller, caller
 from gateway.http.database import connection
@@ -65,17 +66,18 @@ FORECAST_PARAMS = SCOPE_PARAMS
 TEAMS_USAGE_PARAMS = (*RANGE_PARAMS, *SCOPE_PARAMS)
 
 
-def read_query(request: web.Request, accepted: tuple[str, ...]) -> dict[str, str]:
+def read_query(request: web.Request, accepted: tuple[str, ...],
+               aliases: dict[str, str] = ALIASES) -> dict[str, str]:
     """The route's query under canonical names; 400 naming an unknown or repeated one."""
-    return checks.read_query(request.query, accepted, ALIASES)
+    return checks.read_query(request.query, accepted, aliases)
 
 
-async def read_scope(request: web.Request,
-                     accepted: tuple[str, ...]) -> tuple[Scope, dict[str, str]]:
+async def read_scope(request: web.Request, accepted: tuple[str, ...],
+                     aliases: dict[str, str] = ALIASES) -> tuple[Scope, dict[str, str]]:
     """Authenticate, then the query and the scope: the key's own project, or the admin's
     filters."""
     who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
-    query = read_query(request, accepted)
+    query = read_query(request, accepted, aliases)
     return scope_of(who, query), query
 
 
@@ -83,8 +85,10 @@ def scope_of(who: Caller, query: Query) -> Scope:
     if not who.admin and "team_id" in query:
         raise Forbidden("team_id needs the admin token; a project key sees its own project",
                         details={"field": "team_id"})
+    provider = checks.text_param(query, "provider")
     return Scope(who.project_filter(checks.id_param(query, "project_id")),
-                 checks.id_param(query, "team_id"), checks.text_param(query, "provider"),
+                 checks.id_param(query, "team_id"),
+                 None if provider is None else canonical_provider(provider),
                  checks.text_param(query, "model"))
 
 
@@ -120,8 +124,13 @@ def _costs(groups: dict[Any, Totals]) -> dict[str, Decimal]:
 # -- handlers --------------------------------------------------------------------------------
 
 async def usage(request: web.Request) -> web.Response:
-    """Requests, tokens and cost per period, with totals by provider and by model."""
     scope, query = await read_scope(request, USAGE_PARAMS)
+    return exact_json(await usage_report(request, scope, query))
+
+
+async def usage_report(request: web.Request, scope: Scope,
+                       query: Query) -> dict[str, Any]:
+    """Requests, tokens and cost per period, with totals by provider and by model."""
     start, end = read_range(query, datetime.now(UTC))
     unit = checks.choice(query, "group_by", UNITS, "day")
     _check_hourly(unit, "group_by", start, end)
@@ -138,7 +147,7 @@ async def usage(request: web.Request) -> web.Response:
                        periods.setdefault(row["bucket"], Totals()),
                        period_models[row["bucket"]][row["model"]]):
             totals.add(row)
-    return exact_json({
+    return {
         **_header(scope, start, end), "group_by": unit,
         "total_requests": total.requests, "total_tokens": total.tokens,
         "input_tokens": total.input_tokens, "cached_input_tokens": total.cached_input_tokens,
@@ -148,7 +157,7 @@ async def usage(request: web.Request) -> web.Response:
         "periods": [{"period": label(bucket, unit), **totals.render(),
                      "by_model": _costs(period_models.get(bucket, {}))}
                     for bucket, totals in sorted(periods.items())],
-    })
+    }
 
 
 def _metric(totals: Totals, metric: str) -> int | Decimal:
@@ -158,8 +167,13 @@ def _metric(totals: Totals, metric: str) -> int | Decimal:
 
 
 async def timeseries(request: web.Request) -> web.Response:
-    """One metric per interval, gaps filled with zeros, and its aggregations."""
     scope, query = await read_scope(request, TIMESERIES_PARAMS)
+    return exact_json(await timeseries_report(request, scope, query))
+
+
+async def timeseries_report(request: web.Request, scope: Scope,
+                            query: Query) -> dict[str, Any]:
+    """One metric per interval, gaps filled with zeros, and its aggregations."""
     start, end = read_range(query, datetime.now(UTC))
     metric = checks.choice(query, "metric", METRICS, "cost")
     unit = checks.choice(query, "interval", UNITS, "day")
@@ -174,7 +188,7 @@ async def timeseries(request: web.Request) -> web.Response:
     values = [value for _, value, _ in series]
     total = analytics.exact_sum(Decimal(v) for v in values)
     peak = max(series, key=lambda point: point[1])
-    return exact_json({
+    return {
         **_header(scope, start, end), "metric": metric, "interval": unit,
         "series": [{"date": label(bucket, unit), "value": value, "cost": totals.cost,
                     "total_tokens": totals.tokens, "requests": totals.requests}
@@ -183,7 +197,7 @@ async def timeseries(request: web.Request) -> web.Response:
                          "average": (total / len(values)).quantize(_RATE),
                          "min": min(values), "max": max(values),
                          "peak_date": label(peak[0], unit)},
-    })
+    }
 
 
 def _rates(totals: Totals, hours: Decimal) -> dict[str, Any]:
@@ -194,9 +208,14 @@ def _rates(totals: Totals, hours: Decimal) -> dict[str, Any]:
 
 
 async def burn_rate(request: web.Request) -> web.Response:
+    scope, query = await read_scope(request, BURN_RATE_PARAMS)
+    return exact_json(await burn_rate_report(request, scope, query))
+
+
+async def burn_rate_report(request: web.Request, scope: Scope,
+                           query: Query) -> dict[str, Any]:
     """Tokens and cost per hour and per day over the last `hours` hours (the current hour
     included, so far), and the current rate: the last complete hour and the current one."""
-    scope, query = await read_scope(request, BURN_RATE_PARAMS)
     hours = checks.whole_param(query, "hours", 1, MAX_BURN_HOURS, 24)
     now = datetime.now(UTC)
     current = truncate(now, "hour")
@@ -217,7 +236,7 @@ async def burn_rate(request: web.Request) -> web.Response:
             recent.add(row)
     elapsed = max(Decimal((now - start).total_seconds()), Decimal(1)) / 3600
     recent_hours = 1 + Decimal((now - current).total_seconds()) / 3600
-    return exact_json({
+    return {
         "project_id": scope.project_id, "team_id": scope.team_id, "provider": scope.provider,
         "model": scope.model, "hours": hours, "window_start": start, "window_end": now,
         "window_hours": elapsed.quantize(Decimal("0.0001")),
@@ -232,7 +251,7 @@ async def burn_rate(request: web.Request) -> web.Response:
         "hourly": [{"hour": label(bucket, "hour"), "requests": totals.requests,
                     "total_tokens": totals.tokens, "cost": totals.cost}
                    for bucket, totals in sorted(hourly.items())],
-    })
+    }
 
 
 def _group_by(value: str) -> tuple[str, str]:
@@ -249,8 +268,13 @@ def _group_by(value: str) -> tuple[str, str]:
 
 
 async def costs(request: web.Request) -> web.Response:
-    """Cost, tokens and requests by provider, model, project, team, period or metadata key."""
     scope, query = await read_scope(request, COSTS_PARAMS)
+    return exact_json(await costs_report(request, scope, query))
+
+
+async def costs_report(request: web.Request, scope: Scope,
+                       query: Query) -> dict[str, Any]:
+    """Cost, tokens and requests by provider, model, project, team, period or metadata key."""
     start, end = read_range(query, datetime.now(UTC))
     raw_group = query.get("group_by", "provider")
     kind, what = _group_by(raw_group)
@@ -290,9 +314,9 @@ async def costs(request: web.Request) -> web.Response:
             "unassigned" if key is None else str(key))
         out[text] = entry
     group_name = f"metadata.{what}" if kind == "metadata" else raw_group
-    return exact_json({**_header(scope, start, end), "group_by": group_name,
-                       "total_cost": total.cost, "total_tokens": total.tokens,
-                       "requests": total.requests, "groups": out})
+    return {**_header(scope, start, end), "group_by": group_name,
+            "total_cost": total.cost, "total_tokens": total.tokens,
+            "requests": total.requests, "groups": out}
 
 
 async def _budget(conn: asyncpg.Connection, scope: Scope) -> Decimal | None:
@@ -314,11 +338,15 @@ async def _budget(conn: asyncpg.Connection, scope: Scope) -> Decimal | None:
 
 
 async def forecast(request: web.Request) -> web.Response:
+    scope, _ = await read_scope(request, FORECAST_PARAMS)
+    return exact_json(await forecast_report(request, scope))
+
+
+async def forecast_report(request: web.Request, scope: Scope) -> dict[str, Any]:
     """This month's spend projected to its end (method: `analytics.forecast_month`), against
     the project's budget (the team's with `team_id`; none for everything). Months and days
     follow budgets.timezone; they are cut from hourly rollups, so in a zone with a
     fractional-hour offset the hour that straddles midnight counts for the day it starts."""
-    scope, _ = await read_scope(request, FORECAST_PARAMS)
     tz_name = request.app[SETTINGS].budgets.timezone
     tz = ZoneInfo(tz_name)
     now = datetime.now(tz)
@@ -342,7 +370,7 @@ async def forecast(request: web.Request) -> web.Response:
     if result.daily_trend is not None:
         trend = ("rising" if result.daily_trend > 0 else
                  "falling" if result.daily_trend < 0 else "flat")
-    return exact_json({
+    return {
         "project_id": scope.project_id, "team_id": scope.team_id, "timezone": tz_name,
         "period_start": start, "period_end": end, "days_in_month": last_day.day,
         "days_remaining": (next_month - today).days, "days_observed": result.days_observed,
@@ -354,13 +382,18 @@ async def forecast(request: web.Request) -> web.Response:
         "budget_impact": {"budget_limit": budget, "will_exceed_budget": result.will_exceed,
                           "probability_of_exceeding": result.probability_of_exceeding,
                           "exceeds_on": result.exceeds_on},
-    })
+    }
 
 
 async def teams_usage(request: web.Request) -> web.Response:
-    """Spend per team (the team a project belonged to when its usage arrived)."""
     who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
     query = read_query(request, TEAMS_USAGE_PARAMS)
+    return exact_json(await teams_usage_report(request, who, query))
+
+
+async def teams_usage_report(request: web.Request, who: Caller,
+                             query: Query) -> dict[str, Any]:
+    """Spend per team (the team a project belonged to when its usage arrived)."""
     scope = scope_of(who, query)
     start, end = read_range(query, datetime.now(UTC))
     teams: dict[int | None, Totals] = defaultdict(Totals)
@@ -395,4 +428,4 @@ async def teams_usage(request: web.Request) -> web.Response:
             "projects": meta["projects"] if admin and meta else None,
             "monthly_budget_usd": meta["monthly_budget_usd"] if admin and meta else None,
             "top_model": next(iter(by_model), None), "by_model": by_model})
-    return exact_json({**_header(scope, start, end), "teams": entries})
+    return {**_header(scope, start, end), "teams": entries}

@@ -61,11 +61,18 @@ async def create_team(request: web.Request) -> web.Response:
         return json_response(await _team(conn, team_id), status=201)
 
 
+async def team_rows(conn: asyncpg.Connection, team_id: int | None = None
+                    ) -> list[dict[str, Any]]:
+    """Every team (or the one `team_id` names) with its projects, in id order."""
+    rows = await conn.fetch(f"{_TEAM_SELECT} WHERE $1::bigint IS NULL OR t.id = $1 "
+                            "GROUP BY t.id ORDER BY t.id", team_id)
+    return [dict(row) for row in rows]
+
+
 async def list_teams(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     async with connection(request) as conn:
-        rows = await conn.fetch(f"{_TEAM_SELECT} GROUP BY t.id ORDER BY t.id")
-    return json_response({"teams": [dict(row) for row in rows]})
+        return json_response({"teams": await team_rows(conn)})
 
 
 async def get_team(request: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 
 The body is the seed's (`provider`, `model`, `input_tokens`, `output_tokens`, optional
 `cached_tokens`, `cost`, `endpoint`, `metadata`; the camelCase names of the other seed are
-accepted too). Without a `cost` the call is priced from the price table; a model the table
+accepted too, and so is the meterr SDK's `tokens`: a total with no split, recorded and priced
+as output tokens so it is never under-charged). Provider `google` is `gemini`.
+Without a `cost` the call is priced from the price table; a model the table
 does not know is priced by the fallback rule and flagged. With `X-Request-Id` the row's id is
 derived from the project and that id, so a retry can never count twice: a reuse answers 409
 with the first tracking id. The row is committed (rollups and ledger hooks included) before
@@ -23,9 +25,9 @@ from aiohttp import web
 
 from gateway import checks, projects
 from gateway.budgets import DB_ERRORS
-from gateway.domain import Usage, UsageRecord
+from gateway.domain import Usage, UsageRecord, canonical_provider
 from gateway.errors import Conflict, Forbidden, ServiceUnavailable
-from gateway.http.access import Access, caller
+from gateway.http.access import Access, Caller, caller
 from gateway.http.analytics import exact_json
 from gateway.http.database import connection
 from gateway.http.json import read_json
@@ -43,7 +45,7 @@ MAX_METADATA_BYTES = 16_384
 ALIASES = {"inputTokens": "input_tokens", "outputTokens": "output_tokens",
            "cachedTokens": "cached_tokens", "cached_input_tokens": "cached_tokens",
            "cacheWriteTokens": "cache_write_tokens", "projectId": "project_id"}
-FIELDS = ("provider", "model", "input_tokens", "output_tokens", "cached_tokens",
+FIELDS = ("provider", "model", "input_tokens", "output_tokens", "tokens", "cached_tokens",
           "cache_write_tokens", "cost", "endpoint", "metadata", "project_id", "flush")
 
 
@@ -56,6 +58,7 @@ class TrackedCall:
     endpoint: str
     metadata: dict[str, Any]
     project_id: int | None
+    total_only: bool = False  # only a total (`tokens`) was given: recorded as output tokens
 
 
 def tracking_id(request_id: uuid.UUID) -> str:
@@ -89,9 +92,17 @@ def parse_track(body: Any) -> TrackedCall:
         return checks.whole(value, name, problems, 0, MAX_TOKENS, "is required" if value is None
                             else f"must be a whole number from 0 to {MAX_TOKENS}") or 0
 
-    provider, model = text("provider", 100), text("model", 200)
+    provider, model = canonical_provider(text("provider", 100)), text("model", 200)
     endpoint = text("endpoint", 500, DEFAULT_ENDPOINT)
-    tokens_in, tokens_out = count("input_tokens", True), count("output_tokens", True)
+    total_only = "tokens" in fields and "input_tokens" not in fields \
+        and "output_tokens" not in fields
+    if total_only:  # the SDK's `tokens`: a total with no split, priced as output (never under)
+        tokens_in, tokens_out = 0, count("tokens", True)
+    else:
+        tokens_in, tokens_out = count("input_tokens", True), count("output_tokens", True)
+        if "tokens" in fields and count("tokens", True) != tokens_in + tokens_out:
+            problems.add("tokens", "must equal input_tokens + output_tokens when both are "
+                                   "given")
     cached, written = count("cached_tokens", False), count("cache_write_tokens", False)
     if cached + written > tokens_in:
         problems.add("cached_tokens",
@@ -112,12 +123,17 @@ def parse_track(body: Any) -> TrackedCall:
     problems.raise_if_any("invalid tracking body: ")
     return TrackedCall(provider, model, Usage(tokens_in, cached, tokens_out,
                                               cache_write_tokens=written),
-                       cost, endpoint, metadata or {}, project_id)
+                       cost, endpoint, metadata or {}, project_id, total_only)
 
 
 async def track(request: web.Request) -> web.Response:
     who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
     call = parse_track(await read_json(request))
+    return exact_json(await record_tracked(request, who, call), status=201)
+
+
+async def record_tracked(request: web.Request, who: Caller, call: TrackedCall) -> dict[str, Any]:
+    """Price and write one tracked call for the caller's project; answers what was recorded."""
     client_id = validate.client_request_id(request.headers.get("X-Request-Id"))
     project_id, key_id = who.project_id(call.project_id, denied="tracks only for it"), who.key_id
     if who.principal is None:
@@ -153,7 +169,7 @@ async def track(request: web.Request) -> web.Response:
                                 "first_tracking_id": tracking_id(request_id)})
     await _count_against_budgets(request, project_id)
     usage = call.usage
-    return exact_json({
+    return {
         "id": tracking_id(request_id), "request_id": str(request_id), "timestamp": now,
         "total_cost": cost, "status": "tracked", "project_id": project_id,
         "provider": call.provider, "model": call.model, "endpoint": call.endpoint,
@@ -162,7 +178,8 @@ async def track(request: web.Request) -> web.Response:
         "cache_write_tokens": usage.cache_write_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
         "cost_source": source, "priced_by_fallback": fallback, "price_model": price_model,
-    }, status=201)
+        "token_split": "total_only" if call.total_only else "reported",
+    }
 
 
 async def _count_against_budgets(request: web.Request, project_id: int) -> None:

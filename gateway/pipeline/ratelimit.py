@@ -1,18 +1,25 @@
-"""Stage 5, rate limit: the plan's requests per minute and day and tokens per minute (429)."""
+"""Stage 5, rate limit: the plan's requests per minute and day and tokens per minute.
+
+Over a per-minute limit is 429; the plan's request quota for the day spent is 402
+`plan_request_limit_exceeded` (the contract's "plan request limit"). The API routes that a
+project key calls are held to the same plan windows (`http/quota.py`)."""
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NoReturn
 
-from gateway.errors import TooManyRequests
+from gateway.errors import PaymentRequired, TooManyRequests
 from gateway.pipeline.exchange import Exchange
-from gateway.plans import Plans
+from gateway.plans import Limits, Plans
 from gateway.ratelimit import Decision, RateLimiter, Window
 from gateway.tokens.service import TokenService
 
 TOKENS_WINDOW = "tokens_minute"
+DAY_WINDOW = "day"
 
 
 @functools.lru_cache(maxsize=256)
@@ -46,6 +53,33 @@ async def input_tokens(ex: Exchange, tokens: TokenService) -> int:
     return ex.input_tokens
 
 
+def plan_windows(limits: Limits) -> list[Window]:
+    """The plan's request windows (the tokens window needs a request's model: the guard's)."""
+    windows = []
+    if limits.requests_per_minute:
+        windows.append(Window("minute", limits.requests_per_minute, 60, 1))
+    if limits.requests_per_day:
+        windows.append(Window(DAY_WINDOW, limits.requests_per_day, 86_400, 1))
+    return windows
+
+
+def refuse(windows: Sequence[Window], decision: Decision, headers: dict[str, str]) -> NoReturn:
+    """Raise the refusal of a decision that did not allow the request: 402 when the plan's
+    daily request quota is what is spent, else 429."""
+    blocked = [w.name for w, s in zip(windows, decision.windows, strict=True)
+               if s.remaining < w.cost]
+    details = {"windows": [{"name": s.name, "limit": s.limit, "remaining": s.remaining}
+                           for s in decision.windows]}
+    if DAY_WINDOW in blocked:  # waiting a minute would not help
+        raise PaymentRequired(
+            f"the plan's request limit for the day is spent; it resets in "
+            f"{headers['Retry-After']} s", code="plan_request_limit_exceeded",
+            headers=headers, details=details)
+    raise TooManyRequests(
+        f"rate limit exceeded ({', '.join(blocked)}); retry in {headers['Retry-After']} s",
+        headers=headers, details=details)
+
+
 class RateLimitGuard:
     def __init__(self, limiter: RateLimiter, plans: Plans, tokens: TokenService) -> None:
         self._limiter = limiter
@@ -59,11 +93,7 @@ class RateLimitGuard:
     async def admit(self, ex: Exchange) -> None:
         assert ex.principal is not None
         limits = self._plans.limits(ex.principal.project)
-        windows = []
-        if limits.requests_per_minute:
-            windows.append(Window("minute", limits.requests_per_minute, 60, 1))
-        if limits.requests_per_day:
-            windows.append(Window("day", limits.requests_per_day, 86_400, 1))
+        windows = plan_windows(limits)
         if limits.tokens_per_minute and ex.chat is not None:  # a call with no model: none
             expected = await input_tokens(ex, self._tokens) + (ex.chat.max_output_tokens or 0)
             windows.append(Window(TOKENS_WINDOW, limits.tokens_per_minute, 60, expected))
@@ -73,13 +103,7 @@ class RateLimitGuard:
         headers = rate_headers(decision)
         ex.response_headers.update(headers)
         if not decision.allowed:
-            blocked = [w.name for w, s in zip(windows, decision.windows, strict=True)
-                       if s.remaining < w.cost]
-            raise TooManyRequests(
-                f"rate limit exceeded ({', '.join(blocked)}); retry in "
-                f"{headers['Retry-After']} s", headers=headers,
-                details={"windows": [{"name": s.name, "limit": s.limit,
-                                      "remaining": s.remaining} for s in decision.windows]})
+            refuse(windows, decision, headers)
         ex.rate_windows = tuple(w for w in windows if w.name == TOKENS_WINDOW)
 
     async def settle(self, ex: Exchange) -> None:
