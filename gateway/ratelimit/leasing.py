@@ -76,7 +76,11 @@ class LeasingLimiter:
             rate.units += w.cost
         if all(lease.available >= w.cost for lease, w in zip(leases, windows, strict=True)):
             return self._consume(leases, windows, self.name)
-        chunked = [Window(w.name, w.limit, w.seconds, self._chunk(key, w, lease))
+        # Only the windows this request runs short on lease more: topping up the others too
+        # would, at every lease, take units of a long window (a day) that lapse unused,
+        # starving the other replicas of them.
+        chunked = [Window(w.name, w.limit, w.seconds,
+                          0 if lease.available >= w.cost else self._chunk(key, w, lease))
                    for w, lease in zip(windows, leases, strict=True)]
         decision = await self._lease_more(key, chunked, leases, now)
         if not decision.allowed and chunked != list(windows):

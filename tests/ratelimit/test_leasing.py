@@ -46,3 +46,16 @@ async def test_a_new_window_starts_fresh() -> None:
     assert [(await limiter.hit("k", window, NOW)).allowed for _ in range(3)] == [
         True, True, False]
     assert (await limiter.hit("k", window, NOW + 60)).allowed
+
+
+async def test_a_window_leases_only_when_it_runs_short() -> None:
+    """A burst held back by its minute window must not lease the day window at every
+    minute lease: those day units would lapse unused and starve the other replicas."""
+    shared = MemoryLimiter()
+    replicas = [LeasingLimiter(shared) for _ in range(3)]
+    windows = [Window("minute", 60, 60, 1), Window("day", 1000, 86_400, 1)]
+    for i in range(150):
+        await replicas[i % 3].hit("project:5", windows, NOW)
+    day = await shared.hit("project:5", [Window("day", 1000, 86_400, 0)], NOW)
+    leased_unused = 1000 - day.windows[0].remaining - 60
+    assert 0 <= leased_unused <= 3 * 1000 // 50  # at most one chunk per replica
