@@ -206,7 +206,7 @@ class Plan:
     """
 
     def __init__(self, legs: Sequence[Leg], breakers: Mapping[str, CircuitBreaker],
-                 credentials: Callable[[Upstream], Awaitable[Sequence[Credential]]],
+                 credentials: Callable[[Leg], Awaitable[Sequence[Credential]]],
                  log: list[dict[str, Any]], *, rng: random.Random,
                  sleep: Callable[[float], Awaitable[None]]) -> None:
         self._legs = legs
@@ -222,7 +222,7 @@ class Plan:
         """Each attempt to make, in order; raises where the step is stop."""
         for n, leg in enumerate(self._legs):
             try:
-                credentials = await self._credentials(leg.upstream)
+                credentials = await self._credentials(leg)
             except GatewayError as exc:  # the project's stored key cannot be read (503)
                 if n == 0:
                     raise
