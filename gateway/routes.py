@@ -17,6 +17,7 @@ from gateway.http import (
     metrics,
     models,
     proxy,
+    smart_router,
     stored_responses,
     teams,
     tokens,
@@ -43,6 +44,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/costs", analytics.costs)
     app.router.add_get("/api/costs/forecast", analytics.forecast)
     app.router.add_get("/api/teams/usage", analytics.teams_usage)
+    app.router.add_post("/api/smart-router", smart_router.smart_router)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)

@@ -20,9 +20,10 @@ from decimal import Decimal
 
 from gateway.catalogue import TIERS, Catalogue, ModelInfo
 from gateway.domain import Usage
+from gateway.errors import BadRequest
 from gateway.observed import Observations
 from gateway.pricing import PriceTable, compute_cost, format_usd
-from gateway.settings import QUALITY_TIERS, RoutingSettings
+from gateway.settings import QUALITY_TIERS, STRATEGIES, RoutingSettings
 
 ROUTER_PREFIX = "router:"
 
@@ -36,7 +37,6 @@ class Need:
     max_latency_ms: float | None = None
     requires: frozenset[str] = frozenset()  # of settings.CAPABILITIES
     models: frozenset[str] = frozenset()  # only these (empty: any)
-    min_context: int = 0  # input + output tokens the request needs
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +90,20 @@ class SmartRouter:
     def handles(self, model: str) -> bool:
         return model.startswith(ROUTER_PREFIX) or model in self._settings.routes
 
-    def need_for(self, model: str, *, max_output_tokens: int | None = None) -> Need:
-        """The need behind a model name the router handles (400 is the caller's to raise)."""
+    def need_for(self, model: str) -> Need:
+        """The need behind a model name the router handles: its route's, or the defaults
+        with the strategy `router:NAME` names (400 when it names none)."""
         route = self._settings.routes.get(model)
         if route is not None:
             return Need(route.strategy, route.task, route.quality,
                         route.max_cost_usd or None, route.max_latency_ms or None,
                         frozenset(route.requires), frozenset(route.models))
-        return Need(model.removeprefix(ROUTER_PREFIX), self._settings.default_task,
-                    self._settings.default_quality)
+        strategy = model.removeprefix(ROUTER_PREFIX)
+        if strategy not in STRATEGIES:
+            raise BadRequest(f"model {model!r}: the smart router's strategies are "
+                             f"{', '.join(ROUTER_PREFIX + s for s in STRATEGIES)}",
+                             code="unknown_router_strategy", details={"model": model})
+        return Need(strategy, self._settings.default_task, self._settings.default_quality)
 
     async def decide(self, need: Need, tokens: Tokens, admissible: Admissible) -> Decision:
         usable: list[Candidate] = []

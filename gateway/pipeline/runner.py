@@ -40,7 +40,7 @@ from gateway.metrics import Metrics
 from gateway.observed import Observations, provider_failure
 from gateway.pipeline import translate, validate
 from gateway.pipeline.authenticate import authenticate
-from gateway.pipeline.authorize import authorize
+from gateway.pipeline.authorize import authorize, authorize_model, enabled
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import read_body, send, upstream_errors
 from gateway.pipeline.meter import (
@@ -133,9 +133,10 @@ class ProxyPipeline:
         ex.metadata = {**chat.metadata, **extra} if extra else chat.metadata
         alternatives: list[str] = []
         if self.smart is not None and self.smart.handles(chat.model):
+            enabled(ex.principal.project)
             alternatives = await route_request(
                 ex, chat, self.smart, self.tokens,
-                partial(self._admissible, ex.principal.project, chat, pinned),
+                partial(self.admissible, ex.principal.project, chat, pinned),
                 self.routing.default_output_tokens, self.routing.router_fallbacks)
         ex.chain = self._chain(ex.principal.project, chat, pinned, alternatives)
         for guard in self.guards:
@@ -154,32 +155,36 @@ class ProxyPipeline:
             await guard.admit(ex)
             ex.guards_admitted += 1
 
-    async def _admissible(self, project: Project, chat: ChatRequest, pinned: str | None,
-                          info: ModelInfo) -> str | None:
-        """Why this request cannot go to a catalogued model (None: it can): a provider other
-        than the pinned one, the project's allow-lists, a provider this gateway does not
-        configure or holds no credential for, or a wire the request cannot be sent on."""
+    async def admissible(self, project: Project | None, chat: ChatRequest | None,
+                         pinned: str | None, info: ModelInfo) -> str | None:
+        """Why a request (`chat`; None: any) of `project` (None: the admin's) cannot go to a
+        catalogued model, or None when it can: a provider other than the pinned one, the
+        project's allow-lists, a provider this gateway does not configure or holds no
+        credential for, or a wire the request cannot be sent on."""
         route = self.router.route(info.name)
         if (pinned is not None and route.provider != pinned) or route.provider != info.provider:
-            return "another provider"
+            return "served by another provider"
         if route.provider not in self.upstreams:
             return "provider not configured"
         try:
-            authorize(project, self._retarget(chat, route))
-            self._check_translatable(chat, route)
+            if project is not None:
+                authorize_model(project, route.provider, info.name)
+            if chat is not None:
+                self._check_translatable(chat, route)
         except (BadRequest, Forbidden) as exc:
             return exc.message
-        if not await self._has_credential(project.id, self.upstreams[route.provider]):
-            return "no credential"
+        upstream = self.upstreams[route.provider]
+        if not await self._has_credential(None if project is None else project.id, upstream):
+            return f"no credential for {route.provider}"
         return None
 
-    async def _has_credential(self, project_id: int, upstream: Upstream) -> bool:
+    async def _has_credential(self, project_id: int | None, upstream: Upstream) -> bool:
         """A stored project credential, a gateway key, or a keyless OpenAI-compatible
         server (a local one often needs none)."""
         if upstream.settings.kind == "openai_compatible" or any(
                 c.api_key for c in upstream.credentials):
             return True
-        return self.credentials is not None and bool(
+        return self.credentials is not None and project_id is not None and bool(
             await self.credentials.get(project_id, upstream.name))
 
     def _chain(self, project: Project, chat: ChatRequest, pinned: str | None,
