@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import orjson
+
 from gateway.catalogue import TIERS, Catalogue, ModelInfo
 from gateway.domain import Usage
 from gateway.errors import BadRequest
@@ -192,9 +194,11 @@ class SmartRouter:
 
 
 def describe(candidate: Candidate) -> Mapping[str, object]:
-    """A candidate as the endpoint's answer lists it."""
+    """A candidate as the JSON answers list it (its cost an exact JSON number, even in an
+    error's details, which are serialised without the API's Decimal rule)."""
     answer: dict[str, object] = {
-        "model": candidate.model, "provider": candidate.provider, "cost": candidate.cost,
+        "model": candidate.model, "provider": candidate.provider,
+        "cost": orjson.Fragment(format_usd(candidate.cost).encode()),
         "estimated_latency": round(candidate.latency_ms),
         "latency_source": candidate.latency_source, "quality": candidate.quality}
     if candidate.latency_p95_ms is not None:
