@@ -326,3 +326,39 @@ async def test_observations_are_seeded_from_the_ledger_at_start(
         await asyncio.sleep(0.02)
         stats = observed.stats("openai", "gpt-4o-mini")
     assert stats is not None and stats.samples == 3 and stats.errors == 0
+
+
+# -- load balancing across one provider's credentials ---------------------------------------
+
+def _two_credentials(bad_url: str, good_url: str, **extra: Any) -> dict[str, Any]:
+    return {"openai": {"max_retries": 0, "breaker_failures": 2, **extra, "credentials": [
+        {"name": "first", "api_key": "k1", "base_url": bad_url},
+        {"name": "second", "api_key": "k2", "base_url": good_url}]}}
+
+
+async def test_a_failing_credential_is_skipped_until_its_breaker_closes(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream,
+        slow_upstream: FakeUpstream) -> None:
+    client = await make_gateway(providers=_two_credentials(slow_upstream.url,
+                                                           fake_upstream.url))
+    _, key = await create_project(client)
+    slow_upstream.script(*[{"status": 503}] * 50)
+    for _ in range(12):
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=_auth(key))
+        assert resp.status == 200, await resp.text()
+    assert slow_upstream.state.received == 2  # its breaker opened at the second failure
+    assert fake_upstream.state.received == 12
+
+
+async def test_latency_aware_balancing_sends_the_traffic_to_the_faster_deployment(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream,
+        slow_upstream: FakeUpstream) -> None:
+    client = await make_gateway(providers=_two_credentials(slow_upstream.url,
+                                                           fake_upstream.url),
+                                routing={"balancing": {"gpt-4o-mini": "latency"}})
+    _, key = await create_project(client)
+    for _ in range(20):
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=_auth(key))
+        assert resp.status == 200
+    # one call each at most to measure them, then always the lower EWMA of the two
+    assert slow_upstream.state.received <= 1 and fake_upstream.state.received >= 19
