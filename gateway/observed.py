@@ -72,17 +72,21 @@ class _Window:
 
 
 class Observations:
-    def __init__(self, window_s: float, *, max_samples: int = 2048,
+    def __init__(self, window_s: float, *, max_samples: int = 2048, max_keys: int = 4096,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self._max = max_samples
+        self._max_keys = max_keys  # model names come from clients: memory stays bounded
         self._clock = clock
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._next_purge = 0.0
 
     def record(self, provider: str, model: str, first_ms: float, total_ms: float, ok: bool,
                at: float | None = None) -> None:
         window = self._windows.get((provider, model))
         if window is None:
+            if len(self._windows) >= self._max_keys and not self._make_room():
+                return  # every window is live: a new name waits until one empties
             window = self._windows[(provider, model)] = _Window(self._max)
         window.samples.append(Sample(self._clock() if at is None else at, first_ms,
                                      total_ms, ok))
@@ -117,6 +121,20 @@ class Observations:
         if window.cached is None or window.cached_version != window.version:
             window.cached, window.cached_version = _stats(window.samples), window.version
         return window.cached
+
+    def _make_room(self) -> bool:
+        """Drop the windows whose samples have all expired (a scan at most once a second);
+        whether any was dropped."""
+        now = self._clock()
+        if now < self._next_purge:
+            return False
+        self._next_purge = now + 1.0
+        before = len(self._windows)
+        for key, window in list(self._windows.items()):
+            self._expire(window)
+            if not window.samples:
+                del self._windows[key]
+        return len(self._windows) < before
 
     def _expire(self, window: _Window) -> None:
         cutoff = self._clock() - self.window_s

@@ -226,3 +226,94 @@ def test_route_reason_travels_through_spill_lines_and_old_lines_still_decode() -
     decoded = decode_row(orjson.dumps(old))
     assert decoded[COLUMNS.index("route_reason")] is None
     assert decoded[:-1] == row[:-1]
+
+
+def test_the_number_of_windows_is_bounded_and_expired_ones_make_room() -> None:
+    clock = Clock()
+    observed = Observations(60, max_keys=2, clock=clock)
+    observed.record("p", "a", 1, 1, True)
+    observed.record("p", "b", 1, 1, True)
+    observed.record("p", "c", 1, 1, True)  # full, nothing expired: not kept
+    assert observed.stats("p", "c") is None and observed.stats("p", "a") is not None
+    clock.now += 61
+    observed.record("p", "c", 1, 1, True)  # a and b expired: room again
+    assert observed.stats("p", "c") is not None
+
+
+# -- the choice -----------------------------------------------------------------------------
+
+def _tiny_router(observed: Observations, open_providers: frozenset[str] = frozenset()) -> Any:
+    from gateway.smart_router import SmartRouter
+
+    def model(provider: str, tier: str, first_ms: int) -> dict[str, Any]:
+        raw = copy.deepcopy(_raw_catalogue()["models"]["gpt-4o"])
+        raw["provider"] = provider
+        raw["quality"] = dict.fromkeys(raw["quality"], tier)
+        raw["latency"] = {**raw["latency"], "first_token_ms": first_ms,
+                          "output_tokens_per_s": 1000}
+        return raw
+
+    catalogue = Catalogue.from_mapping({"models": {
+        "a": model("p1", "high", 100), "b": model("p2", "medium", 1000),
+        "c": model("p3", "high", 10)}})
+    prices = PriceTable.from_mapping({"models": {
+        "a": {"provider": "p1", "input": Decimal(1), "output": Decimal(1)},
+        "b": {"provider": "p2", "input": Decimal("0.1"), "output": Decimal("0.1")},
+        "c": {"provider": "p3", "input": Decimal(10), "output": Decimal(10)}}},
+        PricingSettings())
+    return SmartRouter(catalogue, prices, observed, RoutingSettings(min_samples=5),
+                       lambda provider: provider in open_providers)
+
+
+async def _decide(router: Any, strategy: str, quality: str = "medium",
+                  refuse: frozenset[str] = frozenset(), **need: Any) -> Any:
+    from gateway.smart_router import Need
+
+    async def tokens(info: Any) -> tuple[int, int]:
+        return 1000, 0
+
+    async def admissible(info: Any) -> str | None:
+        return "not allowed" if info.name in refuse else None
+
+    return await router.decide(Need(strategy, "chat", quality, **need), tokens, admissible)
+
+
+async def test_each_strategy_ranks_by_its_own_measure() -> None:
+    router = _tiny_router(Observations(60, clock=Clock()))
+    # a: $0.001, 100 ms; b: $0.0001, 1000 ms; c: $0.01, 10 ms (catalogue priors)
+    assert [c.model for c in (await _decide(router, "cheapest")).ranked] == ["b", "a", "c"]
+    assert [c.model for c in (await _decide(router, "fastest")).ranked] == ["c", "a", "b"]
+    # balanced: a 0.5*10 + 0.5*10 = 10; b 0.5*1 + 0.5*100 = 50.5; c 0.5*100 + 0.5*1 = 50.5
+    assert [c.model for c in (await _decide(router, "balanced")).ranked] == ["a", "b", "c"]
+    assert [c.model for c in (await _decide(router, "cheapest", "high")).ranked] == ["a", "c"]
+    decision = await _decide(router, "cheapest", refuse=frozenset({"b"}))
+    assert decision.chosen.model == "a" and "b" not in {c.model for c in decision.ranked}
+
+
+async def test_observations_replace_the_prior_and_gate_latency_and_errors() -> None:
+    clock = Clock()
+    observed = Observations(60, clock=clock)
+    router = _tiny_router(observed)
+    for _ in range(5):
+        observed.record("p2", "b", 2, 5, True)
+    fastest = (await _decide(router, "fastest")).chosen
+    assert (fastest.model, fastest.latency_ms, fastest.latency_source) == ("b", 5, "observed")
+    for ms in (50, 50, 50, 50, 900):
+        observed.record("p1", "a", ms, ms, True)
+    decision = await _decide(router, "fastest", max_latency_ms=500.0)
+    assert "a" not in {c.model for c in decision.ranked}  # p50 50 ms, but p95 900 ms
+    for _ in range(6):
+        observed.record("p2", "b", 1, 1, False)  # 6 errors of 11: above 0.5
+    decision = await _decide(router, "cheapest", max_latency_ms=500.0)
+    assert [c.model for c in decision.ranked] == ["c"]
+
+
+async def test_an_open_breaker_excludes_and_nothing_left_gives_the_closest() -> None:
+    router = _tiny_router(Observations(60, clock=Clock()), open_providers=frozenset({"p3"}))
+    decision = await _decide(router, "fastest", "high", max_cost=Decimal("0.0005"))
+    assert decision.chosen is None
+    assert [c.model for c in decision.closest] == ["b", "a", "c"]
+    problems = {c.model: c.problems for c in decision.closest}
+    assert problems["a"] == ("estimated cost $0.001 above max_cost",)
+    assert any("circuit breaker open" in p for p in problems["c"])
+    assert any("quality medium" in p for p in problems["b"])

@@ -1,7 +1,8 @@
 """Reaching a provider: the plan of attempts for one request, and the pure parts under it.
 
 - `Plan`: the attempts of one request in order: each route of its chain (the routed model,
-  then its fallbacks), each credential of the route's provider by weight, each retry with
+  then its fallbacks), each credential of the route's provider in the order its balancing
+  strategy gives (`providers.balancer`; by weight unless configured), each retry with
   backoff, the provider's circuit breaker asked before every one. After each attempt `step`
   says what comes next: success, a retry, the next credential, the next route, or stop (the
   client's own request was refused: its error is the answer).
