@@ -48,7 +48,7 @@ async def smart_router(request: web.Request) -> web.Response:
         body.get("input_tokens", routing.default_input_tokens),
         body.get("output_tokens", routing.default_output_tokens))
     decision = await pipeline.smart.decide(need, tokens,
-                                           partial(pipeline.admissible, project, None, None))
+                                           partial(pipeline.access.refusal, project, None, None))
     best = decision.chosen
     if best is None:
         raise no_model_fits(decision)

@@ -23,7 +23,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
-from gateway.catalogue import Catalogue, ModelInfo
+from gateway.catalogue import Catalogue
 from gateway.domain import ChatRequest, Project
 from gateway.entries.base import Entry, Limits, OwnEndpoint
 from gateway.entries.openai_chat import DONE
@@ -40,7 +40,7 @@ from gateway.metrics import Metrics
 from gateway.observed import Observations, provider_failure
 from gateway.pipeline import translate, validate
 from gateway.pipeline.authenticate import authenticate
-from gateway.pipeline.authorize import authorize, authorize_model, enabled
+from gateway.pipeline.authorize import authorize, enabled
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import read_body, send, upstream_errors
 from gateway.pipeline.meter import (
@@ -50,12 +50,13 @@ from gateway.pipeline.meter import (
     fill_missing_usage,
     usage_from_body,
 )
+from gateway.pipeline.model_access import ModelAccess, check_translatable
 from gateway.pipeline.price import price
 from gateway.pipeline.record import record
 from gateway.pipeline.smart_route import route_request
 from gateway.pricing import PriceTable, format_usd
 from gateway.providers.balancer import Balancer
-from gateway.providers.base import Credential, Upstream, unsupported_provider, untranslatable
+from gateway.providers.base import Credential, Upstream
 from gateway.providers.resilience import OPEN, CircuitBreaker, Leg, Plan
 from gateway.routing import Route, Router
 from gateway.settings import RoutingSettings
@@ -112,6 +113,8 @@ class ProxyPipeline:
         self.observed = observed or Observations(self.routing.observe_window_s)
         self.smart = None if catalogue is None else SmartRouter(
             catalogue, prices, self.observed, self.routing, self.provider_open)
+        self.access = ModelAccess(router, upstreams,
+                                  None if credentials is None else credentials.get)
         self.balancer = Balancer(self.routing, {n: u.settings for n, u in upstreams.items()},
                                  rng=self._rng)
 
@@ -136,7 +139,7 @@ class ProxyPipeline:
             enabled(ex.principal.project)
             alternatives = await route_request(
                 ex, chat, self.smart, self.tokens,
-                partial(self.admissible, ex.principal.project, chat, pinned),
+                partial(self.access.refusal, ex.principal.project, chat, pinned),
                 self.routing.default_output_tokens, self.routing.router_fallbacks)
         ex.chain = self._chain(ex.principal.project, chat, pinned, alternatives)
         for guard in self.guards:
@@ -154,38 +157,6 @@ class ProxyPipeline:
         for guard in self.guards:
             await guard.admit(ex)
             ex.guards_admitted += 1
-
-    async def admissible(self, project: Project | None, chat: ChatRequest | None,
-                         pinned: str | None, info: ModelInfo) -> str | None:
-        """Why a request (`chat`; None: any) of `project` (None: the admin's) cannot go to a
-        catalogued model, or None when it can: a provider other than the pinned one, the
-        project's allow-lists, a provider this gateway does not configure or holds no
-        credential for, or a wire the request cannot be sent on."""
-        route = self.router.route(info.name)
-        if (pinned is not None and route.provider != pinned) or route.provider != info.provider:
-            return "served by another provider"
-        if route.provider not in self.upstreams:
-            return "provider not configured"
-        try:
-            if project is not None:
-                authorize_model(project, route.provider, info.name)
-            if chat is not None:
-                self._check_translatable(chat, route)
-        except (BadRequest, Forbidden) as exc:
-            return exc.message
-        upstream = self.upstreams[route.provider]
-        if not await self._has_credential(None if project is None else project.id, upstream):
-            return f"no credential for {route.provider}"
-        return None
-
-    async def _has_credential(self, project_id: int | None, upstream: Upstream) -> bool:
-        """A stored project credential, a gateway key, or a keyless OpenAI-compatible
-        server (a local one often needs none)."""
-        if upstream.settings.kind == "openai_compatible" or any(
-                c.api_key for c in upstream.credentials):
-            return True
-        return self.credentials is not None and project_id is not None and bool(
-            await self.credentials.get(project_id, upstream.name))
 
     def _chain(self, project: Project, chat: ChatRequest, pinned: str | None,
                alternatives: Sequence[str] = ()) -> list[Route]:
@@ -218,13 +189,7 @@ class ProxyPipeline:
         return usable
 
     def _check_translatable(self, chat: ChatRequest, route: Route) -> None:
-        upstream = self.upstreams[route.provider]
-        if chat.provider_kinds and upstream.settings.kind not in chat.provider_kinds:
-            raise unsupported_provider(chat, route.provider, upstream.settings.kind)
-        wire = upstream.speaking(chat.entry_wire).adapter.wire
-        if chat.untranslatable and wire != chat.entry_wire:
-            raise untranslatable(list(chat.untranslatable), route.provider,
-                                 f"it speaks {wire}'s API, the request is {chat.entry_wire}'s")
+        check_translatable(self.upstreams, chat, route)
 
     @staticmethod
     def _retarget(chat: ChatRequest, route: Route) -> ChatRequest:
