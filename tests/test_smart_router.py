@@ -362,3 +362,28 @@ async def test_latency_aware_balancing_sends_the_traffic_to_the_faster_deploymen
         assert resp.status == 200
     # one call each at most to measure them, then always the lower EWMA of the two
     assert slow_upstream.state.received <= 1 and fake_upstream.state.received >= 19
+
+
+async def test_a_routed_stream_and_a_routed_anthropic_call_say_which_model_served(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream) -> None:
+    client = await make_gateway(providers=_keyed())
+    _, key = await create_project(client, allowed_models=["claude-haiku-4-5", "gpt-4.1-mini"])
+    resp = await client.post("/v1/chat/completions",
+                             json=chat_body(model="router:fastest", stream=True,
+                                            max_tokens=20),
+                             headers=_auth(key))
+    assert resp.status == 200, await resp.text()
+    text = await resp.text()
+    served = resp.headers["X-AI-Cost-Gateway-Model"]
+    # priors for 20 output tokens: 450 ms + 20 at 100/s = 650 ms, against 600 + 20 at 110/s
+    assert served == "gpt-4.1-mini"
+    assert f'"model":"{served}"' in text.replace(" ", "") and "x-ai-cost-gateway-cost" in text
+    resp = await client.post("/v1/messages", json={
+        "model": "router:cheapest", "max_tokens": 40,
+        "messages": [{"role": "user", "content": "Say hello"}]}, headers=_auth(key))
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert answer["type"] == "message" and answer["model"] == "gpt-4.1-mini"  # $0.40/$1.60
+    rows = await wait_for_rows(client, 2)
+    assert [(r["requested_model"], r["model"], r["streamed"]) for r in rows] == [
+        ("router:fastest", "gpt-4.1-mini", True), ("router:cheapest", "gpt-4.1-mini", False)]
