@@ -317,3 +317,12 @@ async def test_an_open_breaker_excludes_and_nothing_left_gives_the_closest() -> 
     assert problems["a"] == ("estimated cost $0.001 above max_cost",)
     assert any("circuit breaker open" in p for p in problems["c"])
     assert any("quality medium" in p for p in problems["b"])
+
+
+@pytest.mark.parametrize("strategy", ["least_outstanding", "latency"])
+def test_a_weight_0_credential_stays_last_whatever_the_strategy(strategy: str) -> None:
+    balancer = _balancer(strategy)
+    backup = Credential("z", "k", "http://z", weight=0)
+    for _ in range(20):
+        order = balancer.order("p", "m", [backup, *CREDENTIALS])
+        assert order[-1] is backup and len(order) == 4

@@ -8,6 +8,8 @@ The order in which a request tries a provider's credentials, by the strategy tha
   exponentially weighted time to first byte (times its calls in flight + 1, as Finagle's
   peak-EWMA does) first; the rest by that same cost. Unmeasured targets cost 0, so each one
   is tried soon.
+Weights other than 0 matter to `weighted` only; a weight of 0 keeps a credential for when the
+others failed, whatever the strategy.
 
 Every target also has its own circuit breaker (the provider's thresholds): one whose breaker
 is open is left out until it closes (half-open: it may take the probe), unless every target
@@ -70,12 +72,16 @@ class Balancer:
         if not healthy:
             healthy = list(credentials)
         strategy = self.strategy(model)
+        if strategy == "weighted":
+            return weighted_order(healthy, lambda c: c.weight, self._rng)
+        active = [c for c in healthy if c.weight > 0]
+        backups = [c for c in healthy if c.weight <= 0]  # weight 0: only after the others
         if strategy == "least_outstanding":
-            shuffled = self._rng.sample(healthy, len(healthy))
-            return sorted(shuffled, key=lambda c: self.target(provider, c.name).outstanding)
-        if strategy == "latency":
-            return self._two_choices(provider, healthy)
-        return weighted_order(healthy, lambda c: c.weight, self._rng)
+            shuffled = self._rng.sample(active, len(active))
+            ordered = sorted(shuffled, key=lambda c: self.target(provider, c.name).outstanding)
+        else:
+            ordered = self._two_choices(provider, active) if len(active) > 1 else active
+        return [*ordered, *backups]
 
     def _two_choices(self, provider: str, healthy: list[Credential]) -> list[Credential]:
         def cost(c: Credential) -> float:
