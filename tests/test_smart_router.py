@@ -387,3 +387,19 @@ async def test_a_routed_stream_and_a_routed_anthropic_call_say_which_model_serve
     rows = await wait_for_rows(client, 2)
     assert [(r["requested_model"], r["model"], r["streamed"]) for r in rows] == [
         ("router:fastest", "gpt-4.1-mini", True), ("router:cheapest", "gpt-4.1-mini", False)]
+
+
+async def test_a_route_whose_constraints_nothing_meets_answers_422_in_openai_shape(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream) -> None:
+    client = await make_gateway(providers=_keyed(), routing={"routes": {"tight": {
+        "strategy": "cheapest", "task": "reasoning", "quality": "high",
+        "max_cost_usd": 0.000001}}})
+    _, key = await create_project(client)
+    resp = await client.post("/v1/chat/completions", json=chat_body(model="tight"),
+                             headers=_auth(key))
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["code"] == "no_model_fits" and "max_cost 0.000001" in error["message"]
+    assert fake_upstream.state.received == 0
+    [row] = await wait_for_rows(client, 1)
+    assert (row["status"], row["model"], row["route_reason"]) == (422, "tight", None)
