@@ -48,6 +48,7 @@ class Candidate:
     cost: Decimal
     latency_ms: float  # the estimate ranked on: observed p50, else the catalogue's
     latency_p95_ms: float | None  # observed only
+    first_token_ms: tuple[float, float] | None  # observed time to first byte: p50, p95
     latency_source: str  # "observed" | "catalogue"
     error_rate: float | None  # observed only
     quality: str
@@ -131,6 +132,7 @@ class SmartRouter:
         settings = self._settings
         problems: list[str] = []
         p95: float | None = None
+        first: tuple[float, float] | None = None
         error_rate: float | None = None
         if stats is not None:
             error_rate = stats.error_rate
@@ -140,6 +142,8 @@ class SmartRouter:
         ok = 0 if stats is None else stats.samples - stats.errors
         if stats is not None and stats.total_p50_ms is not None and ok >= settings.min_samples:
             latency, p95, source = stats.total_p50_ms, stats.total_p95_ms, "observed"
+            if stats.first_p50_ms is not None and stats.first_p95_ms is not None:
+                first = (stats.first_p50_ms, stats.first_p95_ms)
         else:
             latency, source = info.latency.total_ms(output_tokens), "catalogue"
         tier = info.quality[need.task]
@@ -155,7 +159,7 @@ class SmartRouter:
         problems.extend(self._capability_problems(info, need, input_tokens, output_tokens))
         if self._provider_open(info.provider):
             problems.append(f"provider {info.provider} is failing (circuit breaker open)")
-        return Candidate(info.name, info.provider, cost, latency, p95, source, error_rate,
+        return Candidate(info.name, info.provider, cost, latency, p95, first, source, error_rate,
                          QUALITY_TIERS[tier - 1], input_tokens, output_tokens, tuple(problems))
 
     @staticmethod
@@ -203,6 +207,9 @@ def describe(candidate: Candidate) -> Mapping[str, object]:
         "latency_source": candidate.latency_source, "quality": candidate.quality}
     if candidate.latency_p95_ms is not None:
         answer["latency_p95"] = round(candidate.latency_p95_ms)
+    if candidate.first_token_ms is not None:
+        answer["first_token_latency"], answer["first_token_p95"] = (
+            round(v) for v in candidate.first_token_ms)
     if candidate.error_rate is not None:
         answer["error_rate"] = round(candidate.error_rate, 4)
     if candidate.problems:

@@ -286,6 +286,15 @@ async def test_a_slow_provider_stops_being_picked_within_the_window(
     assert picks == ["gpt-4o-mini"] * 5 + ["claude-3-5-haiku"] * 3
     stats = client.app[OBSERVED].stats("openai", "gpt-4o-mini")
     assert stats is not None and stats.total_p50_ms is not None and stats.total_p50_ms >= 150
+    resp = await client.post("/api/smart-router", json={"strategy": "fastest", "quality": "low"},
+                             headers=_auth(key))
+    answer = await resp.json()
+    jsonschema.validate(answer, ANSWER_SCHEMA)
+    assert (answer["recommended_model"], answer["latency_source"]) == (
+        "claude-3-5-haiku", "observed")
+    assert 60 <= answer["first_token_latency"] <= answer["estimated_latency"] < 150
+    [slow] = [a for a in answer["alternatives"] if a["model"] == "gpt-4o-mini"]
+    assert slow["latency_source"] == "observed" and slow["estimated_latency"] >= 150
 
 
 async def test_a_failing_provider_falls_back_then_is_skipped(

@@ -52,11 +52,15 @@ async def smart_router(request: web.Request) -> web.Response:
     best = decision.chosen
     if best is None:
         raise no_model_fits(decision)
+    best_described = describe(best)
+    observed = {k: best_described[k] for k in ("latency_p95", "first_token_latency",
+                                               "first_token_p95", "error_rate")
+                if k in best_described}
     return json_response({
         "recommended_model": best.model, "provider": best.provider,
         "estimated_cost": best.cost, "estimated_latency": round(best.latency_ms),
-        "latency_source": best.latency_source, "strategy": need.strategy, "task": need.task,
-        "quality": need.quality, "input_tokens": best.input_tokens,
+        "latency_source": best.latency_source, **observed, "strategy": need.strategy,
+        "task": need.task, "quality": need.quality, "input_tokens": best.input_tokens,
         "output_tokens": best.output_tokens,
         "alternatives": [describe(c) for c in decision.ranked[1:]]})
 
