@@ -63,7 +63,8 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def _keyed(**providers: dict[str, Any]) -> dict[str, Any]:
-    """Every provider reachable (the fakes' OpenAI has no key by default), plus overrides."""
+    """Every provider with a key (the fakes' OpenAI has none, reachable all the same at a
+    host of one's own), plus overrides."""
     return {"openai": {"api_key": TEST_PROVIDER_KEY}, **providers}
 
 
@@ -166,8 +167,8 @@ async def test_allow_lists_exclude_models(make_gateway: GatewayFactory) -> None:
 
 async def test_missing_credentials_exclude_a_provider_until_the_project_stores_one(
         make_gateway: GatewayFactory) -> None:
-    client = await make_gateway(providers=_keyed(anthropic={"api_key": ""}),
-                                secrets={"key": SECRET})
+    client = await make_gateway(providers=_keyed(anthropic={
+        "api_key": "", "base_url": "https://api.anthropic.com"}), secrets={"key": SECRET})
     project, key = await create_project(client)
     body = {"task": "chat", "strategy": "cheapest", "quality": "low"}
     resp = await client.post("/api/smart-router", json=body, headers=_auth(key))

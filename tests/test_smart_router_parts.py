@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from gateway.catalogue import Catalogue, CatalogueError
-from gateway.domain import Usage, UsageRecord
+from gateway.domain import Project, Usage, UsageRecord
 from gateway.ledger import COLUMNS, as_row, decode_row, encode_row
 from gateway.observed import Observations, percentile
 from gateway.pricing import PriceTable
@@ -326,3 +326,33 @@ def test_a_weight_0_credential_stays_last_whatever_the_strategy(strategy: str) -
     for _ in range(20):
         order = balancer.order("p", "m", [backup, *CREDENTIALS])
         assert order[-1] is backup and len(order) == 4
+
+
+async def test_model_access_counts_a_stored_key_and_survives_an_unreadable_one() -> None:
+    from gateway.errors import ServiceUnavailable
+    from gateway.pipeline.model_access import ModelAccess
+    from gateway.providers import configured_credentials, create_adapter
+    from gateway.providers.base import Upstream
+    from gateway.routing import Router
+
+    settings = settings_from_mapping({}, {})  # official hosts, no keys: nothing usable
+    upstreams = {name: Upstream(create_adapter(name, p), p, configured_credentials(p))
+                 for name, p in settings.providers.items()}
+    router = Router(PriceTable.load(settings.pricing), settings.providers, settings.routing)
+    info = Catalogue.from_mapping(_raw_catalogue()).get("claude-haiku-4-5")
+    stored: dict[int, Any] = {1: (Credential("own", "sk-ant", ""),), 2: (), 3: None}
+
+    async def get(project_id: int, provider: str) -> tuple[Credential, ...]:
+        if stored[project_id] is None:
+            raise ServiceUnavailable("stored key unreadable", code="credentials_unavailable")
+        found: tuple[Credential, ...] = stored[project_id]
+        return found
+
+    access = ModelAccess(router, upstreams, get)
+    for project_id, expected in ((1, None), (2, "no credential for anthropic"),
+                                 (3, "no credential for anthropic")):
+        who = Project(id=project_id, name="p", team=None, plan="free",
+                      monthly_budget_usd=None, allowed_providers=frozenset(),
+                      allowed_models=frozenset(), enabled=True, metadata={})
+        assert await access.refusal(who, None, None, info) == expected
+    assert await access.refusal(None, None, "openai", info) == "served by another provider"

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.catalogue import ModelInfo
 from gateway.domain import ChatRequest, Project
-from gateway.errors import BadRequest, Forbidden
+from gateway.errors import BadRequest, Forbidden, GatewayError
 from gateway.pipeline.authorize import authorize_model
 from gateway.providers.base import Credential, Upstream, unsupported_provider, untranslatable
 from gateway.routing import Route, Router
@@ -59,10 +59,13 @@ class ModelAccess:
         return None
 
     async def _has_credential(self, project_id: int | None, upstream: Upstream) -> bool:
-        """A stored project credential, a gateway key, or a keyless OpenAI-compatible
-        server (a local one often needs none)."""
-        if upstream.settings.kind == "openai_compatible" or any(
-                c.api_key for c in upstream.credentials):
+        """Reachable as `GET /v1/models` says: the gateway's credentials can call it (a key,
+        or a server of one's own that needs none), or the project stored a readable key."""
+        if upstream.usable:
             return True
-        return self._stored is not None and project_id is not None and bool(
-            await self._stored(project_id, upstream.name))
+        if self._stored is None or project_id is None:
+            return False
+        try:
+            return bool(await self._stored(project_id, upstream.name))
+        except GatewayError:  # stored but unreadable now: not reachable
+            return False
