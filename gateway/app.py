@@ -83,6 +83,7 @@ def build_app(settings: Settings) -> web.Application:
     app[TOKENIZERS] = ModelTokenizers.load(settings.tokens.models_file)
     app[CATALOGUE] = Catalogue.load(settings.routing.catalogue_file)  # a broken one fails too
     app[CATALOGUE].check_prices(app[PRICES])
+    app[CATALOGUE].check_routes(settings.routing.routes)
     app[OBSERVED] = Observations(settings.routing.observe_window_s)
     app[PLANS] = Plans.load(settings.ratelimit.plans_file)
     app[CREDENTIALS] = ProjectCredentials(  # a too-short GATEWAY_SECRET_KEY fails the start

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.pricing import PriceTable
-from gateway.settings import QUALITY_TIERS, TASK_CLASSES
+from gateway.settings import QUALITY_TIERS, TASK_CLASSES, SmartRouteSettings
 from gateway.tomlfile import read_toml
 
 TASKS = TASK_CLASSES
@@ -81,6 +81,14 @@ class Catalogue:
 
     def get(self, name: str) -> ModelInfo | None:
         return self._models.get(name)
+
+    def check_routes(self, routes: Mapping[str, SmartRouteSettings]) -> None:
+        """Every model a `[routing.routes]` route names is catalogued: else the start fails."""
+        for name, route in routes.items():
+            for model in route.models:
+                if model not in self._models:
+                    raise CatalogueError(f"routing.routes.{name}.models: {model!r} is not in "
+                                         "the model catalogue")
 
     def check_prices(self, prices: PriceTable) -> None:
         """Every model has a price, from the same provider: else the start fails."""

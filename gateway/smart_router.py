@@ -76,8 +76,9 @@ class Decision:
                 f"{best.latency_ms:.0f} ms ({best.latency_source})")
 
 
-# (model) -> why the caller cannot use it, or None; (provider) -> why it is unreachable
+# A catalogued model -> why this caller or request cannot use it (None: it can)
 Admissible = Callable[[ModelInfo], Awaitable[str | None]]
+# A catalogued model -> the (input, output) tokens to price it for
 Tokens = Callable[[ModelInfo], Awaitable[tuple[int, int]]]
 
 
@@ -109,6 +110,7 @@ class SmartRouter:
         return Need(strategy, self._settings.default_task, self._settings.default_quality)
 
     async def decide(self, need: Need, tokens: Tokens, admissible: Admissible) -> Decision:
+        """Every admissible model assessed; the qualifying ones ranked, else the closest."""
         usable: list[Candidate] = []
         for info in self.catalogue:
             if need.models and info.name not in need.models:

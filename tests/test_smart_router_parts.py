@@ -356,3 +356,10 @@ async def test_model_access_counts_a_stored_key_and_survives_an_unreadable_one()
                       allowed_models=frozenset(), enabled=True, metadata={})
         assert await access.refusal(who, None, None, info) == expected
     assert await access.refusal(None, None, "openai", info) == "served by another provider"
+
+
+def test_a_route_naming_a_model_outside_the_catalogue_fails() -> None:
+    settings = settings_from_mapping({"routing": {"routes": {"r": {"models": ["gpt-4o",
+                                                                             "gpt-9"]}}}}, {})
+    with pytest.raises(CatalogueError, match=r"routing\.routes\.r\.models: 'gpt-9'"):
+        Catalogue.from_mapping(_raw_catalogue()).check_routes(settings.routing.routes)
