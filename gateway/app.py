@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
+import asyncpg
+import structlog
 from aiohttp import web
 
 from gateway import db
 from gateway.alerts import AlertHook
 from gateway.budgets import BudgetBook, TrackedSpendHook
+from gateway.catalogue import Catalogue
 from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.entries.base import Limits
 from gateway.health import Readiness
@@ -20,6 +24,7 @@ from gateway.idempotency import create_claims
 from gateway.keys import (
     ALERTS,
     BUDGETS,
+    CATALOGUE,
     CLAIMS,
     CREDENTIALS,
     DATABASE_START,
@@ -28,6 +33,7 @@ from gateway.keys import (
     LEDGER,
     LIMITER,
     METRICS,
+    OBSERVED,
     PIPELINE,
     PLANS,
     POOL,
@@ -44,6 +50,7 @@ from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.middlewares import add_request_id, error_middleware_factory
+from gateway.observed import Observations
 from gateway.pipeline.budget import BudgetGuard
 from gateway.pipeline.idempotency import IdempotencyGuard
 from gateway.pipeline.ratelimit import RateLimitGuard
@@ -62,6 +69,8 @@ from gateway.tokens.models import ModelTokenizers
 from gateway.tokens.service import build_token_service
 from gateway.webhooks import WebhookWorker
 
+log = structlog.get_logger(__name__)
+
 
 def build_app(settings: Settings) -> web.Application:
     metrics = Metrics()
@@ -73,6 +82,10 @@ def build_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[PRICES] = PriceTable.load(settings.pricing)  # a broken price table fails the start
     app[TOKENIZERS] = ModelTokenizers.load(settings.tokens.models_file)
+    app[CATALOGUE] = Catalogue.load(settings.routing.catalogue_file)  # a broken one fails too
+    app[CATALOGUE].check_prices(app[PRICES])
+    app[CATALOGUE].check_routes(settings.routing.routes)
+    app[OBSERVED] = Observations(settings.routing.observe_window_s)
     app[PLANS] = Plans.load(settings.ratelimit.plans_file)
     app[CREDENTIALS] = ProjectCredentials(  # a too-short GATEWAY_SECRET_KEY fails the start
         SecretBox.from_setting(settings.secrets.key), ttl_s=settings.auth.key_cache_ttl_s,
@@ -201,11 +214,31 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                                   prices=app[PRICES], ledger=app[LEDGER], tokens=app[TOKENS],
                                   router=router, guards=guards, credentials=app[CREDENTIALS],
                                   log_requests=settings.logging.requests,
-                                  metrics=app[METRICS])
+                                  metrics=app[METRICS], catalogue=app[CATALOGUE],
+                                  observed=app[OBSERVED], routing=settings.routing)
     app[METRICS].watch_ledger(app[LEDGER])
     app[METRICS].watch_breakers(app[PIPELINE].breakers)
     app[METRICS].watch_tokens(app[TOKENS].usage)
     app[READINESS] = Readiness(app[POOL], app[LEDGER], app[KEYSTORE], app[TOKENS],
                                database_start=app[DATABASE_START])
+    seeding = (asyncio.create_task(_seed_observations(app)) if settings.routing.observe_seed
+               else None)
     yield
     app[READINESS].draining = True
+    if seeding is not None:
+        seeding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await seeding
+
+
+async def _seed_observations(app: web.Application) -> None:
+    """The smart router's window, filled from the ledger's recent rows once the database
+    answers (it may come up after the gateway); a failure only leaves the window empty."""
+    settings = app[SETTINGS].database
+    await app[DATABASE_START].ready.wait()
+    try:
+        rows = await app[OBSERVED].seed(app[POOL], timeout_s=settings.query_timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("observations_not_seeded", error=f"{type(exc).__name__}: {exc}")
+        return
+    log.info("observations_seeded", rows=rows)

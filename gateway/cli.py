@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from gateway import connections, db, demo, migrate, projects, workers
+from gateway.catalogue import CatalogueError
 from gateway.errors import GatewayError
 from gateway.http.json import json_default
 from gateway.keys import POOL, READINESS, SHUTDOWN
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.run(args, settings)
         return result
-    except (GatewayError, migrate.MigrationError, GpuUnavailable) as exc:
+    except (GatewayError, migrate.MigrationError, GpuUnavailable, CatalogueError) as exc:
         print(f"gateway: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

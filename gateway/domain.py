@@ -130,3 +130,4 @@ class UsageRecord:
     credential: str | None = None  # the label of the credential that served (never the key)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream attempt
     origin: str = "proxy"  # or "track": recorded through POST /api/track
+    route_reason: str | None = None  # why the smart router chose `model` (None: not routed)

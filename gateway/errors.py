@@ -57,6 +57,12 @@ class NotFound(GatewayError):
     openai_type = "not_found_error"
 
 
+class Unprocessable(GatewayError):
+    status = 422
+    code = "unprocessable"
+    openai_type = "invalid_request_error"
+
+
 class Conflict(GatewayError):
     status = 409
     code = "conflict"

@@ -10,10 +10,12 @@ import asyncpg
 from aiohttp import web
 
 from gateway.budgets import BudgetBook
+from gateway.catalogue import Catalogue
 from gateway.db import DatabaseStart
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
+from gateway.observed import Observations
 from gateway.plans import Plans
 from gateway.pricing import PriceTable
 from gateway.settings import Settings
@@ -52,6 +54,8 @@ CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
 METRICS = web.AppKey("metrics", Metrics)
 WEBHOOKS: web.AppKey[WebhookWorker] = web.AppKey("webhooks")
 ALERTS: web.AppKey[AlertHook] = web.AppKey("alerts")
+CATALOGUE = web.AppKey("catalogue", Catalogue)  # config/models.toml, for the smart router
+OBSERVED = web.AppKey("observed", Observations)  # latency and errors by provider and model
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)
 # The rate-limit headers of an admitted API call (`http/quota.py`), for its answer.

@@ -61,6 +61,7 @@ COLUMNS = (
     "cost_usd", "priced_by_fallback", "price_model", "overhead_ms", "upstream_ms",
     "error_code", "metadata", "started_at", "finished_at",
     "cache_write_tokens", "requested_model", "credential", "attempts", "origin",
+    "route_reason",
 )
 
 
@@ -96,6 +97,7 @@ _TYPES = {
     "overhead_ms": "real", "upstream_ms": "real", "error_code": "text", "metadata": "jsonb",
     "started_at": "timestamptz", "finished_at": "timestamptz", "cache_write_tokens": "bigint",
     "requested_model": "text", "credential": "text", "attempts": "jsonb", "origin": "text",
+    "route_reason": "text",
 }
 # jsonb goes as text (a JSON list would read as one more array dimension), cast back here.
 _JSON = frozenset(c for c in COLUMNS if _TYPES[c] == "jsonb")
@@ -157,7 +159,8 @@ def as_row(r: UsageRecord) -> tuple[Any, ...]:
             r.cost_usd, r.priced_by_fallback, _optional(r.price_model), r.overhead_ms,
             r.upstream_ms, _optional(r.error_code), storable_json(r.metadata), r.started_at,
             r.finished_at, u.cache_write_tokens, _optional(r.requested_model),
-            _optional(r.credential), storable_json(r.attempts), r.origin)
+            _optional(r.credential), storable_json(r.attempts), r.origin,
+            _optional(r.route_reason))
 
 
 def _optional(value: str | None) -> str | None:

@@ -17,6 +17,7 @@ from gateway.http import (
     metrics,
     models,
     proxy,
+    smart_router,
     stored_responses,
     teams,
     tokens,
@@ -47,6 +48,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/costs", analytics.costs)
     app.router.add_get("/api/costs/forecast", analytics.forecast)
     app.router.add_get("/api/teams/usage", analytics.teams_usage)
+    app.router.add_post("/api/smart-router", smart_router.smart_router)
 
     # meterr's face under /v1 (gateway/http/faces/meterr.py): the same handlers where the
     # answers are the same; its error shape comes from the path.

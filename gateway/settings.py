@@ -28,6 +28,13 @@ DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_KINDS = ("openai", "azure", "anthropic", "gemini", "mistral", "cohere",
                   "openai_compatible")
+# The smart router's vocabulary (the catalogue, the endpoint and [routing.routes] share it).
+TASK_CLASSES = ("code_generation", "chat", "summarization", "extraction", "reasoning",
+                "translation", "classification")
+QUALITY_TIERS = ("low", "medium", "high")
+STRATEGIES = ("cheapest", "fastest", "balanced")
+CAPABILITIES = ("image_input", "tools", "json_mode")
+BALANCING = ("weighted", "least_outstanding", "latency")
 
 
 class SettingsError(ValueError):
@@ -207,10 +214,41 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class SmartRouteSettings:
+    """One `[routing.routes.NAME]`: a model name clients send, served by the smart router's
+    pick under these constraints."""
+
+    strategy: str = _opt("balanced", choices=STRATEGIES)
+    task: str = _opt("chat", choices=TASK_CLASSES)
+    quality: str = _opt("medium", choices=QUALITY_TIERS)  # the least tier for `task`
+    max_cost_usd: Decimal = _opt(Decimal(0), minimum=0)  # per request, estimated; 0: no limit
+    max_latency_ms: float = _opt(0.0, minimum=0)  # p95 observed (else the catalogue); 0: none
+    requires: tuple[str, ...] = _opt(())  # of CAPABILITIES
+    models: tuple[str, ...] = _opt(())  # only these catalogue models (empty: any)
+
+
+@dataclass(frozen=True)
 class RoutingSettings:
     default_provider: str = _opt("openai")  # models no rule or price places
     aliases: Mapping[str, str] = _opt(MappingProxyType({}))  # name -> model or provider/model
     fallbacks: Mapping[str, tuple[str, ...]] = _opt(MappingProxyType({}))  # model -> chain
+    # The smart router (router:cheapest|fastest|balanced, [routing.routes], /api/smart-router)
+    catalogue_file: Path = _opt(PROJECT_ROOT / "config" / "models.toml")
+    routes: Mapping[str, SmartRouteSettings] = _opt(MappingProxyType({}))
+    default_task: str = _opt("chat", choices=TASK_CLASSES)
+    default_quality: str = _opt("medium", choices=QUALITY_TIERS)
+    default_input_tokens: int = _opt(1000, minimum=0)  # cost estimate without a prompt
+    default_output_tokens: int = _opt(500, minimum=0)  # ... and without max_tokens
+    balanced_cost_weight: float = _opt(0.5, minimum=0, maximum=1)  # the rest is latency
+    router_fallbacks: int = _opt(2, minimum=0, maximum=10)  # next-ranked models, after fallbacks
+    observe_window_s: float = _opt(300.0, minimum=1)  # sliding window of observed behaviour
+    observe_seed: bool = _opt(True)  # fill the window from the ledger's rows at start
+    min_samples: int = _opt(5, minimum=1)  # fewer observed calls: the catalogue's latency
+    max_error_rate: float = _opt(0.5, minimum=0, maximum=1)  # above it (observed): skipped
+    # Load balancing across one provider's credentials/deployments, per model
+    default_balancing: str = _opt("weighted", choices=BALANCING)
+    balancing: Mapping[str, str] = _opt(MappingProxyType({}))  # model -> one of BALANCING
+    latency_decay_s: float = _opt(10.0, minimum=0.001)  # the latency EWMA's time constant
 
 
 @dataclass(frozen=True)
@@ -311,6 +349,7 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         if not isinstance(value, Mapping):
             raise SettingsError(f"[{key}] must be a table")
     raw = {k: dict(v) for k, v in raw.items()}
+    routes = _smart_routes(raw.get("routing", {}).pop("routes", {}))
     raw["providers"] = {k: (dict(v) if isinstance(v, Mapping) else v)
                         for k, v in raw.get("providers", {}).items()}
     _apply_env(raw, env)
@@ -318,8 +357,16 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
         name: _build(cls, name, raw.get(name, {})) for name, cls in _SECTIONS.items()}
     providers = {name: _provider(name, raw["providers"].get(name, {}), env)
                  for name in sorted({*KNOWN_PROVIDERS, *raw["providers"]})}
+    sections["routing"] = dataclasses.replace(sections["routing"], routes=routes)
     settings = Settings(**sections, providers=MappingProxyType(providers))
     routing = settings.routing
+    for model, strategy in routing.balancing.items():
+        if strategy not in BALANCING:
+            raise SettingsError(f"routing.balancing.{model}: {strategy!r} is not allowed; "
+                                f"allowed: {', '.join(BALANCING)}")
+    for name in routes:
+        if name in routing.aliases:
+            raise SettingsError(f"routing.routes.{name}: the name is also a routing alias")
     if routing.default_provider not in providers:
         raise SettingsError(f"routing.default_provider: {routing.default_provider!r} is not a "
                             f"provider; configured: {', '.join(sorted(providers))}")
@@ -331,6 +378,25 @@ def settings_from_mapping(raw: Mapping[str, Any], env: Mapping[str, str]) -> Set
     if settings.database.pool_min_size > settings.database.pool_max_size:
         raise SettingsError("database.pool_min_size must not exceed database.pool_max_size")
     return settings
+
+
+def _smart_routes(values: Any) -> MappingProxyType[str, SmartRouteSettings]:
+    """`[routing.routes.NAME]` tables, each checked like a section."""
+    if not isinstance(values, Mapping):
+        raise SettingsError("[routing.routes] must be a table of routes")
+    routes = {}
+    for name, table in values.items():
+        where = f"routing.routes.{name}"
+        if not name or name.startswith("router:") or "/" in name:
+            raise SettingsError(f"{where}: a route name must not be empty, start with "
+                                "'router:' or hold '/'")
+        route = _build(SmartRouteSettings, where, table)
+        for need in route.requires:
+            if need not in CAPABILITIES:
+                raise SettingsError(f"{where}.requires: {need!r} is not allowed; allowed: "
+                                    f"{', '.join(CAPABILITIES)}")
+        routes[name] = route
+    return MappingProxyType(routes)
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -44,6 +44,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/api/proxy/chat"): (PROXY, None),
     ("GET", "/v1/models"): (PROXY, None),
     ("POST", "/api/tokens/count"): (PROJECT_OR_ADMIN, None),
+    ("POST", "/api/smart-router"): (PROJECT_OR_ADMIN, None),
     ("GET", "/api/budgets/status"): (PROJECT_OR_ADMIN, QUERY),
     ("POST", "/api/budgets"): (PROJECT_OR_ADMIN, BODY),
     ("POST", "/api/track"): (PROJECT_OR_ADMIN, BODY),

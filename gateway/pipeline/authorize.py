@@ -15,16 +15,26 @@ def model_allowed(allowed: frozenset[str], model: str) -> bool:
     return any("*" in pattern and fnmatchcase(model, pattern) for pattern in allowed)
 
 
-def authorize(project: Project, chat: ChatRequest) -> None:
+def enabled(project: Project) -> None:
+    """403 for a disabled project."""
     if not project.enabled:
         raise Forbidden(f"project {project.name!r} is disabled", code="project_disabled")
-    if project.allowed_providers and chat.provider not in project.allowed_providers:
+
+
+def authorize(project: Project, chat: ChatRequest) -> None:
+    authorize_model(project, chat.provider, chat.model)
+
+
+def authorize_model(project: Project, provider: str, model: str) -> None:
+    """403 unless the project is enabled and may use this provider and model."""
+    enabled(project)
+    if project.allowed_providers and provider not in project.allowed_providers:
         raise Forbidden(
-            f"provider {chat.provider!r} is not allowed for project {project.name!r}",
+            f"provider {provider!r} is not allowed for project {project.name!r}",
             code="provider_not_allowed",
-            details={"provider": chat.provider, "allowed": sorted(project.allowed_providers)})
-    if not model_allowed(project.allowed_models, chat.model):
+            details={"provider": provider, "allowed": sorted(project.allowed_providers)})
+    if not model_allowed(project.allowed_models, model):
         raise Forbidden(
-            f"model {chat.model!r} is not allowed for project {project.name!r}",
+            f"model {model!r} is not allowed for project {project.name!r}",
             code="model_not_allowed",
-            details={"model": chat.model, "allowed": sorted(project.allowed_models)})
+            details={"model": model, "allowed": sorted(project.allowed_models)})

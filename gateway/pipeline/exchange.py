@@ -49,6 +49,8 @@ class Exchange:
     attempts: list[dict[str, Any]] = field(default_factory=list)  # every upstream attempt
     credential: str | None = None  # label of the credential that served
     requested_model: str | None = None  # the client's model name
+    route_reason: str | None = None  # why the smart router picked the model that served
+    target: tuple[str, str] | None = None  # (provider, credential) in flight (load balancing)
     finished: bool = False  # guards settled and the row recorded (once, see runner.finish)
 
     def fail(self, status: int, code: str) -> None:

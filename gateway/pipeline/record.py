@@ -32,6 +32,6 @@ def record(exchange: Exchange, ledger: Ledger) -> UsageRecord | None:
         metadata=exchange.metadata, started_at=exchange.started_at,
         finished_at=datetime.now(UTC),
         requested_model=exchange.requested_model, credential=exchange.credential,
-        attempts=exchange.attempts)
+        attempts=exchange.attempts, route_reason=exchange.route_reason)
     ledger.record(row)
     return row

@@ -23,6 +23,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from gateway.catalogue import Catalogue
 from gateway.domain import ChatRequest, Project
 from gateway.entries.base import Entry, Limits, OwnEndpoint
 from gateway.entries.openai_chat import DONE
@@ -36,9 +37,10 @@ from gateway.errors import (
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
+from gateway.observed import Observations, provider_failure
 from gateway.pipeline import translate, validate
 from gateway.pipeline.authenticate import authenticate
-from gateway.pipeline.authorize import authorize
+from gateway.pipeline.authorize import authorize, enabled
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.forward import read_body, send, upstream_errors
 from gateway.pipeline.meter import (
@@ -48,12 +50,17 @@ from gateway.pipeline.meter import (
     fill_missing_usage,
     usage_from_body,
 )
+from gateway.pipeline.model_access import ModelAccess, check_translatable
 from gateway.pipeline.price import price
 from gateway.pipeline.record import record
+from gateway.pipeline.smart_route import route_request
 from gateway.pricing import PriceTable, format_usd
-from gateway.providers.base import Credential, Upstream, unsupported_provider, untranslatable
-from gateway.providers.resilience import CircuitBreaker, Leg, Plan, weighted_order
+from gateway.providers.balancer import Balancer
+from gateway.providers.base import Credential, Upstream
+from gateway.providers.resilience import OPEN, CircuitBreaker, Leg, Plan
 from gateway.routing import Route, Router
+from gateway.settings import RoutingSettings
+from gateway.smart_router import SmartRouter
 from gateway.tokens.service import TokenService
 
 METADATA_HEADER = "X-AI-Cost-Gateway-Metadata"
@@ -81,6 +88,8 @@ class ProxyPipeline:
                  tokens: TokenService, router: Router, guards: Sequence[Guard] = (),
                  credentials: CredentialSource | None = None, log_requests: bool = False,
                  metrics: Metrics | None = None,
+                 catalogue: Catalogue | None = None, observed: Observations | None = None,
+                 routing: RoutingSettings | None = None,
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.router = router
@@ -100,6 +109,19 @@ class ProxyPipeline:
                          for name, u in upstreams.items()}
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self.routing = routing or RoutingSettings()
+        self.observed = observed or Observations(self.routing.observe_window_s)
+        self.smart = None if catalogue is None else SmartRouter(
+            catalogue, prices, self.observed, self.routing, self.provider_open)
+        self.access = ModelAccess(router, upstreams,
+                                  None if credentials is None else credentials.get)
+        self.balancer = Balancer(self.routing, {n: u.settings for n, u in upstreams.items()},
+                                 rng=self._rng)
+
+    def provider_open(self, provider: str) -> bool:
+        """Whether the provider's circuit breaker is open (calls skip it for now)."""
+        breaker = self.breakers.get(provider)
+        return breaker is not None and breaker.state == OPEN
 
     async def admit(self, ex: Exchange, headers: Mapping[str, str],
                     read: Callable[[], Awaitable[bytes]]) -> ChatRequest:
@@ -112,7 +134,14 @@ class ProxyPipeline:
         ex.chat = chat
         extra = validate.parse_metadata_header(headers.get(METADATA_HEADER))
         ex.metadata = {**chat.metadata, **extra} if extra else chat.metadata
-        ex.chain = self._chain(ex.principal.project, chat, pinned)
+        alternatives: list[str] = []
+        if self.smart is not None and self.smart.handles(chat.model):
+            enabled(ex.principal.project)
+            alternatives = await route_request(
+                ex, chat, self.smart, self.tokens,
+                partial(self.access.refusal, ex.principal.project, chat, pinned),
+                self.routing.default_output_tokens, self.routing.router_fallbacks)
+        ex.chain = self._chain(ex.principal.project, chat, pinned, alternatives)
         for guard in self.guards:
             await guard.admit(ex)
             ex.guards_admitted += 1
@@ -129,10 +158,12 @@ class ProxyPipeline:
             await guard.admit(ex)
             ex.guards_admitted += 1
 
-    def _chain(self, project: Project, chat: ChatRequest, pinned: str | None) -> list[Route]:
+    def _chain(self, project: Project, chat: ChatRequest, pinned: str | None,
+               alternatives: Sequence[str] = ()) -> list[Route]:
         """Route the request (400 / 403 when its first route cannot take it) and keep the
-        fallbacks that could."""
+        fallbacks that could (the smart router's `alternatives` last)."""
         routes = self.router.chain(chat.model, pinned)
+        routes += [r for r in map(self.router.route, alternatives) if r not in routes]
         first = routes[0]
         if first.provider not in self.upstreams:
             raise BadRequest(
@@ -158,13 +189,7 @@ class ProxyPipeline:
         return usable
 
     def _check_translatable(self, chat: ChatRequest, route: Route) -> None:
-        upstream = self.upstreams[route.provider]
-        if chat.provider_kinds and upstream.settings.kind not in chat.provider_kinds:
-            raise unsupported_provider(chat, route.provider, upstream.settings.kind)
-        wire = upstream.speaking(chat.entry_wire).adapter.wire
-        if chat.untranslatable and wire != chat.entry_wire:
-            raise untranslatable(list(chat.untranslatable), route.provider,
-                                 f"it speaks {wire}'s API, the request is {chat.entry_wire}'s")
+        check_translatable(self.upstreams, chat, route)
 
     @staticmethod
     def _retarget(chat: ChatRequest, route: Route) -> ChatRequest:
@@ -187,23 +212,30 @@ class ProxyPipeline:
                     ex.attempts, rng=self._rng, sleep=self._sleep)
         async with aclosing(plan.attempts()) as attempts:
             async for attempt in attempts:
+                target = (attempt.leg.upstream.name, attempt.credential.name)
                 started = time.perf_counter()
                 ex.forwarded = True
+                self.balancer.started(*target)
                 try:
                     response = await send(attempt.leg.upstream, attempt.call)
                 except (UpstreamStatusError, BadGateway, UpstreamTimeout) as exc:
                     elapsed = time.perf_counter() - started
                     ex.upstream_s += elapsed
                     plan.failed(attempt, exc, elapsed)
+                    self.balancer.ended(*target, failed=provider_failure(exc.status))
                     continue
                 except BaseException:
                     plan.abandoned(attempt)
+                    self.balancer.ended(*target)
                     raise
                 elapsed = time.perf_counter() - started
                 ex.upstream_s += elapsed
                 plan.succeeded(attempt, elapsed)
+                self.balancer.answered(*target, elapsed * 1000)
+                ex.target = target  # in flight until finish
                 ex.credential = attempt.credential.name
-                ex.chat, ex.requested_model = attempt.leg.chat, chat.model
+                ex.chat = attempt.leg.chat
+                ex.requested_model = ex.requested_model or chat.model
                 return attempt.leg.chat, attempt.leg.upstream, response
         raise plan.error()
 
@@ -212,9 +244,10 @@ class ProxyPipeline:
         upstream = self.upstreams[provider]
         return entry.upstream(upstream) if isinstance(entry, OwnEndpoint) else upstream
 
-    async def _credentials(self, project_id: int, upstream: Upstream) -> list[Credential]:
+    async def _credentials(self, project_id: int, leg: Leg) -> list[Credential]:
         """The project's own credentials for this provider if it stored any, else the
-        gateway's; in a random order drawn by weight."""
+        gateway's; in the order the model's balancing strategy gives (`Balancer`)."""
+        upstream = leg.upstream
         own: tuple[Credential, ...] = ()
         if self.credentials is not None:
             own = await self.credentials.get(project_id, upstream.name)
@@ -226,7 +259,7 @@ class ProxyPipeline:
             found = list(upstream.credentials)
         if len(found) < 2:
             return found
-        return weighted_order(found, lambda c: c.weight, self._rng)
+        return self.balancer.order(upstream.name, leg.model, found)
 
     async def complete(self, ex: Exchange, chat: ChatRequest) -> bytes:
         """A non-streamed call: the upstream body, relayed byte for byte on the same wire
@@ -326,9 +359,14 @@ class ProxyPipeline:
                 await guard.settle(ex)
             except Exception:  # one guard failing must not keep the others or the row
                 log.exception("guard_settle_failed", guard=type(guard).__name__)
+        if ex.target is not None:
+            self.balancer.ended(*ex.target)
+            ex.target = None
         row = record(ex, self.ledger)
         if self.metrics is not None and row is not None:
             self.metrics.observe(row)
+        if row is not None and ex.attempts:
+            self.observed.record_attempts(ex.attempts, row.upstream_ms)
         if self.log_requests and row is not None:  # never the key, never the prompt
             log.info("request", status=row.status, project_id=row.project_id,
                      provider=row.provider, model=row.model, streamed=row.streamed,

@@ -1,7 +1,8 @@
 """Reaching a provider: the plan of attempts for one request, and the pure parts under it.
 
 - `Plan`: the attempts of one request in order: each route of its chain (the routed model,
-  then its fallbacks), each credential of the route's provider by weight, each retry with
+  then its fallbacks), each credential of the route's provider in the order its balancing
+  strategy gives (`providers.balancer`; by weight unless configured), each retry with
   backoff, the provider's circuit breaker asked before every one. After each attempt `step`
   says what comes next: success, a retry, the next credential, the next route, or stop (the
   client's own request was refused: its error is the answer).
@@ -206,7 +207,7 @@ class Plan:
     """
 
     def __init__(self, legs: Sequence[Leg], breakers: Mapping[str, CircuitBreaker],
-                 credentials: Callable[[Upstream], Awaitable[Sequence[Credential]]],
+                 credentials: Callable[[Leg], Awaitable[Sequence[Credential]]],
                  log: list[dict[str, Any]], *, rng: random.Random,
                  sleep: Callable[[float], Awaitable[None]]) -> None:
         self._legs = legs
@@ -222,7 +223,7 @@ class Plan:
         """Each attempt to make, in order; raises where the step is stop."""
         for n, leg in enumerate(self._legs):
             try:
-                credentials = await self._credentials(leg.upstream)
+                credentials = await self._credentials(leg)
             except GatewayError as exc:  # the project's stored key cannot be read (503)
                 if n == 0:
                     raise
