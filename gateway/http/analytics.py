@@ -126,8 +126,13 @@ async def usage(request: web.Request) -> web.Response:
     unit = checks.choice(query, "group_by", UNITS, "day")
     _check_hourly(unit, "group_by", start, end)
     async with connection(request) as conn:
-        rows = await analytics.rollup(conn, scope, start, end, unit=unit,
-                                      keys=("provider", "model"))
+        return exact_json(await usage_report(conn, scope, start, end, unit))
+
+
+async def usage_report(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime,
+                       unit: str) -> dict[str, Any]:
+    """`GET /api/analytics/usage`'s answer (the dashboard renders the same one)."""
+    rows = await analytics.rollup(conn, scope, start, end, unit=unit, keys=("provider", "model"))
     total = Totals()
     providers: dict[str, Totals] = defaultdict(Totals)
     models: dict[str, Totals] = defaultdict(Totals)
@@ -138,7 +143,7 @@ async def usage(request: web.Request) -> web.Response:
                        periods.setdefault(row["bucket"], Totals()),
                        period_models[row["bucket"]][row["model"]]):
             totals.add(row)
-    return exact_json({
+    return {
         **_header(scope, start, end), "group_by": unit,
         "total_requests": total.requests, "total_tokens": total.tokens,
         "input_tokens": total.input_tokens, "cached_input_tokens": total.cached_input_tokens,
@@ -148,7 +153,7 @@ async def usage(request: web.Request) -> web.Response:
         "periods": [{"period": label(bucket, unit), **totals.render(),
                      "by_model": _costs(period_models.get(bucket, {}))}
                     for bucket, totals in sorted(periods.items())],
-    })
+    }
 
 
 def _metric(totals: Totals, metric: str) -> int | Decimal:
@@ -165,7 +170,13 @@ async def timeseries(request: web.Request) -> web.Response:
     unit = checks.choice(query, "interval", UNITS, "day")
     _check_hourly(unit, "interval", start, end)
     async with connection(request) as conn:
-        rows = await analytics.rollup(conn, scope, start, end, unit=unit)
+        return exact_json(await timeseries_report(conn, scope, start, end, metric, unit))
+
+
+async def timeseries_report(conn: asyncpg.Connection, scope: Scope, start: datetime,
+                            end: datetime, metric: str, unit: str) -> dict[str, Any]:
+    """`GET /api/analytics/timeseries`'s answer."""
+    rows = await analytics.rollup(conn, scope, start, end, unit=unit)
     points = {bucket: Totals() for bucket in buckets(start, end, unit)}
     for row in rows:
         points.setdefault(row["bucket"], Totals()).add(row)
@@ -174,7 +185,7 @@ async def timeseries(request: web.Request) -> web.Response:
     values = [value for _, value, _ in series]
     total = analytics.exact_sum(Decimal(v) for v in values)
     peak = max(series, key=lambda point: point[1])
-    return exact_json({
+    return {
         **_header(scope, start, end), "metric": metric, "interval": unit,
         "series": [{"date": label(bucket, unit), "value": value, "cost": totals.cost,
                     "total_tokens": totals.tokens, "requests": totals.requests}
@@ -183,7 +194,7 @@ async def timeseries(request: web.Request) -> web.Response:
                          "average": (total / len(values)).quantize(_RATE),
                          "min": min(values), "max": max(values),
                          "peak_date": label(peak[0], unit)},
-    })
+    }
 
 
 def _rates(totals: Totals, hours: Decimal) -> dict[str, Any]:
@@ -198,13 +209,17 @@ async def burn_rate(request: web.Request) -> web.Response:
     included, so far), and the current rate: the last complete hour and the current one."""
     scope, query = await read_scope(request, BURN_RATE_PARAMS)
     hours = checks.whole_param(query, "hours", 1, MAX_BURN_HOURS, 24)
-    now = datetime.now(UTC)
+    async with connection(request) as conn:
+        return exact_json(await burn_rate_report(conn, scope, hours, datetime.now(UTC)))
+
+
+async def burn_rate_report(conn: asyncpg.Connection, scope: Scope, hours: int,
+                           now: datetime) -> dict[str, Any]:
+    """`GET /api/analytics/burn-rate`'s answer."""
     current = truncate(now, "hour")
     start = current - timedelta(hours=hours - 1)
-    async with connection(request) as conn:
-        rows = await analytics.rollup(conn, scope, min(start, current - timedelta(hours=1)),
-                                      current + timedelta(hours=1), unit="hour",
-                                      keys=("provider",))
+    rows = await analytics.rollup(conn, scope, min(start, current - timedelta(hours=1)),
+                                  current + timedelta(hours=1), unit="hour", keys=("provider",))
     window, recent = Totals(), Totals()
     providers: dict[str, Totals] = defaultdict(Totals)
     hourly = {bucket: Totals() for bucket in buckets(start, current + timedelta(hours=1), "hour")}
@@ -217,7 +232,7 @@ async def burn_rate(request: web.Request) -> web.Response:
             recent.add(row)
     elapsed = max(Decimal((now - start).total_seconds()), Decimal(1)) / 3600
     recent_hours = 1 + Decimal((now - current).total_seconds()) / 3600
-    return exact_json({
+    return {
         "project_id": scope.project_id, "team_id": scope.team_id, "provider": scope.provider,
         "model": scope.model, "hours": hours, "window_start": start, "window_end": now,
         "window_hours": elapsed.quantize(Decimal("0.0001")),
@@ -232,7 +247,7 @@ async def burn_rate(request: web.Request) -> web.Response:
         "hourly": [{"hour": label(bucket, "hour"), "requests": totals.requests,
                     "total_tokens": totals.tokens, "cost": totals.cost}
                    for bucket, totals in sorted(hourly.items())],
-    })
+    }
 
 
 def _group_by(value: str) -> tuple[str, str]:
@@ -256,23 +271,30 @@ async def costs(request: web.Request) -> web.Response:
     kind, what = _group_by(raw_group)
     if kind == "time":
         _check_hourly(what, "group_by", start, end)
+    async with connection(request) as conn:
+        return exact_json(await costs_report(conn, scope, start, end, raw_group))
+
+
+async def costs_report(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime,
+                       raw_group: str) -> dict[str, Any]:
+    """`GET /api/costs`'s answer, grouped by `raw_group` (checked by the caller)."""
+    kind, what = _group_by(raw_group)
     groups: dict[Any, Totals] = {}
     named: dict[int, str] = {}
-    async with connection(request) as conn:
-        if kind == "metadata":
-            for row in await analytics.metadata_groups(conn, scope, start, end, what):
-                key = NO_VALUE if row["key"] is None else row["key"]
-                groups.setdefault(key, Totals()).add(row)
-        elif kind == "time":
-            groups = {bucket: Totals() for bucket in buckets(start, end, what)}
-            for row in await analytics.rollup(conn, scope, start, end, unit=what):
-                groups.setdefault(row["bucket"], Totals()).add(row)
-        else:
-            for row in await analytics.rollup(conn, scope, start, end, keys=(what,)):
-                groups.setdefault(row[what], Totals()).add(row)
-        if kind == "key" and what in ("project_id", "team_id"):
-            table = "projects" if what == "project_id" else "teams"
-            named = await analytics.names(conn, table, [k for k in groups if k is not None])
+    if kind == "metadata":
+        for row in await analytics.metadata_groups(conn, scope, start, end, what):
+            key = NO_VALUE if row["key"] is None else row["key"]
+            groups.setdefault(key, Totals()).add(row)
+    elif kind == "time":
+        groups = {bucket: Totals() for bucket in buckets(start, end, what)}
+        for row in await analytics.rollup(conn, scope, start, end, unit=what):
+            groups.setdefault(row["bucket"], Totals()).add(row)
+    else:
+        for row in await analytics.rollup(conn, scope, start, end, keys=(what,)):
+            groups.setdefault(row[what], Totals()).add(row)
+    if kind == "key" and what in ("project_id", "team_id"):
+        table = "projects" if what == "project_id" else "teams"
+        named = await analytics.names(conn, table, [k for k in groups if k is not None])
     order = (sorted(groups.items()) if kind == "time"
              else sorted(groups.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))))
     total = Totals()
@@ -290,9 +312,9 @@ async def costs(request: web.Request) -> web.Response:
             "unassigned" if key is None else str(key))
         out[text] = entry
     group_name = f"metadata.{what}" if kind == "metadata" else raw_group
-    return exact_json({**_header(scope, start, end), "group_by": group_name,
-                       "total_cost": total.cost, "total_tokens": total.tokens,
-                       "requests": total.requests, "groups": out})
+    return {**_header(scope, start, end), "group_by": group_name,
+            "total_cost": total.cost, "total_tokens": total.tokens,
+            "requests": total.requests, "groups": out}
 
 
 async def _budget(conn: asyncpg.Connection, scope: Scope) -> Decimal | None:
@@ -320,8 +342,15 @@ async def forecast(request: web.Request) -> web.Response:
     fractional-hour offset the hour that straddles midnight counts for the day it starts."""
     scope, _ = await read_scope(request, FORECAST_PARAMS)
     tz_name = request.app[SETTINGS].budgets.timezone
+    async with connection(request) as conn:
+        return exact_json(await forecast_report(conn, scope, tz_name, datetime.now(UTC)))
+
+
+async def forecast_report(conn: asyncpg.Connection, scope: Scope, tz_name: str,
+                          now: datetime) -> dict[str, Any]:
+    """`GET /api/costs/forecast`'s answer: the month around `now` in zone `tz_name`."""
     tz = ZoneInfo(tz_name)
-    now = datetime.now(tz)
+    now = now.astimezone(tz)
     today = now.date()
     month = today.replace(day=1)
     next_month = (month + timedelta(days=32)).replace(day=1)
@@ -329,9 +358,8 @@ async def forecast(request: web.Request) -> web.Response:
     day_start = datetime.combine(today, time(), tz)
     day_length = datetime.combine(today + timedelta(days=1), time(), tz) - day_start
     elapsed = Decimal((now - day_start) / day_length)
-    async with connection(request) as conn:
-        budget = await _budget(conn, scope)
-        rows = await analytics.rollup(conn, scope, start, end, unit="day", tz=tz_name)
+    budget = await _budget(conn, scope)
+    rows = await analytics.rollup(conn, scope, start, end, unit="day", tz=tz_name)
     daily: dict[date, Decimal] = defaultdict(lambda: ZERO)
     for row in rows:
         daily[row["bucket"].date()] = analytics.EXACT.add(daily[row["bucket"].date()],
@@ -342,7 +370,7 @@ async def forecast(request: web.Request) -> web.Response:
     if result.daily_trend is not None:
         trend = ("rising" if result.daily_trend > 0 else
                  "falling" if result.daily_trend < 0 else "flat")
-    return exact_json({
+    return {
         "project_id": scope.project_id, "team_id": scope.team_id, "timezone": tz_name,
         "period_start": start, "period_end": end, "days_in_month": last_day.day,
         "days_remaining": (next_month - today).days, "days_observed": result.days_observed,
@@ -354,7 +382,7 @@ async def forecast(request: web.Request) -> web.Response:
         "budget_impact": {"budget_limit": budget, "will_exceed_budget": result.will_exceed,
                           "probability_of_exceeding": result.probability_of_exceeding,
                           "exceeds_on": result.exceeds_on},
-    })
+    }
 
 
 async def teams_usage(request: web.Request) -> web.Response:
@@ -363,26 +391,31 @@ async def teams_usage(request: web.Request) -> web.Response:
     query = read_query(request, TEAMS_USAGE_PARAMS)
     scope = scope_of(who, query)
     start, end = read_range(query, datetime.now(UTC))
+    async with connection(request) as conn:
+        return exact_json(await teams_report(conn, scope, start, end, admin=who.admin))
+
+
+async def teams_report(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime,
+                       *, admin: bool) -> dict[str, Any]:
+    """`GET /api/teams/usage`'s answer (budgets and project counts for the admin only)."""
     teams: dict[int | None, Totals] = defaultdict(Totals)
     models: dict[int | None, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
-    admin = who.admin
     info: dict[int, Any] = {}
-    async with connection(request) as conn:
-        for row in await analytics.rollup(conn, scope, start, end, keys=("team_id", "model")):
-            teams[row["team_id"]].add(row)
-            models[row["team_id"]][row["model"]].add(row)
-        if admin:
-            listed = await conn.fetch(
-                """SELECT t.id, t.name, t.monthly_budget_usd, count(p.id) AS projects
-                   FROM teams t LEFT JOIN projects p ON p.team_id = t.id
-                   WHERE $1::bigint IS NULL OR t.id = $1 GROUP BY t.id""", scope.team_id)
-            info = {row["id"]: row for row in listed}
-            if scope.project_id is None and scope.provider is None and scope.model is None:
-                for known in info:
-                    teams.setdefault(known, Totals())
-        else:
-            named = await analytics.names(conn, "teams", [t for t in teams if t is not None])
-            info = {team_id: {"name": name} for team_id, name in named.items()}
+    for row in await analytics.rollup(conn, scope, start, end, keys=("team_id", "model")):
+        teams[row["team_id"]].add(row)
+        models[row["team_id"]][row["model"]].add(row)
+    if admin:
+        listed = await conn.fetch(
+            """SELECT t.id, t.name, t.monthly_budget_usd, count(p.id) AS projects
+               FROM teams t LEFT JOIN projects p ON p.team_id = t.id
+               WHERE $1::bigint IS NULL OR t.id = $1 GROUP BY t.id""", scope.team_id)
+        info = {row["id"]: row for row in listed}
+        if scope.project_id is None and scope.provider is None and scope.model is None:
+            for known in info:
+                teams.setdefault(known, Totals())
+    else:
+        named = await analytics.names(conn, "teams", [t for t in teams if t is not None])
+        info = {team_id: {"name": name} for team_id, name in named.items()}
     entries = []
     for team_id, totals in sorted(teams.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))):
         meta = info.get(team_id) if team_id is not None else None
@@ -395,4 +428,4 @@ async def teams_usage(request: web.Request) -> web.Response:
             "projects": meta["projects"] if admin and meta else None,
             "monthly_budget_usd": meta["monthly_budget_usd"] if admin and meta else None,
             "top_model": next(iter(by_model), None), "by_model": by_model})
-    return exact_json({**_header(scope, start, end), "teams": entries})
+    return {**_header(scope, start, end), "teams": entries}
