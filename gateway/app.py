@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 
 from gateway import db
@@ -14,6 +16,9 @@ from gateway.budgets import BudgetBook, TrackedSpendHook
 from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.entries.base import Limits
 from gateway.health import Readiness
+from gateway.http.dashboard import filters
+from gateway.http.dashboard.assets import TEMPLATES_DIR
+from gateway.http.dashboard.session import Signer
 from gateway.http.metrics import metrics_middleware
 from gateway.idempotency import create_claims
 from gateway.keys import (
@@ -21,6 +26,7 @@ from gateway.keys import (
     BUDGETS,
     CLAIMS,
     CREDENTIALS,
+    DASHBOARD,
     DATABASE_START,
     DSN,
     KEYSTORE,
@@ -80,6 +86,10 @@ def build_app(settings: Settings) -> web.Application:
         stale_serve_s=settings.auth.stale_serve_s)
     app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _webhooks,
                             _limits, _pipeline])
+    app[DASHBOARD] = Signer(settings)
+    # Autoescaped: whatever a client sent (metadata, model and project names) renders as text.
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+                         undefined=jinja2.StrictUndefined, filters=filters.FILTERS)
     app.on_response_prepare.append(add_request_id)
     setup_routes(app)
     return app

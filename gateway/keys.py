@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.alerts import AlertHook
     from gateway.credentials import ProjectCredentials
     from gateway.health import Readiness
+    from gateway.http.dashboard.session import Signer
     from gateway.idempotency import ClaimStore
     from gateway.pipeline.runner import ProxyPipeline
     from gateway.providers.base import Upstream
@@ -52,5 +53,6 @@ CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
 METRICS = web.AppKey("metrics", Metrics)
 WEBHOOKS: web.AppKey[WebhookWorker] = web.AppKey("webhooks")
 ALERTS: web.AppKey[AlertHook] = web.AppKey("alerts")
+DASHBOARD: web.AppKey[Signer] = web.AppKey("dashboard")  # signs dashboard sessions
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

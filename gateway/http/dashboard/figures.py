@@ -1,0 +1,92 @@
+"""What the dashboard's pages show, computed by the JSON APIs' own report functions, so each
+figure equals the API's to the last digit (`format_usd`, as the JSON carries it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from gateway.analytics import Scope, truncate
+from gateway.http.analytics import (
+    burn_rate_report,
+    costs_report,
+    forecast_report,
+    read_range,
+    timeseries_report,
+    usage_report,
+)
+from gateway.pricing import format_usd
+
+HEADLINE = ("month_spend_usd", "month_budget_usd", "requests_today", "errors_today",
+            "forecast_month_usd", "burn_rate_usd_per_day")
+TOP = 8  # rows in each "top" table
+
+
+def exact(value: Decimal | int | None) -> str:
+    """A figure's `data-value`: the JSON APIs' exact digits ("" for none)."""
+    if value is None:
+        return ""
+    return format_usd(value) if isinstance(value, Decimal) else str(value)
+
+
+def usd(value: Decimal | None) -> str:
+    """A figure for people: cents above a dollar, six decimals below, "—" for none."""
+    if value is None:
+        return "\u2014"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    text = f"{value:.6f}".rstrip("0")
+    return f"${text}{'00' if text.endswith('.') else ''}"
+
+
+async def _budget_total(conn: asyncpg.Connection) -> Decimal | None:
+    """Every project's monthly budget added up (None while none has one)."""
+    total: Decimal | None = await conn.fetchval(
+        "SELECT sum(monthly_budget_usd) FROM projects WHERE monthly_budget_usd IS NOT NULL")
+    return total
+
+
+async def headline(conn: asyncpg.Connection, scope: Scope, tz_name: str,
+                   now: datetime) -> dict[str, Decimal | int | None]:
+    """Month-to-date spend, budget, today's requests and errors (UTC day, as
+    `/api/analytics/usage?start_date=<today>&end_date=<today>`), forecast and burn rate."""
+    forecast = await forecast_report(conn, scope, tz_name, now)
+    if scope.project_id is None:
+        budget = await _budget_total(conn)
+    else:
+        budget = forecast["budget_impact"]["budget_limit"]
+    today = truncate(now.astimezone(UTC), "day")
+    usage = await usage_report(conn, scope, today, today + timedelta(days=1), "day")
+    burn = await burn_rate_report(conn, scope, 24, now)
+    return {
+        "month_spend_usd": forecast["current_spend"], "month_budget_usd": budget,
+        "requests_today": usage["total_requests"], "errors_today": usage["errors"],
+        "forecast_month_usd": forecast["end_of_month"]["estimated_cost"],
+        "burn_rate_usd_per_day": burn["burn_rate"]["cost_per_day"],
+    }
+
+
+def live(figures: dict[str, Decimal | int | None]) -> dict[str, Any]:
+    """The figures as the pages poll them: exact value and display text."""
+    return {name: {"value": exact(value), "text": _text(value)}
+            for name, value in figures.items()}
+
+
+def _text(value: Decimal | int | None) -> str:
+    return usd(value) if not isinstance(value, int) else f"{value:,}"
+
+
+async def spend(conn: asyncpg.Connection, scope: Scope, now: datetime) -> dict[str, Any]:
+    """The last 30 days: spend per day and the top providers, models (and projects)."""
+    start, end = read_range({}, now)
+    series = await timeseries_report(conn, scope, start, end, "cost", "day")
+    groups = ["provider", "model"] + (["project"] if scope.project_id is None else [])
+    top = {}
+    for group in groups:
+        report = await costs_report(conn, scope, start, end, group)
+        top[group] = list(report["groups"].items())[:TOP]
+    return {"start": start, "end": end, "series": series["series"],
+            "total": series["aggregations"]["total"], "top": top}

@@ -1,0 +1,296 @@
+"""The web dashboard over HTTP (no browser): sign-in, sessions, CSRF, scoping, escaping, and
+figures equal to the JSON APIs'. Browser tests are in test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.http.dashboard.charts import bar_chart
+from gateway.http.dashboard.session import COOKIE, Signer
+from gateway.keys import DASHBOARD
+from gateway.settings import settings_from_mapping
+from tests.conftest import (
+    ADMIN_TOKEN,
+    admin_headers,
+    chat_body,
+    create_project,
+    wait_for_rows,
+)
+
+FIGURE = re.compile(r'data-metric="([a-z_]+)" data-value="([^"]*)"')
+
+
+async def sign_in(client: TestClient, token: str) -> Any:
+    """Sign in through the form, as a browser would: GET (CSRF cookie and field), POST."""
+    resp = await client.get("/dashboard/login")
+    assert resp.status == 200
+    csrf = re.search(r'name="csrf" value="([^"]+)"', await resp.text())
+    assert csrf is not None
+    return await client.post("/dashboard/login", data={"csrf": csrf.group(1), "token": token,
+                                                       "next": "/dashboard"},
+                             allow_redirects=False)
+
+
+def figures(html: str) -> dict[str, str]:
+    return dict(FIGURE.findall(html))
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+async def test_pages_need_a_session(gateway: TestClient) -> None:
+    resp = await gateway.get("/dashboard/projects", allow_redirects=False,
+                             headers=admin_headers())  # a bearer token is not a session
+    assert resp.status == 303
+    location = urlsplit(resp.headers["Location"])
+    assert location.path == "/dashboard/login"
+    assert parse_qs(location.query) == {"next": ["/dashboard/projects"]}
+    resp = await gateway.get("/dashboard/login")
+    assert resp.status == 200
+    assert "Content-Security-Policy" in resp.headers
+    cookie = resp.cookies["gw_dashboard_login"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
+async def test_admin_sign_in_sets_a_strict_signed_cookie(gateway: TestClient) -> None:
+    resp = await sign_in(gateway, ADMIN_TOKEN)
+    assert resp.status == 303 and resp.headers["Location"] == "/dashboard"
+    cookie = resp.cookies[COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]
+    assert ADMIN_TOKEN not in cookie.value
+    resp = await gateway.get("/dashboard")
+    assert resp.status == 200
+    assert set(figures(await resp.text())) >= {"month_spend_usd", "month_budget_usd",
+                                               "requests_today", "errors_today",
+                                               "forecast_month_usd"}
+
+
+async def test_a_wrong_token_is_refused(gateway: TestClient) -> None:
+    resp = await sign_in(gateway, "not-the-token")
+    assert resp.status == 401
+    assert COOKIE not in resp.cookies
+    resp = await gateway.get("/dashboard", allow_redirects=False)
+    assert resp.status == 303
+
+
+async def test_sign_in_without_the_form_token_is_refused(gateway: TestClient) -> None:
+    resp = await gateway.post("/dashboard/login", data={"token": ADMIN_TOKEN},
+                              allow_redirects=False)
+    assert resp.status == 403
+    assert COOKIE not in resp.cookies
+
+
+def test_secure_cookies_when_served_over_tls() -> None:
+    for section, secure in (({"server": {"public_url": "https://gw.example"}}, True),
+                            ({"dashboard": {"secure_cookies": True}}, True),
+                            ({"server": {"public_url": "http://gw.example"}}, False)):
+        signer = Signer(settings_from_mapping({"auth": {"admin_token": "t"}, **section}, {}))
+        response = web.Response()
+        signer.start(response)
+        signer.set_login_cookie(response, "token")
+        assert response.cookies[COOKIE]["secure"] is secure or (
+            response.cookies[COOKIE]["secure"] == "" and not secure)
+        assert response.cookies[COOKIE]["samesite"] == "Strict"
+        assert response.cookies[COOKIE]["httponly"] is True
+
+
+async def test_expired_or_forged_sessions_are_refused(gateway: TestClient) -> None:
+    signer: Signer = gateway.app[DASHBOARD]
+    good = signer.sign({"csrf": "x", "exp": int(time.time()) + 60,
+                        "admin": signer.admin_fingerprint})
+    expired = signer.sign({"csrf": "x", "exp": int(time.time()) - 1,
+                           "admin": signer.admin_fingerprint})
+    body, _, mac = good.partition(".")
+    forged = f"{body}x.{mac}"
+    for value, status in ((good, 200), (expired, 303), (forged, 303)):
+        gateway.session.cookie_jar.clear()
+        resp = await gateway.get("/dashboard", cookies={COOKIE: value}, allow_redirects=False)
+        assert resp.status == status, value
+
+
+async def test_sign_out_ends_the_session(gateway: TestClient) -> None:
+    await sign_in(gateway, ADMIN_TOKEN)
+    html = await (await gateway.get("/dashboard")).text()
+    resp = await gateway.post("/dashboard/logout", data={"csrf": "wrong"},
+                              allow_redirects=False)
+    assert resp.status == 403
+    resp = await gateway.post("/dashboard/logout", data={"csrf": csrf_of(html)},
+                              allow_redirects=False)
+    assert resp.status == 303
+    resp = await gateway.get("/dashboard", allow_redirects=False)
+    assert resp.status == 303
+
+
+async def test_overview_figures_equal_the_json_apis(gateway: TestClient) -> None:
+    project, key = await create_project(gateway, monthly_budget_usd=25)
+    await create_project(gateway, monthly_budget_usd="7.5")
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(3):
+        resp = await gateway.post("/v1/chat/completions", json=chat_body(), headers=headers)
+        assert resp.status == 200
+    await wait_for_rows(gateway, 3)
+    await sign_in(gateway, ADMIN_TOKEN)
+    shown = figures(await (await gateway.get("/dashboard")).text())
+    today = datetime.now(UTC).date().isoformat()
+    forecast = await (await gateway.get("/api/costs/forecast", headers=admin_headers())).text()
+    usage = await (await gateway.get("/api/analytics/usage", headers=admin_headers(), params={
+        "start_date": today, "end_date": today})).text()
+    assert f'"current_spend":{shown["month_spend_usd"]},' in forecast
+    assert f'"estimated_cost":{shown["forecast_month_usd"]},' in forecast
+    assert f'"total_requests":{shown["requests_today"]},' in usage
+    assert shown["requests_today"] == "3" and shown["errors_today"] == "0"
+    assert f'"errors":{shown["errors_today"]},' in usage
+    assert shown["month_budget_usd"] == "32.5"  # every project's budget added up
+    assert shown["month_spend_usd"] != "0"
+
+    shown = figures(await (await gateway.get(f"/dashboard/projects/{project['id']}")).text())
+    forecast = await (await gateway.get("/api/costs/forecast", headers=headers)).text()
+    assert f'"current_spend":{shown["month_spend_usd"]},' in forecast
+    assert f'"budget_limit":{shown["month_budget_usd"]},' in forecast
+    assert shown["month_budget_usd"] == "25"
+    live = await (await gateway.get(f"/dashboard/live?project_id={project['id']}")).json()
+    assert live["figures"]["month_spend_usd"]["value"] == shown["month_spend_usd"]
+
+
+async def test_a_project_session_sees_its_project_alone_read_only(
+        gateway: TestClient) -> None:
+    project, key = await create_project(gateway, monthly_budget_usd=10)
+    other, other_key = await create_project(gateway)
+    for k in (key, other_key):
+        resp = await gateway.post("/v1/chat/completions", json=chat_body(),
+                                  headers={"Authorization": f"Bearer {k}"})
+        assert resp.status == 200
+    await wait_for_rows(gateway, 2)
+    resp = await sign_in(gateway, key)
+    assert resp.status == 303
+    html = await (await gateway.get("/dashboard")).text()
+    assert project["name"] in html and "read-only" in html
+    assert figures(html)["requests_today"] == "1"
+    html = await (await gateway.get("/dashboard/projects")).text()
+    assert project["name"] in html and other["name"] not in html
+    assert (await gateway.get(f"/dashboard/projects/{other['id']}")).status == 404
+    assert (await gateway.get(f"/dashboard/live?project_id={other['id']}")).status == 404
+    html = await (await gateway.get("/dashboard/requests")).text()
+    assert html.count("data-request-id=") == 1
+    html = await (await gateway.get(f"/dashboard/requests?project_id={other['id']}")).text()
+    for admin_page in ("/dashboard/teams", "/dashboard/webhooks", "/dashboard/health"):
+        assert (await gateway.get(admin_page)).status == 403, admin_page
+    page = await (await gateway.get(f"/dashboard/projects/{project['id']}")).text()
+    assert "Issue a key" not in page and "Save budget" not in page
+    resp = await gateway.post(f"/dashboard/projects/{project['id']}/budget",
+                              data={"csrf": csrf_of(page), "monthly_budget_usd": "1000"},
+                              allow_redirects=False)
+    assert resp.status == 403
+    # Revoking the key ends its sessions at the next page.
+    keys = await (await gateway.get(f"/api/admin/projects/{project['id']}/keys",
+                                    headers=admin_headers())).json()
+    await gateway.delete(f"/api/admin/keys/{keys['keys'][0]['id']}", headers=admin_headers())
+    assert (await gateway.get("/dashboard", allow_redirects=False)).status == 303
+
+
+async def test_forms_without_the_csrf_token_are_refused(gateway: TestClient) -> None:
+    project, _ = await create_project(gateway, monthly_budget_usd=10)
+    await sign_in(gateway, ADMIN_TOKEN)
+    html = await (await gateway.get(f"/dashboard/projects/{project['id']}")).text()
+    for data in ({"monthly_budget_usd": "1"}, {"monthly_budget_usd": "1", "csrf": "forged"}):
+        resp = await gateway.post(f"/dashboard/projects/{project['id']}/budget", data=data,
+                                  allow_redirects=False)
+        assert resp.status == 403
+    row = await (await gateway.get(f"/api/admin/projects/{project['id']}",
+                                   headers=admin_headers())).json()
+    assert row["monthly_budget_usd"] == 10
+    resp = await gateway.post(f"/dashboard/projects/{project['id']}/budget",
+                              data={"monthly_budget_usd": "1.25", "csrf": csrf_of(html)},
+                              allow_redirects=False)
+    assert resp.status == 303
+    row = await (await gateway.get(f"/api/admin/projects/{project['id']}",
+                                   headers=admin_headers())).json()
+    assert row["monthly_budget_usd"] == 1.25
+    resp = await gateway.post(f"/dashboard/projects/{project['id']}/budget",
+                              data={"monthly_budget_usd": "-3", "csrf": csrf_of(html)})
+    assert resp.status == 200 and "Not saved" in await resp.text()
+
+
+async def test_client_supplied_text_is_escaped(gateway: TestClient) -> None:
+    evil = '<script>alert("x")</script>'
+    project, key = await create_project(gateway, name=f"p{evil}")
+    resp = await gateway.post("/v1/chat/completions", json=chat_body(metadata={"note": evil}),
+                              headers={"Authorization": f"Bearer {key}",
+                                       "X-AI-Cost-Gateway-Metadata": '{"note": "x"}'})
+    assert resp.status == 200, await resp.text()
+    rows = await wait_for_rows(gateway, 1)
+    await sign_in(gateway, ADMIN_TOKEN)
+    pages = ["/dashboard", "/dashboard/projects", f"/dashboard/projects/{project['id']}",
+             "/dashboard/requests", f"/dashboard/requests/{rows[0]['request_id']}"]
+    for path in pages:
+        html = await (await gateway.get(path)).text()
+        assert "<script>alert" not in html, path
+    assert "&lt;script&gt;" in html
+
+
+async def test_requests_page_filters_and_pages_by_keyset(gateway: TestClient) -> None:
+    _, key = await create_project(gateway)
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(3):
+        assert (await gateway.post("/v1/chat/completions", json=chat_body(),
+                                   headers=headers)).status == 200
+    assert (await gateway.post("/v1/chat/completions",
+                               json=chat_body(model="gpt-4o"), headers=headers)).status == 200
+    await wait_for_rows(gateway, 4)
+    await sign_in(gateway, ADMIN_TOKEN)
+    html = await (await gateway.get("/dashboard/requests?model=gpt-4o")).text()
+    assert html.count("data-request-id=") == 1
+    html = await (await gateway.get("/dashboard/requests?status=error")).text()
+    assert html.count("data-request-id=") == 0
+    from gateway import usage_rows
+
+    async with gateway.app[__import__("gateway.keys").keys.POOL].acquire() as conn:
+        first, cursor = await usage_rows.latest(conn, usage_rows.RowFilter(), limit=3)
+        rest, last = await usage_rows.latest(conn, usage_rows.RowFilter(), cursor, limit=3)
+    assert len(first) == 3 and len(rest) == 1 and last is None
+    assert {r["request_id"] for r in first}.isdisjoint({r["request_id"] for r in rest})
+    assert first[0]["started_at"] >= first[-1]["started_at"] >= rest[0]["started_at"]
+    assert (await gateway.get("/dashboard/requests?before=garbage")).status == 400
+
+
+async def test_prices_page_flags_models_without_a_price(gateway: TestClient) -> None:
+    _, key = await create_project(gateway)
+    resp = await gateway.post("/v1/chat/completions", json=chat_body(model="mystery-model-1"),
+                              headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200, await resp.text()
+    await wait_for_rows(gateway, 1)
+    await sign_in(gateway, ADMIN_TOKEN)
+    html = await (await gateway.get("/dashboard/prices")).text()
+    assert 'data-unpriced-model="mystery-model-1"' in html
+    assert 'data-unpriced-model="gpt-4o-mini"' not in html
+    assert "developers.openai.com" in html  # each price's source
+
+
+async def test_static_files_are_served_locally(gateway: TestClient) -> None:
+    resp = await gateway.get("/dashboard/static/dashboard.js")
+    assert resp.status == 200 and "javascript" in resp.headers["Content-Type"]
+    etag = resp.headers["ETag"]
+    resp = await gateway.get("/dashboard/static/dashboard.js", headers={"If-None-Match": etag})
+    assert resp.status == 304
+    assert (await gateway.get("/dashboard/static/..%2Fapp.py")).status == 404
+
+
+def test_bar_chart_scales_to_the_peak() -> None:
+    from decimal import Decimal
+
+    chart = bar_chart([("a", Decimal(1)), ("b", Decimal(4)), ("c", Decimal(0))])
+    heights = [bar.height for bar in chart.bars]
+    assert heights[1] > heights[0] > heights[2] == 0
+    assert heights[1] == 4 * heights[0]
+    assert chart.peak == 4 and chart.first == "a" and chart.last == "c"
+    assert all(bar.height == 0 for bar in bar_chart([("a", Decimal(0))]).bars)
