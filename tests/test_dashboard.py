@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -222,20 +223,25 @@ async def test_forms_without_the_csrf_token_are_refused(gateway: TestClient) -> 
 
 
 async def test_client_supplied_text_is_escaped(gateway: TestClient) -> None:
-    evil = '<script>alert("x")</script>'
+    evil = "<script>alert(1)</script>"
     project, key = await create_project(gateway, name=f"p{evil}")
-    resp = await gateway.post("/v1/chat/completions", json=chat_body(metadata={"note": evil}),
+    resp = await gateway.post("/v1/chat/completions", json=chat_body(model=f"m{evil}"),
                               headers={"Authorization": f"Bearer {key}",
-                                       "X-AI-Cost-Gateway-Metadata": '{"note": "x"}'})
+                                       "X-AI-Cost-Gateway-Metadata": orjson.dumps(
+                                           {"note": evil}).decode()})
     assert resp.status == 200, await resp.text()
     rows = await wait_for_rows(gateway, 1)
+    assert rows[0]["metadata"] == {"note": evil} and rows[0]["model"] == f"m{evil}"
     await sign_in(gateway, ADMIN_TOKEN)
     pages = ["/dashboard", "/dashboard/projects", f"/dashboard/projects/{project['id']}",
-             "/dashboard/requests", f"/dashboard/requests/{rows[0]['request_id']}"]
+             "/dashboard/requests", "/dashboard/prices",
+             f"/dashboard/requests/{rows[0]['request_id']}"]
     for path in pages:
         html = await (await gateway.get(path)).text()
         assert "<script>alert" not in html, path
-    assert "&lt;script&gt;" in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
+    metadata = re.search(r'data-testid="metadata">(.*?)</pre>', html, re.S)
+    assert metadata is not None and "&lt;script&gt;alert(1)&lt;/script&gt;" in metadata.group(1)
 
 
 async def test_requests_page_filters_and_pages_by_keyset(gateway: TestClient) -> None:

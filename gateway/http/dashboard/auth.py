@@ -60,15 +60,15 @@ async def viewer(request: web.Request, *, admin: bool = False) -> Viewer:
     return who
 
 
-async def form_viewer(request: web.Request) -> tuple[Viewer, Any]:
-    """The admin posting a form, and the form: 403 without a session, without the session's
-    CSRF token, or from a project session (project sessions are read-only)."""
+async def form_viewer(request: web.Request, *, manage: bool = True) -> tuple[Viewer, Any]:
+    """Who posts a form, and the form: 403 without a session, without the session's CSRF
+    token, or (`manage`: a change) from a project session, which is read-only."""
     form = await request.post()
     who = await _viewer(request)
     if who is None:
         raise Forbidden("sign in to the dashboard first", code="not_signed_in")
     token = form.get("csrf")
     check_csrf(who.session, token if isinstance(token, str) else "")
-    if not who.admin:
+    if manage and not who.admin:
         raise Forbidden("a project sign-in is read-only", code="admin_required")
     return who, form

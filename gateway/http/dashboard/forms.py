@@ -14,10 +14,10 @@ from aiohttp import web
 
 from gateway import alerts, checks, projects, webhooks
 from gateway.errors import GatewayError, NotFound, Unauthorized
-from gateway.http.dashboard.auth import form_viewer, viewer
+from gateway.http.dashboard.auth import form_viewer
 from gateway.http.dashboard.pages import render_project
 from gateway.http.dashboard.render import page
-from gateway.http.dashboard.session import LOGIN_PATH, check_csrf
+from gateway.http.dashboard.session import LOGIN_PATH
 from gateway.http.database import connection
 from gateway.http.json import int_param
 from gateway.keys import DASHBOARD, KEYSTORE, SETTINGS, WEBHOOKS
@@ -71,10 +71,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    form = await request.post()
-    who = await viewer(request)
-    token = form.get("csrf")
-    check_csrf(who.session, token if isinstance(token, str) else "")
+    await form_viewer(request, manage=False)
     response = web.HTTPSeeOther(LOGIN_PATH)
     request.app[DASHBOARD].end(response)
     raise response
