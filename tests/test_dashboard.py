@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,6 +14,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.demo import ensure_admin_token, with_demo_defaults
 from gateway.http.dashboard.charts import bar_chart
 from gateway.http.dashboard.session import COOKIE, Signer
 from gateway.keys import DASHBOARD
@@ -300,3 +302,17 @@ def test_bar_chart_scales_to_the_peak() -> None:
     assert heights[1] == 4 * heights[0]
     assert chart.peak == 4 and chart.first == "a" and chart.last == "c"
     assert all(bar.height == 0 for bar in bar_chart([("a", Decimal(0))]).bars)
+
+
+async def test_the_demo_keeps_its_admin_token_across_restarts(tmp_path: Path) -> None:
+    settings = settings_from_mapping({"database": {"data_dir": str(tmp_path)}}, {})
+    first, fake = await with_demo_defaults(settings)
+    if fake is not None:
+        await fake.cleanup()
+    assert first.auth.admin_token
+    assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
+    again, fake = await with_demo_defaults(settings)
+    if fake is not None:
+        await fake.cleanup()
+    assert again.auth.admin_token == first.auth.admin_token
+    assert ensure_admin_token(tmp_path) == first.auth.admin_token
