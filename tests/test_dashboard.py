@@ -136,7 +136,7 @@ async def test_sign_out_ends_the_session(gateway: TestClient) -> None:
 
 async def test_overview_figures_equal_the_json_apis(gateway: TestClient) -> None:
     project, key = await create_project(gateway, monthly_budget_usd=25)
-    await create_project(gateway, monthly_budget_usd="7.5")
+    other, _ = await create_project(gateway, monthly_budget_usd="7.5")
     headers = {"Authorization": f"Bearer {key}"}
     for _ in range(3):
         resp = await gateway.post("/v1/chat/completions", json=chat_body(), headers=headers)
@@ -163,6 +163,9 @@ async def test_overview_figures_equal_the_json_apis(gateway: TestClient) -> None
     assert shown["month_budget_usd"] == "25"
     live = await (await gateway.get(f"/dashboard/live?project_id={project['id']}")).json()
     assert live["figures"]["month_spend_usd"]["value"] == shown["month_spend_usd"]
+    html = await (await gateway.get("/dashboard/projects")).text()
+    listed = dict(re.findall(r'data-project="(\d+)" data-value="([^"]*)"', html))
+    assert listed == {str(project["id"]): shown["month_spend_usd"], str(other["id"]): "0"}
 
 
 async def test_a_project_session_sees_its_project_alone_read_only(

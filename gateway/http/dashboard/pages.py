@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway import analytics, checks, credentials, projects, usage_rows, webhooks
 from gateway.alerts import alert_state
-from gateway.analytics import Scope
+from gateway.analytics import ZERO, Scope
 from gateway.errors import BadRequest, NotFound
 from gateway.http.analytics import teams_report
 from gateway.http.dashboard import figures
@@ -61,15 +61,12 @@ async def live(request: web.Request) -> web.Response:
 
 async def project_list(request: web.Request) -> web.Response:
     who = await viewer(request)
-    now = datetime.now(UTC)
     async with connection(request) as conn:
         rows = [r for r in await projects.list_projects(conn) if who.may_see(r["id"])]
-        spent = {}
-        for row in rows:  # one forecast per project: spend this month, the same as the API
-            forecast = await figures.forecast_report(conn, Scope(project_id=row["id"]),
-                                                     _tz(request), now)
-            spent[row["id"]] = forecast["current_spend"]
-    return page(request, "projects.html", who, projects=rows, spent=spent)
+        spent = await figures.month_spend_by_project(conn, who.scope, _tz(request),
+                                                     datetime.now(UTC))
+    return page(request, "projects.html", who, projects=rows,
+                spent={row["id"]: spent.get(row["id"], ZERO) for row in rows})
 
 
 async def project_detail(request: web.Request) -> web.Response:
