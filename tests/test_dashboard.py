@@ -121,6 +121,17 @@ async def test_expired_or_forged_sessions_are_refused(gateway: TestClient) -> No
         assert resp.status == status, value
 
 
+async def test_garbage_cookies_and_tokens_are_refused_not_errors(gateway: TestClient) -> None:
+    signer: Signer = gateway.app[DASHBOARD]
+    for value in ("", ".", "a.b.c", "\u00e9.\u00e9", "\udcff.x", "e30.x", "x" * 5000):
+        assert signer.session(value) is None
+        assert signer.verify(value) is None
+    resp = await gateway.post("/dashboard/login", data={"csrf": "\u00e9\u00a3", "token": "\u00a3"},
+                              cookies={"gw_dashboard_login": "\u00e9.\u00e9"},
+                              allow_redirects=False)
+    assert resp.status == 403
+
+
 async def test_sign_out_ends_the_session(gateway: TestClient) -> None:
     await sign_in(gateway, ADMIN_TOKEN)
     html = await (await gateway.get("/dashboard")).text()

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.errors import NotFound
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 
 

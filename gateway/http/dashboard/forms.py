@@ -4,7 +4,6 @@ checks and store functions. A change answers 303 back to its page (POST, redirec
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -17,7 +16,7 @@ from gateway.errors import GatewayError, NotFound, Unauthorized
 from gateway.http.dashboard.auth import form_viewer
 from gateway.http.dashboard.pages import render_project
 from gateway.http.dashboard.render import page
-from gateway.http.dashboard.session import LOGIN_PATH
+from gateway.http.dashboard.session import LOGIN_PATH, same
 from gateway.http.database import connection
 from gateway.http.json import int_param
 from gateway.keys import DASHBOARD, KEYSTORE, SETTINGS, WEBHOOKS
@@ -58,7 +57,7 @@ async def login(request: web.Request) -> web.Response:
     admin_token = request.app[SETTINGS].auth.admin_token
     target = _next(form.get("next"))
     response = web.HTTPSeeOther(target)
-    if admin_token and token and hmac.compare_digest(token.encode(), admin_token.encode()):
+    if admin_token and token and same(token, admin_token):
         signer.start(response)
         raise response
     try:

@@ -30,6 +30,12 @@ LOGIN_TTL_S = 3600
 LOGIN_PATH = "/dashboard/login"
 
 
+def same(given: str, expected: str) -> bool:
+    """Constant-time equality of two strings, whatever a client put in them."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"),
+                               expected.encode("utf-8", "surrogatepass"))
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     """Who is signed in: the admin (project_id None) or one project, read-only."""
@@ -67,10 +73,12 @@ class Signer:
 
     def verify(self, value: str) -> dict[str, Any] | None:
         """The payload of a value this signer made and that has not expired, else None."""
+        if not value.isascii():  # every value signed here is
+            return None
         body, _, mac = value.partition(".")
         expected = base64.urlsafe_b64encode(
             hmac.new(self._key, body.encode(), "sha256").digest()).decode().rstrip("=")
-        if not body or not hmac.compare_digest(mac, expected):
+        if not body or not same(mac, expected):
             return None
         try:
             payload = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
@@ -87,8 +95,8 @@ class Signer:
         session = Session(csrf=payload["csrf"], expires=payload["exp"],
                           project_id=payload.get("project"), key_id=payload.get("key"),
                           admin_fingerprint=payload.get("admin", ""))
-        if session.admin and not (self.admin_fingerprint and hmac.compare_digest(
-                session.admin_fingerprint, self.admin_fingerprint)):
+        if session.admin and not (self.admin_fingerprint and same(
+                str(session.admin_fingerprint), self.admin_fingerprint)):
             return None  # the admin token changed (or is gone) since this sign-in
         return session
 
@@ -131,14 +139,14 @@ class Signer:
     def check_login_token(self, request: web.Request, given: str) -> None:
         payload = self.verify(request.cookies.get(LOGIN_COOKIE, ""))
         expected = payload.get("csrf") if payload else None
-        if not isinstance(expected, str) or not hmac.compare_digest(given, expected):
+        if not isinstance(expected, str) or not same(given, expected):
             raise Forbidden("the sign-in form has expired or was not sent from this page; "
                             "reload it and try again", code="csrf_failed")
 
 
 def check_csrf(session: Session, given: str) -> None:
     """A form post must echo its session's CSRF token (403 otherwise)."""
-    if not hmac.compare_digest(given.encode(), session.csrf.encode()):
+    if not same(given, session.csrf):
         raise Forbidden("the form's CSRF token is missing or wrong; reload the page",
                         code="csrf_failed")
 
