@@ -3,6 +3,7 @@ figures equal to the JSON APIs'. Browser tests are in test_dashboard_browser.py.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import UTC, datetime
@@ -236,6 +237,36 @@ async def test_forms_without_the_csrf_token_are_refused(gateway: TestClient) -> 
     resp = await gateway.post(f"/dashboard/projects/{project['id']}/budget",
                               data={"monthly_budget_usd": "-3", "csrf": csrf_of(html)})
     assert resp.status == 200 and "Not saved" in await resp.text()
+
+
+async def test_allow_lists_and_alert_thresholds_forms(gateway: TestClient) -> None:
+    project, key = await create_project(gateway, monthly_budget_usd=10)
+    await sign_in(gateway, ADMIN_TOKEN)
+    page = f"/dashboard/projects/{project['id']}"
+    csrf = csrf_of(await (await gateway.get(page)).text())
+    resp = await gateway.post(f"{page}/allow-lists", data={
+        "csrf": csrf, "allowed_providers": "openai, anthropic", "allowed_models": "gpt-4o"})
+    assert resp.status == 200 and "Allow-lists saved." in await resp.text()
+    resp = await gateway.post(f"{page}/alerts", data={"csrf": csrf, "thresholds": "90, 50, 12.5"})
+    assert resp.status == 200 and "12.5%, 50%, 90%" in await resp.text()
+    resp = await gateway.post(f"{page}/alerts", data={"csrf": csrf, "thresholds": "50, lots"})
+    assert "Not saved" in await resp.text()
+    row = await (await gateway.get(f"/api/admin/projects/{project['id']}",
+                                   headers=admin_headers())).json()
+    assert row["allowed_providers"] == ["anthropic", "openai"]
+    assert row["allowed_models"] == ["gpt-4o"]
+    alerts = await (await gateway.get(f"/api/admin/projects/{project['id']}/alerts",
+                                      headers=admin_headers())).json()
+    assert alerts["thresholds"] == [12.5, 50, 90]
+    statuses = []
+    for _ in range(40):  # the key cache learns the allow-list by NOTIFY: a moment at most
+        resp = await gateway.post("/v1/chat/completions", json=chat_body(),
+                                  headers={"Authorization": f"Bearer {key}"})
+        statuses.append(resp.status)
+        if resp.status == 403:
+            break
+        await asyncio.sleep(0.05)
+    assert statuses[-1] == 403  # gpt-4o-mini is no longer allowed
 
 
 async def test_client_supplied_text_is_escaped(gateway: TestClient) -> None:

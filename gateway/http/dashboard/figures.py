@@ -81,13 +81,19 @@ def _text(value: Decimal | int | None) -> str:
     return usd(value) if not isinstance(value, int) else f"{value:,}"
 
 
+def month_bounds(tz_name: str, now: datetime) -> tuple[datetime, datetime]:
+    """The budget month around `now` (budgets.timezone's calendar): [start, end)."""
+    tz = ZoneInfo(tz_name)
+    start = datetime.combine(month_start(now, tz), time(), tz)
+    return start, datetime.combine((start.date() + timedelta(days=32)).replace(day=1), time(),
+                                   tz)
+
+
 async def month_spend_by_project(conn: asyncpg.Connection, scope: Scope, tz_name: str,
                                  now: datetime) -> dict[int, Decimal]:
     """This budget month's spend of every project, in one rollup query (each equals the
     project's `/api/costs/forecast` `current_spend`: the same rows, the same month)."""
-    tz = ZoneInfo(tz_name)
-    start = datetime.combine(month_start(now, tz), time(), tz)
-    end = datetime.combine((start.date() + timedelta(days=32)).replace(day=1), time(), tz)
+    start, end = month_bounds(tz_name, now)
     report = await costs_report(conn, scope, start, end, "project")
     return {int(key): entry["total"] for key, entry in report["groups"].items()
             if key != "unassigned"}

@@ -5,7 +5,6 @@ checks and store functions. A change answers 303 back to its page (POST, redirec
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
@@ -130,12 +129,16 @@ async def set_budget(request: web.Request) -> web.Response:
     raise await _apply(project_id, save)
 
 
-def _number(raw: str) -> Any:
-    """A form's number as the JSON API would read it (a string that is not one stays a string
-    and is refused by the same check)."""
+def _json_number(raw: str) -> Any:
+    """A form's number as the JSON API reads one (int or float); anything else stays a string,
+    which the API's own check refuses."""
     try:
-        return Decimal(raw)
-    except InvalidOperation:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
         return raw
 
 
@@ -165,7 +168,8 @@ async def set_alerts(request: web.Request) -> web.Response:
     project_id = int_param(request, "id")
 
     async def save() -> str:
-        thresholds = alerts.parse_thresholds([_number(n) for n in _names(form.get("thresholds"))])
+        given = [_json_number(n) for n in _names(form.get("thresholds"))]
+        thresholds = alerts.parse_thresholds(given)
         async with connection(request) as conn:
             stored = await alerts.set_thresholds(conn, project_id, thresholds)
         return f"Alert thresholds: {', '.join(f'{t}%' for t in stored) or 'none'}."

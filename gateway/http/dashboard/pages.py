@@ -92,11 +92,9 @@ async def render_project(request: web.Request, who: Viewer, project_id: int, *,
 
 async def teams(request: web.Request) -> web.Response:
     who = await viewer(request, admin=True)
-    now = datetime.now(UTC)
-    start = analytics.truncate(now, "day").replace(day=1)
+    start, end = figures.month_bounds(_tz(request), datetime.now(UTC))
     async with connection(request) as conn:
-        report = await teams_report(conn, Scope(), start, start + timedelta(days=32),
-                                    admin=True)
+        report = await teams_report(conn, Scope(), start, end, admin=True)
     return page(request, "teams.html", who, teams=report["teams"], start=start)
 
 
