@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -167,6 +167,19 @@ async def test_overview_figures_equal_the_json_apis(gateway: TestClient) -> None
     assert f'"errors":{shown["errors_today"]},' in usage
     assert shown["month_budget_usd"] == "32.5"  # every project's budget added up
     assert shown["month_spend_usd"] != "0"
+    # The 30-day tables: /api/costs over the same whole days, to the last digit.
+    html = await (await gateway.get("/dashboard")).text()
+    tables = dict(re.findall(r'data-group="([^"]+)"><td>[^<]*</td><td class="num" '
+                             r'data-value="([^"]*)"', html))
+    first = (datetime.now(UTC) - timedelta(days=29)).date().isoformat()
+    for group in ("model", "provider", "project"):
+        costs = await (await gateway.get("/api/costs", headers=admin_headers(), params={
+            "start_date": first, "end_date": today, "group_by": group})).json(
+            loads=lambda text: orjson.loads(re.sub(r'"total":([0-9.eE+-]+)', r'"total":"\1"',
+                                                   text)))
+        assert costs["groups"], group
+        for key, entry in costs["groups"].items():
+            assert tables[f"{group}:{key}"] == entry["total"], (group, key)
 
     shown = figures(await (await gateway.get(f"/dashboard/projects/{project['id']}")).text())
     forecast = await (await gateway.get("/api/costs/forecast", headers=headers)).text()

@@ -16,7 +16,6 @@ from gateway.http.analytics import (
     burn_rate_report,
     costs_report,
     forecast_report,
-    read_range,
     timeseries_report,
     usage_report,
 )
@@ -25,6 +24,7 @@ from gateway.pricing import format_usd
 HEADLINE = ("month_spend_usd", "month_budget_usd", "requests_today", "errors_today",
             "forecast_month_usd", "burn_rate_usd_per_day")
 TOP = 8  # rows in each "top" table
+DAYS = 30  # the overview's and a project's chart and top tables
 
 
 def exact(value: Decimal | int | None) -> str:
@@ -99,9 +99,17 @@ async def month_spend_by_project(conn: asyncpg.Connection, scope: Scope, tz_name
             if key != "unassigned"}
 
 
+def last_days(now: datetime, days: int = DAYS) -> tuple[datetime, datetime]:
+    """The last `days` whole UTC days, today included: [start, end). Whole days read only
+    usage_daily (today's row grows as traffic lands), never the hourly edges of a range that
+    starts mid-day; it is `?start_date=<first day>&end_date=<today>` in the JSON APIs."""
+    today = truncate(now.astimezone(UTC), "day")
+    return today - timedelta(days=days - 1), today + timedelta(days=1)
+
+
 async def spend(conn: asyncpg.Connection, scope: Scope, now: datetime) -> dict[str, Any]:
     """The last 30 days: spend per day and the top providers, models (and projects)."""
-    start, end = read_range({}, now)
+    start, end = last_days(now)
     series = await timeseries_report(conn, scope, start, end, "cost", "day")
     groups = ["provider", "model"] + (["project"] if scope.project_id is None else [])
     top = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -154,11 +154,9 @@ async def prices(request: web.Request) -> web.Response:
     who = await viewer(request)
     table = request.app[PRICES]
     now = datetime.now(UTC)
-    start = now - timedelta(days=30)
+    start, end = figures.last_days(now)
     async with connection(request) as conn:
-        seen = await analytics.rollup(conn, who.scope, analytics.truncate(start, "hour"),
-                                      analytics.truncate(now, "hour") + timedelta(hours=1),
-                                      keys=("provider", "model"))
+        seen = await analytics.rollup(conn, who.scope, start, end, keys=("provider", "model"))
     unpriced = sorted({(r["provider"], r["model"]) for r in seen if table.get(r["model"]) is None})
     return page(request, "prices.html", who, prices=sorted(table.models(),
                                                            key=lambda p: (p.provider, p.model)),
