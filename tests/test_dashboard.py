@@ -150,9 +150,10 @@ async def test_overview_figures_equal_the_json_apis(gateway: TestClient) -> None
     project, key = await create_project(gateway, monthly_budget_usd=25)
     other, _ = await create_project(gateway, monthly_budget_usd="7.5")
     headers = {"Authorization": f"Bearer {key}"}
-    for _ in range(3):
-        resp = await gateway.post("/v1/chat/completions", json=chat_body(), headers=headers)
-        assert resp.status == 200
+    for model in ("gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5"):
+        resp = await gateway.post("/v1/chat/completions", json=chat_body(model=model),
+                                  headers=headers)
+        assert resp.status == 200, await resp.text()
     await wait_for_rows(gateway, 3)
     await sign_in(gateway, ADMIN_TOKEN)
     shown = figures(await (await gateway.get("/dashboard")).text())
@@ -178,6 +179,8 @@ async def test_overview_figures_equal_the_json_apis(gateway: TestClient) -> None
             loads=lambda text: orjson.loads(re.sub(r'"total":([0-9.eE+-]+)', r'"total":"\1"',
                                                    text)))
         assert costs["groups"], group
+        assert [k for k in tables if k.startswith(f"{group}:")] == [
+            f"{group}:{key}" for key in costs["groups"]]  # the same rows, ranked the same
         for key, entry in costs["groups"].items():
             assert tables[f"{group}:{key}"] == entry["total"], (group, key)
 

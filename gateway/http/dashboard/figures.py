@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from gateway.analytics import Scope, truncate
+from gateway.analytics import Scope, Totals, rollup, truncate
+from gateway.analytics import names as project_names
 from gateway.budgets import month_start
 from gateway.http.analytics import (
     burn_rate_report,
@@ -111,10 +112,25 @@ async def spend(conn: asyncpg.Connection, scope: Scope, now: datetime) -> dict[s
     """The last 30 days: spend per day and the top providers, models (and projects)."""
     start, end = last_days(now)
     series = await timeseries_report(conn, scope, start, end, "cost", "day")
-    groups = ["provider", "model"] + (["project"] if scope.project_id is None else [])
-    top = {}
-    for group in groups:
-        report = await costs_report(conn, scope, start, end, group)
-        top[group] = list(report["groups"].items())[:TOP]
     return {"start": start, "end": end, "series": series["series"],
-            "total": series["aggregations"]["total"], "top": top}
+            "total": series["aggregations"]["total"],
+            "top": await _top(conn, scope, start, end)}
+
+
+async def _top(conn: asyncpg.Connection, scope: Scope, start: datetime,
+               end: datetime) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """The biggest spenders by provider, model and project: one rollup read grouped three
+    ways, each ranked as `/api/costs?group_by=...` ranks it (cost, then key)."""
+    groups: dict[str, dict[Any, Totals]] = {"provider": {}, "model": {}, "project": {}}
+    for row in await rollup(conn, scope, start, end, keys=("project_id", "provider", "model")):
+        for group, key in (("provider", row["provider"]), ("model", row["model"]),
+                           ("project", row["project_id"])):
+            groups[group].setdefault(key, Totals()).add(row)
+    names = await project_names(conn, "projects", list(groups["project"]))
+    top = {}
+    for group, totals in groups.items():
+        ranked = sorted(totals.items(), key=lambda kv: (-kv[1].cost, str(kv[0])))[:TOP]
+        top[group] = [(str(key), {"total": t.cost, "requests": t.requests,
+                                  "name": names.get(key) if group == "project" else None})
+                      for key, t in ranked]
+    return top
