@@ -79,6 +79,19 @@ async def test_admin_sign_in_sets_a_strict_signed_cookie(gateway: TestClient) ->
                                                "forecast_month_usd"}
 
 
+async def test_sign_in_goes_back_to_a_dashboard_page_only(gateway: TestClient) -> None:
+    for asked, target in (("/dashboard/prices", "/dashboard/prices"),
+                          ("https://evil.example/", "/dashboard"),
+                          ("//evil.example/dashboard", "/dashboard"),
+                          ("/dashboard\r\nSet-Cookie: x=1", "/dashboard"),
+                          ("/dashboard/../api/admin/projects", "/dashboard")):
+        gateway.session.cookie_jar.clear()
+        html = await (await gateway.get("/dashboard/login")).text()
+        resp = await gateway.post("/dashboard/login", data={
+            "csrf": csrf_of(html), "token": ADMIN_TOKEN, "next": asked}, allow_redirects=False)
+        assert resp.status == 303 and resp.headers["Location"] == target, asked
+
+
 async def test_a_wrong_token_is_refused(gateway: TestClient) -> None:
     resp = await sign_in(gateway, "not-the-token")
     assert resp.status == 401

@@ -23,19 +23,21 @@ from gateway.pipeline.authenticate import authenticate
 
 
 def _next(value: Any) -> str:
-    """Where to go after signing in: a dashboard path only (never another host)."""
-    if isinstance(value, str) and value.startswith("/dashboard") and "//" not in value \
-            and "\\" not in value:
+    """Where to go after signing in: a dashboard path only (never another host, nothing that
+    could break out of the Location header)."""
+    if (isinstance(value, str) and value.startswith("/dashboard") and "//" not in value
+            and "\\" not in value and ".." not in value and value.isascii()
+            and value.isprintable()):
         return value
     return "/dashboard"
 
 
-async def login_page(request: web.Request, *, error: str | None = None,
-                     status: int = 200) -> web.Response:
+async def login_page(request: web.Request, *, error: str | None = None, status: int = 200,
+                     after: Any = None) -> web.Response:
     signer = request.app[DASHBOARD]
     token, fresh = signer.login_token(request)
     response = page(request, "login.html", None, status=status, error=error, login_csrf=token,
-                    next=_next(request.query.get("next")))
+                    next=_next(after if after is not None else request.query.get("next")))
     if fresh:
         signer.set_login_cookie(response, token)
     return response
@@ -62,7 +64,7 @@ async def login(request: web.Request) -> web.Response:
     try:
         principal = await authenticate(request.app[KEYSTORE], {"Authorization": f"Bearer {token}"})
     except Unauthorized:
-        return await login_page(request, status=401,
+        return await login_page(request, status=401, after=form.get("next"),
                                 error="That is neither the admin token nor a valid project key.")
     signer.start(response, project_id=principal.project.id, key_id=principal.key_id)
     raise response
