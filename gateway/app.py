@@ -7,7 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
+import aiohttp_jinja2
 import asyncpg
+import jinja2
 import structlog
 from aiohttp import web
 
@@ -18,6 +20,9 @@ from gateway.catalogue import Catalogue
 from gateway.credentials import ProjectCredentials, SecretBox
 from gateway.entries.base import Limits
 from gateway.health import Readiness
+from gateway.http.dashboard import filters
+from gateway.http.dashboard.assets import TEMPLATES_DIR
+from gateway.http.dashboard.session import Signer
 from gateway.http.metrics import metrics_middleware
 from gateway.http.quota import add_rate_headers
 from gateway.idempotency import create_claims
@@ -27,6 +32,7 @@ from gateway.keys import (
     CATALOGUE,
     CLAIMS,
     CREDENTIALS,
+    DASHBOARD,
     DATABASE_START,
     DSN,
     KEYSTORE,
@@ -94,6 +100,10 @@ def build_app(settings: Settings) -> web.Application:
         stale_serve_s=settings.auth.stale_serve_s)
     app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _webhooks,
                             _limits, _pipeline])
+    app[DASHBOARD] = Signer(settings)
+    # Autoescaped: whatever a client sent (metadata, model and project names) renders as text.
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+                         undefined=jinja2.StrictUndefined, filters=filters.FILTERS)
     app.on_response_prepare.extend([add_request_id, add_rate_headers])
     setup_routes(app)
     return app

@@ -73,6 +73,7 @@ class Account:
     trusted_until: float = 0.0  # monotonic time until which the lease may be spent from
     synced_at: float = 0.0      # monotonic time of the last successful exchange
     retry_at: float = 0.0       # after a failed exchange: no new one before this
+    lowered: bool = False       # the limit went down: hand the lease back before using it
     last_activity: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -144,6 +145,8 @@ class BudgetBook:
         account = self._accounts.get(key)
         if account is None:
             account = self._accounts[key] = Account(scope, scope_id, period, limit)
+        if limit < account.limit:  # what we hold may be more than the new limit leaves
+            account.lowered = True
         account.limit = limit  # an admin may have changed it
         return account
 
@@ -184,10 +187,10 @@ class BudgetBook:
             await self._sync_or_unavailable(account)
 
     async def _sync_or_unavailable(self, account: Account, *, want: Decimal = ZERO,
-                                   need: Decimal = ZERO) -> None:
+                                   need: Decimal = ZERO, give_back: bool = False) -> None:
         """`_sync`, or 503 `budget_unavailable` (no new try for a moment) if it fails."""
         try:
-            await self._sync(account, want=want, need=need)
+            await self._sync(account, want=want, need=need, give_back=give_back)
         except DB_ERRORS as exc:
             account.retry_at = time.monotonic() + RETRY_AFTER_FAILURE_S
             log.warning("budget_unavailable", scope=account.scope,
@@ -208,10 +211,16 @@ class BudgetBook:
             account.last_activity = now
 
     async def _reserve_one(self, account: Account, amount: Decimal) -> bool:
-        if account.available >= amount and time.monotonic() < account.trusted_until:
+        if (account.available >= amount and time.monotonic() < account.trusted_until
+                and not account.lowered):
             account.reserved += amount
             return True
         async with account.lock:  # one lease request at a time per budget
+            if account.lowered:  # lease again under the new limit, from what is left of it
+                if time.monotonic() < account.retry_at:
+                    raise _unavailable(account)
+                await self._sync_or_unavailable(account, give_back=True)
+                account.lowered = False
             now = time.monotonic()
             if account.available < amount or now >= account.trusted_until:
                 if now < account.retry_at:  # the store just failed: do not queue behind it

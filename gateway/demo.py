@@ -36,7 +36,8 @@ async def with_demo_defaults(settings: Settings) -> tuple[Settings, web.AppRunne
             providers[name] = dataclasses.replace(providers[name], base_url=url, api_key=key)
     auth = settings.auth
     if not auth.admin_token:
-        auth = dataclasses.replace(auth, admin_token=secrets.token_urlsafe(24))
+        auth = dataclasses.replace(auth, admin_token=ensure_admin_token(
+            settings.database.data_dir))
     return dataclasses.replace(settings, providers=providers, auth=auth), runner
 
 
@@ -61,6 +62,17 @@ async def ensure_demo_key(pool: asyncpg.Pool, data_dir: Path) -> str:
     return key
 
 
+def ensure_admin_token(data_dir: Path) -> str:
+    """The demo's admin token, kept in `data_dir/admin-token` (0600) so that it, and the
+    dashboard sign-ins made with it, survive restarts."""
+    token_file = data_dir / "admin-token"
+    token = _read_key(token_file)
+    if not token:
+        token = secrets.token_urlsafe(24)
+        _write_key(token_file, token)
+    return token
+
+
 def _read_key(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -79,6 +91,7 @@ def banner(url: str, key: str, admin_token: str, upstream: str) -> str:
     return f"""
   AI cost gateway is running at {url}
   provider upstream: {upstream}
+  dashboard:         {url}/dashboard  (sign in with the admin token or the demo key)
   demo project key:  {key}
   admin token:       {admin_token}
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.alerts import AlertHook
     from gateway.credentials import ProjectCredentials
     from gateway.health import Readiness
+    from gateway.http.dashboard.session import Signer
     from gateway.idempotency import ClaimStore
     from gateway.pipeline.runner import ProxyPipeline
     from gateway.providers.base import Upstream
@@ -56,6 +57,7 @@ WEBHOOKS: web.AppKey[WebhookWorker] = web.AppKey("webhooks")
 ALERTS: web.AppKey[AlertHook] = web.AppKey("alerts")
 CATALOGUE = web.AppKey("catalogue", Catalogue)  # config/models.toml, for the smart router
 OBSERVED = web.AppKey("observed", Observations)  # latency and errors by provider and model
+DASHBOARD: web.AppKey[Signer] = web.AppKey("dashboard")  # signs dashboard sessions
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)
 # The rate-limit headers of an admitted API call (`http/quota.py`), for its answer.

@@ -36,6 +36,8 @@ class Price:
     max_output_tokens: int | None = None
     effective_from: date | None = None
     cache_write_input: Decimal | None = None  # None: cache writes cost the input price
+    source: str | None = None  # where the price was read (the table's `source`)
+    source_date: date | None = None  # when it was last checked there
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,10 @@ def _price(name: str, entry: Any) -> Price:
         amounts[key] = Decimal(value)
     max_output = entry.get("max_output_tokens")
     effective = entry.get("effective_from")
+    checked = entry.get("source_date")
     return Price(name, str(entry["provider"]), amounts["input"], amounts["cached_input"],
                  amounts["output"], int(max_output) if max_output is not None else None,
                  effective if isinstance(effective, date) else None,
-                 amounts["cache_write_input"] if "cache_write_input" in entry else None)
+                 amounts["cache_write_input"] if "cache_write_input" in entry else None,
+                 str(entry["source"]) if "source" in entry else None,
+                 checked if isinstance(checked, date) else None)

@@ -24,6 +24,7 @@ from gateway.http import (
     track,
     webhooks,
 )
+from gateway.http.dashboard import assets, forms, pages
 from gateway.http.faces import codingvibez as cv
 from gateway.http.faces import codingvibez_costs as cv_costs
 from gateway.http.faces import codingvibez_status as cv_status
@@ -120,3 +121,29 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/admin/projects/{id}/alerts", webhooks.get_alerts)
     app.router.add_get("/api/admin/ledger/dead-letters", ledger.list_dead_letters)
     app.router.add_post("/api/admin/ledger/dead-letters/replay", ledger.replay_dead_letters)
+
+    setup_dashboard_routes(app)
+
+
+def setup_dashboard_routes(app: web.Application) -> None:
+    """The web dashboard: pages (GET), the forms they post, its own static files."""
+    app.router.add_get("/dashboard", pages.overview)
+    app.router.add_get("/dashboard/live", pages.live)
+    app.router.add_get("/dashboard/projects", pages.project_list)
+    app.router.add_get("/dashboard/projects/{id}", pages.project_detail)
+    app.router.add_get("/dashboard/teams", pages.teams)
+    app.router.add_get("/dashboard/requests", pages.requests)
+    app.router.add_get("/dashboard/requests/{id}", pages.request_detail)
+    app.router.add_get("/dashboard/webhooks", pages.webhook_list)
+    app.router.add_get("/dashboard/prices", pages.prices)
+    app.router.add_get("/dashboard/health", pages.health)
+    app.router.add_get("/dashboard/login", forms.login_form)
+    app.router.add_post("/dashboard/login", forms.login)
+    app.router.add_post("/dashboard/logout", forms.logout)
+    app.router.add_post("/dashboard/projects/{id}/keys", forms.issue_key)
+    app.router.add_post("/dashboard/keys/{id}/revoke", forms.revoke_key)
+    app.router.add_post("/dashboard/projects/{id}/budget", forms.set_budget)
+    app.router.add_post("/dashboard/projects/{id}/allow-lists", forms.set_allow_lists)
+    app.router.add_post("/dashboard/projects/{id}/alerts", forms.set_alerts)
+    app.router.add_post("/dashboard/webhooks/{id}/test", forms.test_webhook)
+    app.router.add_get("/dashboard/static/{name}", assets.static_handler())

@@ -275,6 +275,14 @@ KNOWN_PROVIDERS = tuple(BUILTIN_PROVIDERS)
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    session_ttl_s: float = _opt(8 * 3600.0, minimum=60)  # a sign-in lasts this long
+    # Secure cookies (sent over HTTPS only); also on whenever server.public_url is https.
+    secure_cookies: bool = _opt(False)
+    refresh_s: float = _opt(2.0, minimum=0.5)  # how often open pages poll for new figures
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -289,6 +297,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
 
     def provider(self, name: str) -> ProviderSettings:
@@ -309,6 +318,7 @@ _SECTIONS: dict[str, type] = {
     "webhooks": WebhookSettings,
     "routing": RoutingSettings,
     "secrets": SecretsSettings,
+    "dashboard": DashboardSettings,
 }
 _ENV_ALIASES = {
     "GATEWAY_DATABASE_URL": ("database", "url"),

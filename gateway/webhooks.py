@@ -40,7 +40,7 @@ import structlog
 
 from gateway.credentials import SecretBox, UnsealError
 from gateway.db import bounded_connection
-from gateway.errors import NotFound
+from gateway.errors import Conflict, NotFound
 from gateway.settings import WebhookSettings
 
 log = structlog.get_logger(__name__)
@@ -329,6 +329,19 @@ async def delete_endpoint(conn: asyncpg.Connection, endpoint_id: uuid.UUID) -> N
     status = await conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", endpoint_id)
     if status != "DELETE 1":
         raise NotFound(f"webhook {endpoint_id} does not exist")
+
+
+async def queue_test(conn: asyncpg.Connection, endpoint_id: uuid.UUID) -> uuid.UUID:
+    """Queue a `webhook.test` event for this endpoint alone (409 while it is disabled)."""
+    view = await get_endpoint(conn, endpoint_id)
+    if not view["enabled"]:
+        raise Conflict(f"webhook {endpoint_id} is disabled; enable it first",
+                       code="webhook_disabled")
+    event_id, _ = await enqueue(
+        conn, TEST_EVENT, view["project_id"],
+        {"message": "test event from the AI cost gateway", "webhook_id": endpoint_id},
+        endpoint_id=endpoint_id)
+    return event_id
 
 
 async def list_deliveries(conn: asyncpg.Connection, endpoint_id: uuid.UUID,

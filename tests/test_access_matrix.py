@@ -25,6 +25,10 @@ PUBLIC = "public"  # anyone
 ADMIN = "admin"  # the admin token only
 PROJECT_OR_ADMIN = "project_or_admin"  # a key for its own project; the admin token for any
 PROXY = "proxy"  # a project key only (the proxy entries authenticate in the pipeline)
+# The web dashboard: a signed session cookie, never a bearer credential. Without a session a
+# page redirects to the sign-in page (303) and a form post is refused (403), whatever
+# Authorization header comes with it (tests/test_dashboard.py covers signed-in sessions).
+DASHBOARD = "dashboard"
 
 # How a project-scoped route names the project it is about: the other project's key naming
 # it must be refused with 403. None: the route is about no project (any valid key passes).
@@ -114,6 +118,26 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/api/admin/projects/{id}/alerts"): (ADMIN, None),
     ("GET", "/api/admin/ledger/dead-letters"): (ADMIN, None),
     ("POST", "/api/admin/ledger/dead-letters/replay"): (ADMIN, None),
+    ("GET", "/dashboard"): (DASHBOARD, None),
+    ("GET", "/dashboard/live"): (DASHBOARD, None),
+    ("GET", "/dashboard/projects"): (DASHBOARD, None),
+    ("GET", "/dashboard/projects/{id}"): (DASHBOARD, None),
+    ("GET", "/dashboard/teams"): (DASHBOARD, None),
+    ("GET", "/dashboard/requests"): (DASHBOARD, None),
+    ("GET", "/dashboard/requests/{id}"): (DASHBOARD, None),
+    ("GET", "/dashboard/webhooks"): (DASHBOARD, None),
+    ("GET", "/dashboard/prices"): (DASHBOARD, None),
+    ("GET", "/dashboard/health"): (DASHBOARD, None),
+    ("GET", "/dashboard/login"): (PUBLIC, None),
+    ("POST", "/dashboard/login"): (DASHBOARD, None),  # needs the sign-in form's CSRF token
+    ("POST", "/dashboard/logout"): (DASHBOARD, None),
+    ("POST", "/dashboard/projects/{id}/keys"): (DASHBOARD, None),
+    ("POST", "/dashboard/keys/{id}/revoke"): (DASHBOARD, None),
+    ("POST", "/dashboard/projects/{id}/budget"): (DASHBOARD, None),
+    ("POST", "/dashboard/projects/{id}/allow-lists"): (DASHBOARD, None),
+    ("POST", "/dashboard/projects/{id}/alerts"): (DASHBOARD, None),
+    ("POST", "/dashboard/webhooks/{id}/test"): (DASHBOARD, None),
+    ("GET", "/dashboard/static/{name}"): (PUBLIC, None),
 }
 
 # Bodies valid but for the project, so a 403 for another project's key is about access alone.
@@ -152,8 +176,10 @@ def _declared_routes() -> list[tuple[str, str]]:
 ROUTES = _declared_routes()
 
 
-def expected(level: str, scope: str | None, case: str) -> set[int] | None:
+def expected(level: str, scope: str | None, case: str, method: str = "GET") -> set[int] | None:
     """The statuses a case may get; None: it passes authentication (anything but 401/403)."""
+    if level == DASHBOARD:
+        return {303} if method == "GET" else {403}
     if level == PUBLIC or (case == "own_key" and level != ADMIN):
         return None
     if case == "admin_token":
@@ -182,16 +208,16 @@ class World:
         self.ids: dict[str, int | str] = {}
 
     def path(self, template: str) -> str:
-        if template.startswith("/api/admin/keys/"):
+        if template.startswith(("/api/admin/keys/", "/dashboard/keys/")):
             kind = "spare_key"
         elif template.startswith("/api/admin/teams/"):
             kind = "team"
-        elif template.startswith("/api/admin/webhooks/"):
+        elif template.startswith(("/api/admin/webhooks/", "/dashboard/webhooks/")):
             kind = "webhook"
         else:
             kind = "project"
         return template.format(id=self.ids[kind], project_id=self.ids["project"],
-                               provider="openai")
+                               provider="openai", name="dashboard.css")
 
 
 async def _key(client: TestClient, project_id: int) -> dict[str, Any]:
@@ -239,7 +265,7 @@ async def _call(client: TestClient, world: World, method: str, template: str,
         if scope == BODY:
             body["project_id"] = world.project["id"]
     resp = await client.request(method, world.path(template), params=params, json=body,
-                                headers=headers)
+                                headers=headers, allow_redirects=False)
     return resp.status, await resp.text()
 
 
@@ -251,7 +277,7 @@ async def test_access_matrix(gateway: TestClient, method: str, template: str) ->
     wrong = []
     for case in CASES[:4] + CASES[5:] + CASES[4:5]:
         status, text = await _call(gateway, world, method, template, scope, world.headers[case])
-        allowed = expected(level, scope, case)
+        allowed = expected(level, scope, case, method)
         ok = status < 500 and (status not in (401, 403) if allowed is None
                                else status in allowed)
         secret = world.secrets.get(case)

@@ -206,3 +206,21 @@ async def test_a_team_budget_holds_over_its_projects(gateway: TestClient) -> Non
                               json={"monthly_budget_usd": 1})).status == 404
     assert (await gateway.put(f"/api/admin/teams/{team_id}/budget", headers=admin_headers(),
                               json={"limit": 1})).status == 400
+
+
+async def test_a_lowered_budget_holds_at_the_next_call(gateway: TestClient) -> None:
+    """The lease this process holds under the old, higher limit is handed back first."""
+    project, key = await create_project(gateway, monthly_budget_usd=100)
+    assert (await gateway.post("/v1/chat/completions", json=chat_body(),
+                               headers=auth(key))).status == 200
+    resp = await gateway.put(f"/api/admin/projects/{project['id']}/budget",
+                             headers=admin_headers(), json={"monthly_budget_usd": 0})
+    assert resp.status == 200
+    statuses = []
+    for _ in range(20):  # the key cache learns the new budget by NOTIFY: a moment at most
+        resp = await gateway.post("/v1/chat/completions", json=chat_body(), headers=auth(key))
+        statuses.append(resp.status)
+        if resp.status == 402:
+            break
+        await asyncio.sleep(0.05)
+    assert statuses[-1] == 402 and statuses.count(200) <= 1, statuses

@@ -125,18 +125,23 @@ def _costs(groups: dict[Any, Totals]) -> dict[str, Decimal]:
 
 async def usage(request: web.Request) -> web.Response:
     scope, query = await read_scope(request, USAGE_PARAMS)
-    return exact_json(await usage_report(request, scope, query))
+    return exact_json(await usage_answer(request, scope, query))
 
 
-async def usage_report(request: web.Request, scope: Scope,
+async def usage_answer(request: web.Request, scope: Scope,
                        query: Query) -> dict[str, Any]:
     """Requests, tokens and cost per period, with totals by provider and by model."""
     start, end = read_range(query, datetime.now(UTC))
     unit = checks.choice(query, "group_by", UNITS, "day")
     _check_hourly(unit, "group_by", start, end)
     async with connection(request) as conn:
-        rows = await analytics.rollup(conn, scope, start, end, unit=unit,
-                                      keys=("provider", "model"))
+        return await usage_report(conn, scope, start, end, unit)
+
+
+async def usage_report(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime,
+                       unit: str) -> dict[str, Any]:
+    """`GET /api/analytics/usage`'s answer (the dashboard renders the same one)."""
+    rows = await analytics.rollup(conn, scope, start, end, unit=unit, keys=("provider", "model"))
     total = Totals()
     providers: dict[str, Totals] = defaultdict(Totals)
     models: dict[str, Totals] = defaultdict(Totals)
@@ -168,10 +173,10 @@ def _metric(totals: Totals, metric: str) -> int | Decimal:
 
 async def timeseries(request: web.Request) -> web.Response:
     scope, query = await read_scope(request, TIMESERIES_PARAMS)
-    return exact_json(await timeseries_report(request, scope, query))
+    return exact_json(await timeseries_answer(request, scope, query))
 
 
-async def timeseries_report(request: web.Request, scope: Scope,
+async def timeseries_answer(request: web.Request, scope: Scope,
                             query: Query) -> dict[str, Any]:
     """One metric per interval, gaps filled with zeros, and its aggregations."""
     start, end = read_range(query, datetime.now(UTC))
@@ -179,7 +184,13 @@ async def timeseries_report(request: web.Request, scope: Scope,
     unit = checks.choice(query, "interval", UNITS, "day")
     _check_hourly(unit, "interval", start, end)
     async with connection(request) as conn:
-        rows = await analytics.rollup(conn, scope, start, end, unit=unit)
+        return await timeseries_report(conn, scope, start, end, metric, unit)
+
+
+async def timeseries_report(conn: asyncpg.Connection, scope: Scope, start: datetime,
+                            end: datetime, metric: str, unit: str) -> dict[str, Any]:
+    """`GET /api/analytics/timeseries`'s answer."""
+    rows = await analytics.rollup(conn, scope, start, end, unit=unit)
     points = {bucket: Totals() for bucket in buckets(start, end, unit)}
     for row in rows:
         points.setdefault(row["bucket"], Totals()).add(row)
@@ -209,21 +220,25 @@ def _rates(totals: Totals, hours: Decimal) -> dict[str, Any]:
 
 async def burn_rate(request: web.Request) -> web.Response:
     scope, query = await read_scope(request, BURN_RATE_PARAMS)
-    return exact_json(await burn_rate_report(request, scope, query))
+    return exact_json(await burn_rate_answer(request, scope, query))
 
 
-async def burn_rate_report(request: web.Request, scope: Scope,
+async def burn_rate_answer(request: web.Request, scope: Scope,
                            query: Query) -> dict[str, Any]:
     """Tokens and cost per hour and per day over the last `hours` hours (the current hour
     included, so far), and the current rate: the last complete hour and the current one."""
     hours = checks.whole_param(query, "hours", 1, MAX_BURN_HOURS, 24)
-    now = datetime.now(UTC)
+    async with connection(request) as conn:
+        return await burn_rate_report(conn, scope, hours, datetime.now(UTC))
+
+
+async def burn_rate_report(conn: asyncpg.Connection, scope: Scope, hours: int,
+                           now: datetime) -> dict[str, Any]:
+    """`GET /api/analytics/burn-rate`'s answer."""
     current = truncate(now, "hour")
     start = current - timedelta(hours=hours - 1)
-    async with connection(request) as conn:
-        rows = await analytics.rollup(conn, scope, min(start, current - timedelta(hours=1)),
-                                      current + timedelta(hours=1), unit="hour",
-                                      keys=("provider",))
+    rows = await analytics.rollup(conn, scope, min(start, current - timedelta(hours=1)),
+                                  current + timedelta(hours=1), unit="hour", keys=("provider",))
     window, recent = Totals(), Totals()
     providers: dict[str, Totals] = defaultdict(Totals)
     hourly = {bucket: Totals() for bucket in buckets(start, current + timedelta(hours=1), "hour")}
@@ -269,10 +284,10 @@ def _group_by(value: str) -> tuple[str, str]:
 
 async def costs(request: web.Request) -> web.Response:
     scope, query = await read_scope(request, COSTS_PARAMS)
-    return exact_json(await costs_report(request, scope, query))
+    return exact_json(await costs_answer(request, scope, query))
 
 
-async def costs_report(request: web.Request, scope: Scope,
+async def costs_answer(request: web.Request, scope: Scope,
                        query: Query) -> dict[str, Any]:
     """Cost, tokens and requests by provider, model, project, team, period or metadata key."""
     start, end = read_range(query, datetime.now(UTC))
@@ -280,23 +295,30 @@ async def costs_report(request: web.Request, scope: Scope,
     kind, what = _group_by(raw_group)
     if kind == "time":
         _check_hourly(what, "group_by", start, end)
+    async with connection(request) as conn:
+        return await costs_report(conn, scope, start, end, raw_group)
+
+
+async def costs_report(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime,
+                       raw_group: str) -> dict[str, Any]:
+    """`GET /api/costs`'s answer, grouped by `raw_group` (checked by the caller)."""
+    kind, what = _group_by(raw_group)
     groups: dict[Any, Totals] = {}
     named: dict[int, str] = {}
-    async with connection(request) as conn:
-        if kind == "metadata":
-            for row in await analytics.metadata_groups(conn, scope, start, end, what):
-                key = NO_VALUE if row["key"] is None else row["key"]
-                groups.setdefault(key, Totals()).add(row)
-        elif kind == "time":
-            groups = {bucket: Totals() for bucket in buckets(start, end, what)}
-            for row in await analytics.rollup(conn, scope, start, end, unit=what):
-                groups.setdefault(row["bucket"], Totals()).add(row)
-        else:
-            for row in await analytics.rollup(conn, scope, start, end, keys=(what,)):
-                groups.setdefault(row[what], Totals()).add(row)
-        if kind == "key" and what in ("project_id", "team_id"):
-            table = "projects" if what == "project_id" else "teams"
-            named = await analytics.names(conn, table, [k for k in groups if k is not None])
+    if kind == "metadata":
+        for row in await analytics.metadata_groups(conn, scope, start, end, what):
+            key = NO_VALUE if row["key"] is None else row["key"]
+            groups.setdefault(key, Totals()).add(row)
+    elif kind == "time":
+        groups = {bucket: Totals() for bucket in buckets(start, end, what)}
+        for row in await analytics.rollup(conn, scope, start, end, unit=what):
+            groups.setdefault(row["bucket"], Totals()).add(row)
+    else:
+        for row in await analytics.rollup(conn, scope, start, end, keys=(what,)):
+            groups.setdefault(row[what], Totals()).add(row)
+    if kind == "key" and what in ("project_id", "team_id"):
+        table = "projects" if what == "project_id" else "teams"
+        named = await analytics.names(conn, table, [k for k in groups if k is not None])
     order = (sorted(groups.items()) if kind == "time"
              else sorted(groups.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))))
     total = Totals()
@@ -339,17 +361,24 @@ async def _budget(conn: asyncpg.Connection, scope: Scope) -> Decimal | None:
 
 async def forecast(request: web.Request) -> web.Response:
     scope, _ = await read_scope(request, FORECAST_PARAMS)
-    return exact_json(await forecast_report(request, scope))
+    return exact_json(await forecast_answer(request, scope))
 
 
-async def forecast_report(request: web.Request, scope: Scope) -> dict[str, Any]:
+async def forecast_answer(request: web.Request, scope: Scope) -> dict[str, Any]:
     """This month's spend projected to its end (method: `analytics.forecast_month`), against
     the project's budget (the team's with `team_id`; none for everything). Months and days
     follow budgets.timezone; they are cut from hourly rollups, so in a zone with a
     fractional-hour offset the hour that straddles midnight counts for the day it starts."""
     tz_name = request.app[SETTINGS].budgets.timezone
+    async with connection(request) as conn:
+        return await forecast_report(conn, scope, tz_name, datetime.now(UTC))
+
+
+async def forecast_report(conn: asyncpg.Connection, scope: Scope, tz_name: str,
+                          now: datetime) -> dict[str, Any]:
+    """`GET /api/costs/forecast`'s answer: the month around `now` in zone `tz_name`."""
     tz = ZoneInfo(tz_name)
-    now = datetime.now(tz)
+    now = now.astimezone(tz)
     today = now.date()
     month = today.replace(day=1)
     next_month = (month + timedelta(days=32)).replace(day=1)
@@ -357,9 +386,8 @@ async def forecast_report(request: web.Request, scope: Scope) -> dict[str, Any]:
     day_start = datetime.combine(today, time(), tz)
     day_length = datetime.combine(today + timedelta(days=1), time(), tz) - day_start
     elapsed = Decimal((now - day_start) / day_length)
-    async with connection(request) as conn:
-        budget = await _budget(conn, scope)
-        rows = await analytics.rollup(conn, scope, start, end, unit="day", tz=tz_name)
+    budget = await _budget(conn, scope)
+    rows = await analytics.rollup(conn, scope, start, end, unit="day", tz=tz_name)
     daily: dict[date, Decimal] = defaultdict(lambda: ZERO)
     for row in rows:
         daily[row["bucket"].date()] = analytics.EXACT.add(daily[row["bucket"].date()],
@@ -388,34 +416,39 @@ async def forecast_report(request: web.Request, scope: Scope) -> dict[str, Any]:
 async def teams_usage(request: web.Request) -> web.Response:
     who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
     query = read_query(request, TEAMS_USAGE_PARAMS)
-    return exact_json(await teams_usage_report(request, who, query))
+    return exact_json(await teams_usage_answer(request, who, query))
 
 
-async def teams_usage_report(request: web.Request, who: Caller,
+async def teams_usage_answer(request: web.Request, who: Caller,
                              query: Query) -> dict[str, Any]:
     """Spend per team (the team a project belonged to when its usage arrived)."""
     scope = scope_of(who, query)
     start, end = read_range(query, datetime.now(UTC))
+    async with connection(request) as conn:
+        return await teams_report(conn, scope, start, end, admin=who.admin)
+
+
+async def teams_report(conn: asyncpg.Connection, scope: Scope, start: datetime, end: datetime,
+                       *, admin: bool) -> dict[str, Any]:
+    """`GET /api/teams/usage`'s answer (budgets and project counts for the admin only)."""
     teams: dict[int | None, Totals] = defaultdict(Totals)
     models: dict[int | None, dict[str, Totals]] = defaultdict(lambda: defaultdict(Totals))
-    admin = who.admin
     info: dict[int, Any] = {}
-    async with connection(request) as conn:
-        for row in await analytics.rollup(conn, scope, start, end, keys=("team_id", "model")):
-            teams[row["team_id"]].add(row)
-            models[row["team_id"]][row["model"]].add(row)
-        if admin:
-            listed = await conn.fetch(
-                """SELECT t.id, t.name, t.monthly_budget_usd, count(p.id) AS projects
-                   FROM teams t LEFT JOIN projects p ON p.team_id = t.id
-                   WHERE $1::bigint IS NULL OR t.id = $1 GROUP BY t.id""", scope.team_id)
-            info = {row["id"]: row for row in listed}
-            if scope.project_id is None and scope.provider is None and scope.model is None:
-                for known in info:
-                    teams.setdefault(known, Totals())
-        else:
-            named = await analytics.names(conn, "teams", [t for t in teams if t is not None])
-            info = {team_id: {"name": name} for team_id, name in named.items()}
+    for row in await analytics.rollup(conn, scope, start, end, keys=("team_id", "model")):
+        teams[row["team_id"]].add(row)
+        models[row["team_id"]][row["model"]].add(row)
+    if admin:
+        listed = await conn.fetch(
+            """SELECT t.id, t.name, t.monthly_budget_usd, count(p.id) AS projects
+               FROM teams t LEFT JOIN projects p ON p.team_id = t.id
+               WHERE $1::bigint IS NULL OR t.id = $1 GROUP BY t.id""", scope.team_id)
+        info = {row["id"]: row for row in listed}
+        if scope.project_id is None and scope.provider is None and scope.model is None:
+            for known in info:
+                teams.setdefault(known, Totals())
+    else:
+        named = await analytics.names(conn, "teams", [t for t in teams if t is not None])
+        info = {team_id: {"name": name} for team_id, name in named.items()}
     entries = []
     for team_id, totals in sorted(teams.items(), key=lambda kv: (-kv[1].cost, str(kv[0]))):
         meta = info.get(team_id) if team_id is not None else None

@@ -9,7 +9,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import alerts, checks, projects, webhooks
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.errors import BadRequest, NotFound
 from gateway.http.access import Access, caller
 from gateway.http.database import connection
 from gateway.http.json import int_param, json_response, read_json
@@ -138,14 +138,7 @@ async def test_webhook(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     endpoint_id = _endpoint_id(request)
     async with connection(request) as conn:
-        view = await webhooks.get_endpoint(conn, endpoint_id)
-        if not view["enabled"]:
-            raise Conflict(f"webhook {endpoint_id} is disabled; enable it first",
-                           code="webhook_disabled")
-        event_id, _ = await webhooks.enqueue(
-            conn, webhooks.TEST_EVENT, view["project_id"],
-            {"message": "test event from the AI cost gateway", "webhook_id": endpoint_id},
-            endpoint_id=endpoint_id)
+        event_id = await webhooks.queue_test(conn, endpoint_id)
     if WEBHOOKS in request.app:
         request.app[WEBHOOKS].wake()
     return json_response({"event_id": str(event_id), "status": "queued"}, status=202)

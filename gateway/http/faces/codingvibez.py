@@ -91,10 +91,10 @@ async def stats(request: web.Request) -> web.Response:
     """`GET /api/tokens/stats`: this month's budget (the whole project's spend against it),
     the end-of-month projection and usage (of `provider` alone when given)."""
     scope, _ = await read_scope(request, reports.FORECAST_PARAMS)
-    report = await reports.forecast_report(request, scope)
+    report = await reports.forecast_answer(request, scope)
     whole = report
     if scope.provider is not None or scope.model is not None:
-        whole = await reports.forecast_report(
+        whole = await reports.forecast_answer(
             request, dataclasses.replace(scope, provider=None, model=None))
     limit, used = whole["budget_impact"]["budget_limit"], whole["current_spend"]
     async with connection(request) as conn:
@@ -120,7 +120,7 @@ async def timeseries(request: web.Request) -> web.Response:
     """`GET /api/tokens/timeseries`: tokens (by default) per day, gaps as zeros."""
     scope, query = await read_scope(request, reports.TIMESERIES_PARAMS)
     query.setdefault("metric", "tokens")
-    report = await reports.timeseries_report(request, scope, query)
+    report = await reports.timeseries_answer(request, scope, query)
     return envelope(request, {
         "series": [{"date": point["date"], "totalTokens": point["total_tokens"],
                     "cost": point["cost"], "requests": point["requests"],
@@ -133,7 +133,7 @@ async def timeseries(request: web.Request) -> web.Response:
 async def burn_rate(request: web.Request) -> web.Response:
     """`GET /api/tokens/burn-rate`: rates over the last `hours`, and by service."""
     scope, query = await read_scope(request, reports.BURN_RATE_PARAMS)
-    report = await reports.burn_rate_report(request, scope, query)
+    report = await reports.burn_rate_answer(request, scope, query)
     return envelope(request, camel({
         "burn_rate": report["burn_rate"], "current_rate": report["current_rate"],
         "by_service": report["by_provider"], "hours": report["hours"],
@@ -145,7 +145,7 @@ async def burn_rate(request: web.Request) -> web.Response:
 async def analytics_series(request: web.Request) -> web.Response:
     """`GET /api/analytics`: cost, tokens and requests per period, totals and averages."""
     scope, query = await read_scope(request, reports.USAGE_PARAMS)
-    report = await reports.usage_report(request, scope, query)
+    report = await reports.usage_answer(request, scope, query)
     periods = report["periods"]
     series = [{"date": p["period"], "cost": p["cost"], "tokens": p["total_tokens"],
                "requests": p["requests"]} for p in periods]
@@ -164,14 +164,14 @@ async def analytics_series(request: web.Request) -> web.Response:
 async def projections(request: web.Request) -> web.Response:
     """`GET /api/projections`: the end-of-month forecast and its budget impact."""
     scope, _ = await read_scope(request, reports.FORECAST_PARAMS)
-    return envelope(request, camel(await reports.forecast_report(request, scope)))
+    return envelope(request, camel(await reports.forecast_answer(request, scope)))
 
 
 async def dashboard(request: web.Request) -> web.Response:
     """`GET /api/dashboard`: this and last month's cost, token usage, top models, the budget
     and the latest fired alerts; costs paid outside the gateway shown beside, not added."""
     scope, _ = await read_scope(request, reports.FORECAST_PARAMS)
-    report = await reports.forecast_report(request, scope)
+    report = await reports.forecast_answer(request, scope)
     now = datetime.now(UTC)
     this_month = month_start(now)
     last_month = previous_month(this_month)

@@ -31,7 +31,7 @@ async def costs(request: web.Request) -> web.Response:
     one entry per group (`group_by` as `/api/costs`: provider by default, model, project,
     team, a period or a metadata key)."""
     scope, query = await analytics.read_scope(request, analytics.COSTS_PARAMS)
-    report = await analytics.costs_report(request, scope, query)
+    report = await analytics.costs_answer(request, scope, query)
     return analytics.exact_json(report["groups"])
 
 
