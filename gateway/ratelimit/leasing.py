@@ -7,13 +7,15 @@ window, up to 1/50 of the limit. Near a window's limit it takes only what the
 request in hand needs, so a limit of 60 lets exactly 60 requests through across all
 replicas. Units a process leased and did not use lapse with their window: the shared count
 never exceeds the limit, at the price of a little unused allowance at the window's end,
-bounded by one chunk per process.
+bounded by one chunk per process: a process has one lease in flight per key at a time, and
+the requests that wait for it use what it brought before asking for more.
 
 Token windows are settled locally too: unused reserved tokens go back to the lease.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -64,6 +66,7 @@ class LeasingLimiter:
         self.name = backend.name
         self._leases: dict[tuple[str, str], _Lease] = {}
         self._rates: dict[tuple[str, str], _Rate] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self.backend_calls = 0
 
     async def hit(self, key: str, windows: Sequence[Window], now: float | None = None) -> Decision:
@@ -76,6 +79,31 @@ class LeasingLimiter:
             rate.units += w.cost
         if all(lease.available >= w.cost for lease, w in zip(leases, windows, strict=True)):
             return self._consume(leases, windows, self.name)
+        async with self._lock(key):  # one lease in flight per key; the others then use it
+            leases = [self._lease(key, w, now) for w in windows]
+            if all(lease.available >= w.cost for lease, w in zip(leases, windows, strict=True)):
+                return self._consume(leases, windows, self.name)
+            return await self._lease_and_consume(key, windows, leases, now)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            if len(self._locks) > 100_000:  # keys come and go: keep only the ones in use
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _lease_and_consume(self, key: str, windows: Sequence[Window],
+                                 leases: list[_Lease], now: float) -> Decision:
+        # A shared count never goes down within its window: what the backend last said was
+        # left is an upper bound, and a request needing more is refused without asking it.
+        short = [lease for lease, w in zip(leases, windows, strict=True)
+                 if w.cost - lease.available > lease.remaining]
+        if short:
+            return Decision(False, tuple(
+                WindowState(w.name, w.limit, lease.remaining, lease.reset_at)
+                for w, lease in zip(windows, leases, strict=True)),
+                max(max(lease.reset_at - now for lease in short), 0.0), self.name)
         # Only the windows this request runs short on lease more: topping up the others too
         # would, at every lease, take units of a long window (a day) that lapse unused,
         # starving the other replicas of them.

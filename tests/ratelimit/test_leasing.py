@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
 
 from gateway.ratelimit import LeasingLimiter, MemoryLimiter, Window
 
@@ -48,14 +52,54 @@ async def test_a_new_window_starts_fresh() -> None:
     assert (await limiter.hit("k", window, NOW + 60)).allowed
 
 
-async def test_a_window_leases_only_when_it_runs_short() -> None:
+class SlowBackend:
+    """A shared counter one network round trip away, so concurrent hits interleave."""
+
+    def __init__(self) -> None:
+        self.counter = MemoryLimiter()
+        self.name = "slow"
+        self.calls = 0
+
+    async def hit(self, key: str, windows: Sequence[Window], now: float | None = None) -> Any:
+        self.calls += 1
+        await asyncio.sleep(0.001)
+        return await self.counter.hit(key, windows, now)
+
+    async def adjust(self, key: str, window: Window, delta: int, now: float | None = None
+                     ) -> None:
+        await self.counter.adjust(key, window, delta, now)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+async def test_a_window_leases_only_when_it_runs_short(concurrent: bool) -> None:
     """A burst held back by its minute window must not lease the day window at every
-    minute lease: those day units would lapse unused and starve the other replicas."""
-    shared = MemoryLimiter()
-    replicas = [LeasingLimiter(shared) for _ in range(3)]
+    minute lease, nor at every one of many concurrent requests: those day units would lapse
+    unused and starve the other replicas (the day's quota spent for nothing)."""
+    shared = SlowBackend()
+    replicas = [LeasingLimiter(shared) for _ in range(3)]  # type: ignore[arg-type]
     windows = [Window("minute", 60, 60, 1), Window("day", 1000, 86_400, 1)]
-    for i in range(150):
-        await replicas[i % 3].hit("project:5", windows, NOW)
-    day = await shared.hit("project:5", [Window("day", 1000, 86_400, 0)], NOW)
+    hits = [replicas[i % 3].hit("project:5", windows, NOW) for i in range(150)]
+    if concurrent:
+        decisions = await asyncio.gather(*hits)
+    else:
+        decisions = [await hit for hit in hits]
+    assert sum(d.allowed for d in decisions) == 60
+    day = await shared.counter.hit("project:5", [Window("day", 1000, 86_400, 0)], NOW)
     leased_unused = 1000 - day.windows[0].remaining - 60
     assert 0 <= leased_unused <= 3 * 1000 // 50  # at most one chunk per replica
+
+
+async def test_a_spent_window_refuses_without_asking_the_backend() -> None:
+    shared = SlowBackend()
+    limiter = LeasingLimiter(shared)  # type: ignore[arg-type]
+    minute = [Window("minute", 5, 60, 1)]
+    assert [(await limiter.hit("k", minute, NOW)).allowed for _ in range(6)] == [True] * 5 + [
+        False]
+    calls = shared.calls
+    refused = [await limiter.hit("k", minute, NOW + 1) for _ in range(20)]
+    assert not any(d.allowed for d in refused) and shared.calls == calls
+    assert refused[0].retry_after == pytest.approx(59 - (NOW % 60), abs=1)
+    assert (await limiter.hit("k", minute, NOW + 60)).allowed  # the next window asks again
