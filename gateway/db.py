@@ -112,8 +112,11 @@ async def bounded_connection(pool: asyncpg.Pool, timeout_s: float
             watchdog.cancel()
             try:
                 await pool.release(conn)
-            except (*DB_ERRORS, asyncio.CancelledError):
+            except DB_ERRORS:
                 _terminate(conn)
+            except asyncio.CancelledError:  # given up, but the cancellation goes on
+                _terminate(conn)
+                raise
 
 
 def _terminate(conn: asyncpg.Connection) -> None:

@@ -202,3 +202,40 @@ async def test_a_bounded_connection_ends_within_its_bound_behind_a_partition(
             assert await conn.fetchval("SELECT 41 + 1") == 42
     finally:
         pool.terminate()
+
+
+class SlowReleasePool:
+    """A pool whose release takes a while (as behind a slow network), to cancel during it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.releasing = asyncio.Event()
+
+    async def acquire(self) -> asyncpg.Connection:
+        return await self.pool.acquire()
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        self.releasing.set()
+        await asyncio.sleep(5)
+        await self.pool.release(conn)
+
+
+async def test_a_cancellation_while_releasing_is_not_swallowed(database_url: str) -> None:
+    """A task cancelled while its connection goes back to the pool stays cancelled (the
+    connection is given up): a swallowed cancellation lets a stopped task carry on."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    slow = SlowReleasePool(pool)
+    after: list[str] = []
+
+    async def user() -> None:
+        async with gateway_db.bounded_connection(slow, 10.0) as conn:  # type: ignore[arg-type]
+            await conn.fetchval("SELECT 1")
+        after.append("carried on")
+
+    task = asyncio.create_task(user())
+    await asyncio.wait_for(slow.releasing.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert after == []
+    pool.terminate()
