@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,7 +22,7 @@ import orjson
 
 from gateway.domain import Usage
 from gateway.pricing import PriceTable
-from gateway.settings import Settings
+from gateway.settings import Settings, TokensSettings
 from gateway.tokens.chat import chat_pieces
 from gateway.tokens.encodings import load_all
 from gateway.tokens.models import ModelTokenizers
@@ -172,6 +172,15 @@ def render(report: BulkReport, out: TextIO) -> None:
         print(f"... {len(report.skipped) - 10} more lines skipped", file=out)
 
 
+def bulk_backend(tokens: TokensSettings, input_bytes: int) -> str:
+    """The backend for a bulk job: "auto" stays on the CPU below `tokens.bulk_gpu_min_bytes`
+    of input, where the CPU is done before the GPU counter would have started (CUDA's
+    context, the kernel and the vocabulary tables), so a small job is never slower."""
+    if tokens.backend == "auto" and input_bytes < tokens.bulk_gpu_min_bytes:
+        return "cpu"
+    return tokens.backend
+
+
 def run(settings: Settings, files: list[str], *, model: str | None = None,
         as_json: bool = False, out: TextIO = sys.stdout) -> int:
     """The command: 0 when every line was counted, 1 when some were skipped."""
@@ -180,8 +189,12 @@ def run(settings: Settings, files: list[str], *, model: str | None = None,
     if missing:
         print(f"gateway: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    service = build_token_service(settings.tokens,
-                                  ModelTokenizers.load(settings.tokens.models_file), load_all())
+    tokens = settings.tokens
+    backend = bulk_backend(tokens, sum(p.stat().st_size for p in paths))
+    if backend != tokens.backend:
+        tokens = replace(tokens, backend=backend)
+    service = build_token_service(tokens, ModelTokenizers.load(tokens.models_file), load_all(),
+                                  cache_dir=tokens.cache_path(settings.database.data_dir))
     try:
         report = asyncio.run(count_files(paths, service, PriceTable.load(settings.pricing),
                                          model=model))
