@@ -173,6 +173,17 @@ class _Staged:
         self.host.close()
 
 
+@dataclass
+class _Raw:
+    """A part's kernel outputs, read out of the staging buffers."""
+
+    counts: list[int]
+    longs: list[int]
+    long_count: int
+    fallback: bytes
+    long_tokens: list[int]
+
+
 def _max_bytes(text: str) -> int:
     """A ceiling on the text's UTF-8 size without encoding it (isascii is a flag check)."""
     return len(text) if text.isascii() else 4 * len(text)
@@ -242,18 +253,41 @@ class GpuCounter:
         return buffers[0], buffers[1], buffers[2], table.mask
 
     def count(self, texts: Sequence[str], encoding: str) -> list[int]:
-        """Exact counts; batches larger than the staging buffers are split."""
-        counts: list[int] = []
-        for part in self._parts(texts):
-            if len(part) == 1 and _max_bytes(part[0]) > self.capacity_bytes:
-                counts.append(len(self._encodings[encoding].encode_ordinary(part[0])))
-            else:
-                started = time.perf_counter()
-                batch = PackedBatch.pack(part)
-                self.stats.pack_seconds += time.perf_counter() - started
-                self.stats.seconds += time.perf_counter() - started
-                counts.extend(self._count_batch(batch, encoding))
-        return counts
+        """Exact counts; batches larger than the staging buffers are split into parts, and
+        the parts pipelined: while the device counts one part, the CPU packs the next and
+        completes the one before."""
+        results: list[list[int]] = []
+        enc = self._encodings[encoding]
+        with self._lock:
+            self.device.set_current()  # callers come from a thread pool
+            running: tuple[PackedBatch, int] | None = None  # submitted, not yet collected
+            finished: tuple[PackedBatch, _Raw, int] | None = None  # collected, not completed
+            for part in self._parts(texts):
+                if len(part) == 1 and _max_bytes(part[0]) > self.capacity_bytes:
+                    batch, slot = None, len(results)
+                    results.append([len(enc.encode_ordinary(part[0]))])
+                else:
+                    started = time.perf_counter()
+                    batch, slot = PackedBatch.pack(part), len(results)
+                    results.append([])
+                    self._timed("pack_seconds", started)
+                if running is not None:  # the device's part is done: its outputs are read
+                    finished = (running[0], self._collect(running[0]), running[1])
+                    running = None
+                if batch is not None:
+                    self._submit(batch, encoding)
+                    running = (batch, slot)
+                if finished is not None:  # on the CPU while the device counts the next part
+                    results[finished[2]] = self._complete(finished[0], finished[1], enc)
+                    finished = None
+            if running is not None:
+                results[running[1]] = self._complete(running[0], self._collect(running[0]), enc)
+        return [n for part_counts in results for n in part_counts]
+
+    def _timed(self, field: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        setattr(self.stats, field, getattr(self.stats, field) + elapsed)
+        self.stats.seconds += elapsed
 
     def _parts(self, texts: Sequence[str]) -> list[Sequence[str]]:
         parts: list[Sequence[str]] = []
@@ -269,69 +303,77 @@ class GpuCounter:
             parts.append(texts[begin:])
         return parts
 
-    def _count_batch(self, batch: PackedBatch, encoding: str) -> list[int]:
+    def _submit(self, batch: PackedBatch, encoding: str) -> None:
+        """Stage a packed part and enqueue its copies, both kernels and every download; the
+        device works on it while the caller goes on (`_collect` waits for it)."""
         from cuda.core import LaunchConfig, launch
 
         started = time.perf_counter()
         docs, nbytes = batch.docs, len(batch.data)
         chunks = batch.chunks(self.chunk)
         slots, blob, pair_rank, mask = self._tables[encoding]
-        with self._lock:
-            self.device.set_current()  # callers come from a thread pool
-            ctypes.memmove(self._text.host_address(), batch.data, nbytes)
-            ctypes.memmove(self._starts.host_address(), batch.starts.tobytes(), 4 * (docs + 1))
-            stream = self.stream
-            self._text.upload(nbytes, stream)
-            self._starts.upload(4 * (docs + 1), stream)
-            self._counts.zero(4 * docs, stream)
-            self._fallback.zero(docs, stream)
-            self._long_count.zero(4, stream)
-            if chunks:
-                config = LaunchConfig(grid=-(-chunks // self.block), block=self.block)
-                u32 = ctypes.c_uint32
-                launch(stream, config, self.kernel, ctypes.c_int32(SCANNERS[encoding]),
-                       self._text.device, self._starts.device, u32(docs), u32(self.chunk),
-                       u32(chunks), slots, blob, pair_rank, u32(mask), self._counts.device,
-                       self._longs.device, u32(self.long_cap), self._long_count.device,
-                       self._fallback.device)
-                # the second pass reads how many long pieces the first listed on the device:
-                # a grid for all long_cap of them, the threads past the count return at once
-                self._scratch_used.zero(8, stream)
-                config = LaunchConfig(grid=-(-self.long_cap // self.block), block=self.block)
-                launch(stream, config, self.long_kernel, self._text.device,
-                       self._longs.device, self._long_count.device, u32(self.long_cap),
-                       slots, blob, pair_rank, u32(mask), self._scratch,
-                       ctypes.c_uint64(self.scratch_words), self._scratch_used.device,
-                       self._long_tokens.device)
-            self._counts.download(4 * docs, stream)
-            self._long_count.download(4, stream)
-            self._fallback.download(docs, stream)
-            stream.sync()
-            long_count = ctypes.c_uint32.from_address(self._long_count.host_address()).value
-            listed = min(long_count, self.long_cap)
-            if listed:
-                self._longs.download(4 * LONG_PIECE_FIELDS * listed, stream)
-                self._long_tokens.download(4 * listed, stream)
-                stream.sync()
-            counts = list((ctypes.c_uint32 * docs).from_address(self._counts.host_address()))
-            longs = list((ctypes.c_uint32 * (LONG_PIECE_FIELDS * listed)).from_address(
-                self._longs.host_address()))
-            long_tokens = list((ctypes.c_uint32 * listed).from_address(
-                self._long_tokens.host_address()))
-            fallback = ctypes.string_at(self._fallback.host_address(), docs)
-        device_done = time.perf_counter()
-        done = complete(batch, counts, longs, long_count, fallback, self._encodings[encoding],
-                        long_tokens)
+        ctypes.memmove(self._text.host_address(), batch.data, nbytes)
+        ctypes.memmove(self._starts.host_address(), batch.starts.tobytes(), 4 * (docs + 1))
+        stream = self.stream
+        self._text.upload(nbytes, stream)
+        self._starts.upload(4 * (docs + 1), stream)
+        self._counts.zero(4 * docs, stream)
+        self._fallback.zero(docs, stream)
+        self._long_count.zero(4, stream)
+        if chunks:
+            config = LaunchConfig(grid=-(-chunks // self.block), block=self.block)
+            u32 = ctypes.c_uint32
+            launch(stream, config, self.kernel, ctypes.c_int32(SCANNERS[encoding]),
+                   self._text.device, self._starts.device, u32(docs), u32(self.chunk),
+                   u32(chunks), slots, blob, pair_rank, u32(mask), self._counts.device,
+                   self._longs.device, u32(self.long_cap), self._long_count.device,
+                   self._fallback.device)
+            # the second pass reads how many long pieces the first listed on the device: a
+            # grid for all long_cap of them, the threads past the count return at once
+            self._scratch_used.zero(8, stream)
+            config = LaunchConfig(grid=-(-self.long_cap // self.block), block=self.block)
+            launch(stream, config, self.long_kernel, self._text.device, self._longs.device,
+                   self._long_count.device, u32(self.long_cap), slots, blob, pair_rank,
+                   u32(mask), self._scratch, ctypes.c_uint64(self.scratch_words),
+                   self._scratch_used.device, self._long_tokens.device)
+        self._counts.download(4 * docs, stream)
+        self._long_count.download(4, stream)
+        self._fallback.download(docs, stream)
+        # the whole long-piece list (12 bytes a piece): no second round trip for its length
+        self._longs.download(4 * LONG_PIECE_FIELDS * self.long_cap, stream)
+        self._long_tokens.download(4 * self.long_cap, stream)
+        self._timed("device_seconds", started)
+
+    def _collect(self, batch: PackedBatch) -> _Raw:
+        """Wait for the submitted part and read its outputs out of the staging buffers."""
+        started = time.perf_counter()
+        docs = batch.docs
+        self.stream.sync()
+        long_count = ctypes.c_uint32.from_address(self._long_count.host_address()).value
+        listed = min(long_count, self.long_cap) if batch.chunks(self.chunk) else 0
+        raw = _Raw(
+            counts=list((ctypes.c_uint32 * docs).from_address(self._counts.host_address())),
+            longs=list((ctypes.c_uint32 * (LONG_PIECE_FIELDS * listed)).from_address(
+                self._longs.host_address())),
+            long_count=long_count if listed else 0,
+            fallback=ctypes.string_at(self._fallback.host_address(), docs),
+            long_tokens=list((ctypes.c_uint32 * listed).from_address(
+                self._long_tokens.host_address())))
+        self._timed("device_seconds", started)
+        return raw
+
+    def _complete(self, batch: PackedBatch, raw: _Raw, enc: tiktoken.Encoding) -> list[int]:
+        started = time.perf_counter()
+        done = complete(batch, raw.counts, raw.longs, raw.long_count, raw.fallback, enc,
+                        raw.long_tokens)
         stats = self.stats
         stats.batches += 1
-        stats.documents += docs
-        stats.bytes += nbytes
+        stats.documents += batch.docs
+        stats.bytes += len(batch.data)
         stats.long_pieces += done.long_pieces
         stats.fallback_docs += done.fallback_docs
         stats.device_long_pieces += done.device_long_pieces
-        stats.device_seconds += device_done - started
-        stats.complete_seconds += time.perf_counter() - device_done
-        stats.seconds += time.perf_counter() - started
+        self._timed("complete_seconds", started)
         return done.counts
 
     def close(self) -> None:
