@@ -197,7 +197,7 @@ class GpuCounter:
     def __init__(self, encodings: dict[str, tiktoken.Encoding], *, device_id: int = 0,
                  capacity_bytes: int = 64 << 20, max_docs: int = 1 << 17, chunk: int = 64,
                  block: int = 128, long_cap: int = 1 << 16, long_scratch_bytes: int = 1 << 28,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, part_bytes: int = 16 << 20) -> None:
         reason = unavailable_reason(device_id)
         if reason:
             raise GpuUnavailable(reason)
@@ -207,6 +207,7 @@ class GpuCounter:
         self.capacity_bytes, self.max_docs = capacity_bytes, max_docs
         self.chunk, self.block, self.long_cap = chunk, block, long_cap
         self.scratch_words = max(long_scratch_bytes // 8, 1)
+        self.part_bytes = part_bytes  # a larger batch is pipelined in parts of this size
         self.stats = GpuStats()
         self._lock = threading.Lock()
         self.device = Device(device_id)
@@ -294,7 +295,7 @@ class GpuCounter:
         begin, size = 0, 0
         for i, text in enumerate(texts):
             need = _max_bytes(text)
-            if i > begin and (size + need > self.capacity_bytes
+            if i > begin and (size + need > min(self.part_bytes, self.capacity_bytes)
                               or i - begin >= self.max_docs):
                 parts.append(texts[begin:i])
                 begin, size = i, 0

@@ -214,27 +214,23 @@ class PackedBatch:
 
     @classmethod
     def pack(cls, texts: Sequence[str]) -> PackedBatch:
-        """One join and one encode for the whole batch; the documents' byte offsets come
-        from their lengths in characters (numpy: the k-th character starts at the k-th byte
-        that is not a UTF-8 continuation byte). Batches with lone surrogates are encoded
-        one document at a time, as tiktoken does."""
+        """Every document encoded by `str.encode` through `map` (no Python code runs per
+        document), one join, and the offsets by a numpy cumulative sum; batches with lone
+        surrogates are encoded as tiktoken does, document by document. (Joining the texts
+        first and encoding once was measured slower: a joined str of mixed scripts is
+        widened to 4 bytes a character.)"""
         if np is None:
             return cls._pack_each(texts)
-        joined = "".join(texts)
         try:
-            data = joined.encode("utf-8")
+            encoded = list(map(str.encode, texts))
         except UnicodeEncodeError:
             return cls._pack_each(texts)
-        chars = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)),
-                  out=chars[1:])
-        if len(data) == len(joined):  # ASCII: characters are bytes
-            starts = chars.astype(np.uint32)
-        else:
-            raw = np.frombuffer(data, dtype=np.uint8)
-            lead = np.flatnonzero((raw & 0xC0) != 0x80)
-            starts = np.append(lead, len(data))[chars].astype(np.uint32)
-        return cls(data, array("I", starts.tobytes()))
+        starts = np.zeros(len(encoded) + 1, dtype=np.uint64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.uint64, count=len(encoded)),
+                  out=starts[1:])
+        if starts[-1] >= NONE:
+            raise ValueError("a packed batch is limited to 4 GiB")
+        return cls(b"".join(encoded), array("I", starts.astype(np.uint32).tobytes()))
 
     @classmethod
     def _pack_each(cls, texts: Sequence[str]) -> PackedBatch:
