@@ -116,13 +116,13 @@ def profile(args: argparse.Namespace, docs: list[str], sizes: list[int]) -> None
     """pack / device / complete per batch size (see the module's docstring)."""
     encodings = load_all()
     enc = args.encoding
-    reason = None if args.no_gpu else unavailable_reason(args.device)
+    reason = "--no-gpu" if args.no_gpu else unavailable_reason(args.device)
     gpu = GpuCounter(encodings, device_id=args.device) if reason is None else None
     lib = HostLib(build(Path(tempfile.gettempdir()) / "gateway-tokens-native"))
     host = HostCounter(lib, encodings)
     table = host.table(enc)
     encoding = encodings[enc]
-    where = gpu.device_name if gpu else f"n/a ({reason or '--no-gpu'})"
+    where = gpu.device_name if gpu else f"n/a ({reason})"
     print(f"profile, {enc}, median of {args.rounds} rounds; device: {where}")
     print(f"{'docs':>6} {'MB':>7} {'pack s':>8} {'device s':>9} {'complete s':>10} "
           f"{'long':>6} {'on CPU':>6} {'total MB/s':>10} | before 19: {'pack s':>8} "
