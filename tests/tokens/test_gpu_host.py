@@ -152,10 +152,23 @@ def test_long_pieces_are_merged_exactly_by_the_second_pass(
                  for piece in lib.pieces(SCANNERS[name], utf8(text)))
     assert last.device_long_pieces == longer > 60  # every one of them by the second pass
     table = host.table(name)
-    for text in LONG[:60] + FIXED:  # the merge alone, piece by piece, against tiktoken's
+    for text in LONG[:60] + FIXED + RANDOM[:1000]:  # the merge alone, piece by piece
         for piece in lib.pieces(SCANNERS[name], utf8(text)):
             if len(piece) > 1:
                 assert lib.long_tokens(table, piece) == len(enc._encode_single_piece(piece))
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_the_long_merge_on_random_bytes(host: HostCounter, lib: HostLib, name: str,
+                                        encodings: dict[str, tiktoken.Encoding]) -> None:
+    """Byte strings from small alphabets (many equal ranks: the leftmost-first tie rule) and
+    any bytes, of every length from 2 to 3,000, merged as tiktoken merges them."""
+    enc, table, rng = encodings[name], host.table(name), random.Random(1919)
+    alphabets = [b"ab", b"a ", b"  \n", b"0123456789", b"-=_", "é日🙂".encode(), bytes(range(256))]
+    for length in [*range(2, 40), *(rng.randint(40, 3000) for _ in range(150))]:
+        alphabet = rng.choice(alphabets)
+        piece = bytes(rng.choice(alphabet) for _ in range(length))
+        assert lib.long_tokens(table, piece) == len(enc._encode_single_piece(piece)), piece
 
 
 def test_long_pieces_without_scratch_go_to_the_cpu(
