@@ -142,15 +142,20 @@ class _Staged:
     def __init__(self, device: Any, pinned: Any, size: int, stream: Any) -> None:
         self.size = size
         self.host = pinned.allocate(size)
+        self.hosts = [self.host]  # more pinned buffers that may upload to `device`
         self.device = device.allocate(size, stream=stream)
 
     def host_address(self) -> int:
         return int(self.host.handle)
 
-    def upload(self, nbytes: int, stream: Any) -> None:
+    def upload(self, nbytes: int, stream: Any, source: int = 0) -> None:
+        """Host to device; from the pinned buffer at address `source` if one is given
+        (`GpuCounter._text_hosts`), else from this one's."""
         if nbytes:
-            self._part(self.device, nbytes).copy_from(self._part(self.host, nbytes),
-                                                      stream=stream)
+            host = self.host
+            if source and source != int(self.host.handle):
+                host = next(h for h in self.hosts if int(h.handle) == source)
+            self._part(self.device, nbytes).copy_from(self._part(host, nbytes), stream=stream)
 
     def download(self, nbytes: int, stream: Any) -> None:
         if nbytes:
@@ -170,7 +175,8 @@ class _Staged:
 
     def close(self) -> None:
         self.device.close()
-        self.host.close()
+        for host in self.hosts:
+            host.close()
 
 
 @dataclass
@@ -226,6 +232,11 @@ class GpuCounter:
                         for name, enc in self._encodings.items()}
         self.table_seconds = time.perf_counter() - started
         self._text = _Staged(self.device, pinned, capacity_bytes, self.stream)
+        # double-buffered: a part is packed into one pinned buffer while the previous one
+        # may still be uploading from the other
+        self._text.hosts.append(pinned.allocate(capacity_bytes))
+        self._text_hosts = self._text.hosts
+        self._next_host = 0
         self._starts = _Staged(self.device, pinned, 4 * (max_docs + 1), self.stream)
         self._counts = _Staged(self.device, pinned, 4 * max_docs, self.stream)
         self._longs = _Staged(self.device, pinned, 4 * LONG_PIECE_FIELDS * long_cap,
@@ -269,7 +280,10 @@ class GpuCounter:
                     results.append([len(enc.encode_ordinary(part[0]))])
                 else:
                     started = time.perf_counter()
-                    batch, slot = PackedBatch.pack(part), len(results)
+                    host = self._text_hosts[self._next_host]
+                    self._next_host ^= 1
+                    batch = PackedBatch.pack_into(part, int(host.handle), self.capacity_bytes)
+                    slot = len(results)
                     results.append([])
                     self._timed("pack_seconds", started)
                 if running is not None:  # the device's part is done: its outputs are read
@@ -313,10 +327,11 @@ class GpuCounter:
         docs, nbytes = batch.docs, len(batch.data)
         chunks = batch.chunks(self.chunk)
         slots, blob, pair_rank, mask = self._tables[encoding]
-        ctypes.memmove(self._text.host_address(), batch.data, nbytes)
+        if not batch.staged_at:  # packed elsewhere: staged here
+            ctypes.memmove(self._text.host_address(), bytes(batch.data), nbytes)
         ctypes.memmove(self._starts.host_address(), batch.starts.tobytes(), 4 * (docs + 1))
         stream = self.stream
-        self._text.upload(nbytes, stream)
+        self._text.upload(nbytes, stream, batch.staged_at)
         self._starts.upload(4 * (docs + 1), stream)
         self._counts.zero(4 * docs, stream)
         self._fallback.zero(docs, stream)

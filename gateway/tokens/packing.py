@@ -8,6 +8,8 @@ that were too long for the kernel.
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import hashlib
 import itertools
 import os
@@ -209,8 +211,9 @@ def utf8(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class PackedBatch:
-    data: bytes   # every document's UTF-8, concatenated
+    data: bytes | memoryview  # every document's UTF-8, concatenated
     starts: array  # uint32: document d is data[starts[d]:starts[d + 1]]
+    staged_at: int = 0  # pack_into: the address data was written to (a view of it)
 
     @classmethod
     def pack(cls, texts: Sequence[str]) -> PackedBatch:
@@ -231,6 +234,38 @@ class PackedBatch:
         if starts[-1] >= NONE:
             raise ValueError("a packed batch is limited to 4 GiB")
         return cls(b"".join(encoded), array("I", starts.astype(np.uint32).tobytes()))
+
+    @classmethod
+    def pack_into(cls, texts: Sequence[str], address: int, capacity: int) -> PackedBatch:
+        """`pack`, written straight into `capacity` bytes at `address` (the GPU counter's
+        pinned staging buffer): each document's UTF-8 copied to its offset by
+        `map(ctypes.memmove, ...)`, no join and no second copy; `data` is a view of that
+        memory, valid until the caller writes there again."""
+        if np is None:
+            return cls._copied(cls._pack_each(texts), address, capacity)
+        try:
+            encoded = list(map(str.encode, texts))
+        except UnicodeEncodeError:
+            return cls._copied(cls._pack_each(texts), address, capacity)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        starts = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        total = int(starts[-1])
+        if total > capacity:
+            raise ValueError(f"{total} bytes do not fit the {capacity}-byte staging buffer")
+        bases = (address + start for start in starts[:-1].tolist())
+        collections.deque(map(ctypes.memmove, bases, encoded, lengths.tolist()), maxlen=0)
+        view = memoryview((ctypes.c_char * total).from_address(address)).cast("B")
+        return cls(view, array("I", starts.astype(np.uint32).tobytes()), address)
+
+    @classmethod
+    def _copied(cls, batch: PackedBatch, address: int, capacity: int) -> PackedBatch:
+        total = len(batch.data)
+        if total > capacity:
+            raise ValueError(f"{total} bytes do not fit the {capacity}-byte staging buffer")
+        ctypes.memmove(address, bytes(batch.data), total)
+        view = memoryview((ctypes.c_char * total).from_address(address)).cast("B")
+        return cls(view, batch.starts, address)
 
     @classmethod
     def _pack_each(cls, texts: Sequence[str]) -> PackedBatch:
@@ -274,11 +309,11 @@ def complete(batch: PackedBatch, counts: Sequence[int], longs: Sequence[int],
             result.counts[doc] += tokens[i]
             result.device_long_pieces += 1
         else:
-            piece = batch.data[start:start + length]
+            piece = bytes(batch.data[start:start + length])
             result.counts[doc] += len(encoding._encode_single_piece(piece))
             result.long_pieces += 1
     for doc in redo:
-        text = batch.data[batch.starts[doc]:batch.starts[doc + 1]].decode()
+        text = bytes(batch.data[batch.starts[doc]:batch.starts[doc + 1]]).decode()
         result.counts[doc] = len(encoding.encode_ordinary(text))
     result.fallback_docs = len(redo)
     return result

@@ -11,6 +11,7 @@ import tiktoken
 
 from gateway.tokens.encodings import ENCODINGS
 from gateway.tokens.packing import NONE, PackedBatch, VocabTable, token_hash
+from gateway.tokens.sample_text import mixed_documents
 
 
 def lookup(table: VocabTable, key: bytes) -> int:
@@ -82,3 +83,21 @@ def test_bulk_packing_equals_packing_each_document() -> None:
              ["lone \ud800 surrogate", "ok"]]
     for texts in cases:
         assert PackedBatch.pack(texts) == PackedBatch._pack_each(texts), texts
+
+
+def test_packing_into_staging_memory_equals_packing() -> None:
+    import ctypes
+
+    memory = ctypes.create_string_buffer(1 << 16)
+    address = ctypes.addressof(memory)
+    for texts in ([], ["", "a"], ["é" * 3, "", "😀", "x"], ["日本語", "🙂" * 50, "tail"],
+                  ["lone \ud800 surrogate", "ok"], mixed_documents(0.03)):
+        packed = PackedBatch.pack_into(texts, address, len(memory))
+        expected = PackedBatch._pack_each(texts)
+        assert bytes(packed.data) == expected.data and packed.starts == expected.starts
+        assert packed.staged_at == address
+        assert memory.raw[:len(expected.data)] == expected.data  # written in place
+    with pytest.raises(ValueError, match="do not fit"):
+        PackedBatch.pack_into(["x" * 100], address, 99)
+    with pytest.raises(ValueError, match="do not fit"):
+        PackedBatch.pack_into(["\ud800" * 100], address, 99)
