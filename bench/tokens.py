@@ -28,6 +28,7 @@ import asyncio
 import ctypes
 import functools
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -172,6 +173,43 @@ def profile(args: argparse.Namespace, docs: list[str], sizes: list[int]) -> None
         gpu.close()
 
 
+def bulk(args: argparse.Namespace) -> None:
+    """`gateway tokens count` on a generated JSONL log of `--bulk` MB, per backend: seconds
+    (median over rounds, start-up included, as a user sees it) and the totals compared."""
+    import io
+    from dataclasses import replace
+
+    from gateway.settings import load_settings
+    from gateway.tokens.bulk import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "log.jsonl"
+        with log.open("wb") as f:
+            for doc in mixed_documents(args.bulk):
+                f.write(json.dumps({"model": "gpt-4o", "messages": [
+                    {"role": "user", "content": doc}]}, ensure_ascii=False).encode() + b"\n")
+        mb = log.stat().st_size / 1e6
+        settings = load_settings()
+        print(f"gateway tokens count on a {mb:.1f} MB log, median of {args.rounds} rounds")
+        reference = None
+        backends = ["cpu", "auto"] + ([] if unavailable_reason(args.device) else ["gpu"])
+        for backend in backends:
+            tokens = replace(settings.tokens, backend=backend, gpu_device=args.device,
+                             cache_dir=Path(tmp) / "cache")
+            configured = replace(settings, tokens=tokens)
+            outputs: list[str] = []
+
+            def once(configured: object = configured, outputs: list[str] = outputs) -> None:
+                out = io.StringIO()
+                run(configured, [str(log)], as_json=True, out=out)  # type: ignore[arg-type]
+                outputs.append(out.getvalue())
+
+            seconds = timed(args.rounds, once)
+            reference = reference or outputs[-1]
+            same = "identical" if outputs[-1] == reference else "DIFFERENT"
+            print(f"  {backend:5} {seconds:8.2f} s {mb / seconds:8.1f} MB/s  {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,64,1024,16384",
@@ -185,7 +223,12 @@ def main() -> None:
                         help="pack / device / complete seconds per batch size")
     parser.add_argument("--text-dir", type=Path,
                         help="count the text files under this directory instead")
+    parser.add_argument("--bulk", type=float, metavar="MB",
+                        help="time `gateway tokens count` on a JSONL log of this size")
     args = parser.parse_args()
+    if args.bulk:
+        bulk(args)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.text_dir is not None:
         docs = text_documents(args.text_dir, max(sizes))

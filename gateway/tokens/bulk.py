@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+import structlog
 
 from gateway.domain import Usage
 from gateway.pricing import PriceTable
@@ -29,6 +30,7 @@ from gateway.tokens.models import ModelTokenizers
 from gateway.tokens.service import TokenService, build_token_service, scale
 
 BATCH_LINES = 4096
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -190,8 +192,12 @@ def run(settings: Settings, files: list[str], *, model: str | None = None,
         print(f"gateway: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     tokens = settings.tokens
-    backend = bulk_backend(tokens, sum(p.stat().st_size for p in paths))
+    size = sum(p.stat().st_size for p in paths)
+    backend = bulk_backend(tokens, size)
     if backend != tokens.backend:
+        log.info("tokens_bulk_backend", backend=backend, input_bytes=size,
+                 reason="smaller than tokens.bulk_gpu_min_bytes: the CPU is done sooner "
+                        "than the GPU counter would start")
         tokens = replace(tokens, backend=backend)
     service = build_token_service(tokens, ModelTokenizers.load(tokens.models_file), load_all(),
                                   cache_dir=tokens.cache_path(settings.database.data_dir))
