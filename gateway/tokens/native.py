@@ -1,8 +1,9 @@
 """The host build of the GPU counter's C++ (`kernels/host.cpp`), compiled with the system's
 C++ compiler and loaded with ctypes.
 
-It runs the very scanner, sync-point and merge code that the kernel runs, chunk by chunk as
-the kernel's threads would, so its exactness against tiktoken is the kernel's. Tests and
+It runs the very scanner, sync-point and merge code that the kernels run, chunk by chunk and
+long piece by long piece as their threads would, so its exactness against tiktoken is the
+kernels'. Tests and
 the benchmark use it; the gateway never serves with it.
 """
 

@@ -2,8 +2,10 @@
 
 The vocabulary becomes an open-addressing hash table keyed by token bytes (the layout that
 `kernels/scanner.h` reads); a batch of texts becomes one UTF-8 buffer with document offsets;
-and `complete` turns a kernel's output into exact counts, counting on the CPU the pieces
-that were too long for the kernel.
+and `complete` turns the kernels' output into exact counts: the long pieces' tokens from the
+second kernel added in, and on the CPU only what the kernels could not count (a long piece
+the scratch memory had no room for, a document whose long pieces overflowed the list).
+Tables are cached as .npz files when a cache directory is given.
 """
 
 from __future__ import annotations
@@ -296,10 +298,39 @@ def complete(batch: PackedBatch, counts: Sequence[int], longs: Sequence[int],
     """Exact counts from the kernels' output: the long pieces' tokens from the second pass
     (`long_tokens`, NONE where it had no room) added to their documents, the pieces it did
     not count counted on the CPU, and documents whose long pieces overflowed the list
-    counted whole on the CPU."""
-    result = Completed(list(counts[:batch.docs]))
-    redo = {d for d in range(batch.docs) if fallback[d]}
+    counted whole on the CPU. With numpy, the additions are one scatter-add."""
+    docs = batch.docs
     listed = min(long_count, len(longs) // LONG_PIECE_FIELDS)
+    redo = [d for d in range(docs) if fallback[d]] if np is None else np.flatnonzero(
+        np.frombuffer(bytes(fallback[:docs]), dtype=np.uint8)).tolist()
+    if np is None or not listed:
+        return _complete_each(batch, list(counts[:docs]), longs, listed, set(redo), encoding,
+                              long_tokens)
+    total = np.asarray(counts[:docs], dtype=np.int64)
+    table = np.asarray(longs[:LONG_PIECE_FIELDS * listed], dtype=np.int64).reshape(-1, 3)
+    tokens = (np.full(listed, NONE, dtype=np.int64) if long_tokens is None
+              else np.asarray(long_tokens[:listed], dtype=np.int64))
+    keep = np.ones(listed, dtype=bool)
+    if redo:
+        redone = np.zeros(docs, dtype=bool)
+        redone[redo] = True
+        keep = ~redone[table[:, 2]]
+    counted = keep & (tokens != NONE)
+    np.add.at(total, table[counted, 2], tokens[counted])
+    result = Completed(total.tolist(), device_long_pieces=int(counted.sum()))
+    for start, length, doc in table[keep & (tokens == NONE)].tolist():
+        piece = bytes(batch.data[start:start + length])
+        result.counts[doc] += len(encoding._encode_single_piece(piece))
+        result.long_pieces += 1
+    _recount(batch, result, redo, encoding)
+    return result
+
+
+def _complete_each(batch: PackedBatch, counts: list[int], longs: Sequence[int], listed: int,
+                   redo: set[int], encoding: tiktoken.Encoding,
+                   long_tokens: Sequence[int] | None) -> Completed:
+    """`complete` one long piece at a time (no numpy, or nothing listed)."""
+    result = Completed(counts)
     tokens = list(long_tokens[:listed]) if long_tokens is not None else [NONE] * listed
     for i in range(listed):
         start, length, doc = longs[3 * i:3 * i + 3]
@@ -312,8 +343,14 @@ def complete(batch: PackedBatch, counts: Sequence[int], longs: Sequence[int],
             piece = bytes(batch.data[start:start + length])
             result.counts[doc] += len(encoding._encode_single_piece(piece))
             result.long_pieces += 1
+    _recount(batch, result, sorted(redo), encoding)
+    return result
+
+
+def _recount(batch: PackedBatch, result: Completed, redo: Sequence[int],
+             encoding: tiktoken.Encoding) -> None:
+    """Documents whose long pieces overflowed the list: counted whole on the CPU."""
     for doc in redo:
         text = bytes(batch.data[batch.starts[doc]:batch.starts[doc + 1]]).decode()
         result.counts[doc] = len(encoding.encode_ordinary(text))
     result.fallback_docs = len(redo)
-    return result

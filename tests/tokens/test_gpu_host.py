@@ -16,7 +16,14 @@ import tiktoken
 
 from gateway.tokens.encodings import ENCODINGS
 from gateway.tokens.native import HostCounter, HostLib, build, compiler
-from gateway.tokens.packing import SCANNERS, PackedBatch, long_words, utf8
+from gateway.tokens.packing import (
+    SCANNERS,
+    PackedBatch,
+    _complete_each,
+    complete,
+    long_words,
+    utf8,
+)
 from gateway.tokens.sample_text import mixed_documents
 
 from .corpus import FIXED, random_texts
@@ -180,3 +187,22 @@ def test_long_pieces_without_scratch_go_to_the_cpu(
         assert small.count(texts, name) == reference(encodings[name], texts)
         last = small.last
         assert last is not None and last.long_pieces > 0 and last.device_long_pieces > 0
+
+
+def test_completion_with_and_without_numpy_agree(
+        lib: HostLib, encodings: dict[str, tiktoken.Encoding]) -> None:
+    """The scatter-add and the one-piece-at-a-time completion, on outputs that mix pieces
+    counted by the second pass, pieces left to the CPU and overflowed documents."""
+    enc = encodings["o200k_base"]
+    texts = LONG[:30] + FIXED
+    batch = PackedBatch.pack(texts)
+    table = HostCounter(lib, encodings).table("o200k_base")
+    counts, longs, long_count, fallback = lib.count(SCANNERS["o200k_base"], table, batch, 64,
+                                                    long_cap=15)
+    tokens = lib.long(table, batch, longs, long_count, scratch_words=6 * long_words(200))
+    fast = complete(batch, counts, longs, long_count, fallback, enc, tokens)
+    listed = min(long_count, 15)
+    slow = _complete_each(batch, list(counts[:batch.docs]), longs, listed,
+                          {d for d in range(batch.docs) if fallback[d]}, enc, tokens)
+    assert fast == slow and fast.counts == reference(enc, texts)
+    assert fast.long_pieces and fast.device_long_pieces and fast.fallback_docs

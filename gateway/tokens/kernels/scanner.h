@@ -7,7 +7,9 @@
 // 2. Sync points: positions where every match sequence has a boundary, whatever came
 //    before, so threads can start scanning in the middle of a document.
 // 3. BPE: tiktoken's `_byte_pair_merge` (lowest rank first, leftmost on ties, ranks of the
-//    joined bytes from a hash table with full-key comparison), after its whole-piece lookup.
+//    joined bytes from a hash table with full-key comparison), after its whole-piece lookup:
+//    in registers for pieces of up to TOK_MAX_PIECE bytes, and for longer ones in a second
+//    pass with a heap in scratch memory (tok_long_piece).
 #pragma once
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
@@ -449,7 +451,7 @@ struct TokLongPiece {
 
 struct TokOut {
     tok_u32* counts;        // per document, added to atomically on the device
-    TokLongPiece* longs;    // pieces over TOK_MAX_PIECE, for the CPU
+    TokLongPiece* longs;    // pieces over TOK_MAX_PIECE, for the second pass
     tok_u32* long_count;    // how many were found (may exceed long_cap)
     tok_u8* fallback;       // per document: 1 when its long pieces did not fit in `longs`
     tok_u32 long_cap;
