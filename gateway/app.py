@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
@@ -113,8 +114,10 @@ async def _tokens(app: web.Application) -> AsyncIterator[None]:
     """Encodings (and the GPU kernel, for tokens.backend gpu/auto) load once, off the loop,
     before the gateway serves (or reports ready)."""
     encodings = await asyncio.to_thread(load_all)
-    service = await asyncio.to_thread(build_token_service, app[SETTINGS].tokens,
-                                      app[TOKENIZERS], encodings)
+    settings = app[SETTINGS]
+    service = await asyncio.to_thread(
+        functools.partial(build_token_service, settings.tokens, app[TOKENIZERS], encodings,
+                          cache_dir=settings.tokens.cache_path(settings.database.data_dir)))
     app[TOKENS] = service
     yield
     await asyncio.to_thread(service.close)  # waits for a GPU batch in flight

@@ -145,6 +145,14 @@ class TokensSettings:
     gpu_device: int = _opt(0, minimum=0)
     gpu_min_batch_bytes: int = _opt(1_048_576, minimum=0)  # smaller batches stay on the CPU
     gpu_batch_window_ms: float = _opt(2.0, minimum=0)  # how long concurrent callers are gathered
+    # `gateway tokens count` with backend "auto": inputs smaller than this stay on the CPU,
+    # where they finish before the GPU counter would have started
+    bulk_gpu_min_bytes: int = _opt(67_108_864, minimum=0)
+    cache_dir: Path = _opt(Path(""))  # empty: <database.data_dir>/tokens (cubin, tables)
+
+    def cache_path(self, data_dir: Path) -> Path:
+        """Where the GPU counter caches its compiled kernel and vocabulary tables."""
+        return data_dir / "tokens" if self.cache_dir == Path("") else self.cache_dir
 
 
 @dataclass(frozen=True)

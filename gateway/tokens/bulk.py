@@ -13,22 +13,24 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+import structlog
 
 from gateway.domain import Usage
 from gateway.pricing import PriceTable
-from gateway.settings import Settings
+from gateway.settings import Settings, TokensSettings
 from gateway.tokens.chat import chat_pieces
 from gateway.tokens.encodings import load_all
 from gateway.tokens.models import ModelTokenizers
 from gateway.tokens.service import TokenService, build_token_service, scale
 
 BATCH_LINES = 4096
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -172,6 +174,15 @@ def render(report: BulkReport, out: TextIO) -> None:
         print(f"... {len(report.skipped) - 10} more lines skipped", file=out)
 
 
+def bulk_backend(tokens: TokensSettings, input_bytes: int) -> str:
+    """The backend for a bulk job: "auto" stays on the CPU below `tokens.bulk_gpu_min_bytes`
+    of input, where the CPU is done before the GPU counter would have started (CUDA's
+    context, the kernel and the vocabulary tables), so a small job is never slower."""
+    if tokens.backend == "auto" and input_bytes < tokens.bulk_gpu_min_bytes:
+        return "cpu"
+    return tokens.backend
+
+
 def run(settings: Settings, files: list[str], *, model: str | None = None,
         as_json: bool = False, out: TextIO = sys.stdout) -> int:
     """The command: 0 when every line was counted, 1 when some were skipped."""
@@ -180,8 +191,16 @@ def run(settings: Settings, files: list[str], *, model: str | None = None,
     if missing:
         print(f"gateway: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    service = build_token_service(settings.tokens,
-                                  ModelTokenizers.load(settings.tokens.models_file), load_all())
+    tokens = settings.tokens
+    size = sum(p.stat().st_size for p in paths)
+    backend = bulk_backend(tokens, size)
+    if backend != tokens.backend:
+        log.info("tokens_bulk_backend", backend=backend, input_bytes=size,
+                 reason="smaller than tokens.bulk_gpu_min_bytes: the CPU is done sooner "
+                        "than the GPU counter would start")
+        tokens = replace(tokens, backend=backend)
+    service = build_token_service(tokens, ModelTokenizers.load(tokens.models_file), load_all(),
+                                  cache_dir=tokens.cache_path(settings.database.data_dir))
     try:
         report = asyncio.run(count_files(paths, service, PriceTable.load(settings.pricing),
                                          model=model))

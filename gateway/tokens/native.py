@@ -1,8 +1,9 @@
 """The host build of the GPU counter's C++ (`kernels/host.cpp`), compiled with the system's
 C++ compiler and loaded with ctypes.
 
-It runs the very scanner, sync-point and merge code that the kernel runs, chunk by chunk as
-the kernel's threads would, so its exactness against tiktoken is the kernel's. Tests and
+It runs the very scanner, sync-point and merge code that the kernels run, chunk by chunk and
+long piece by long piece as their threads would, so its exactness against tiktoken is the
+kernels'. Tests and
 the benchmark use it; the gateway never serves with it.
 """
 
@@ -26,6 +27,7 @@ from gateway.tokens.packing import (
     PackedBatch,
     VocabTable,
     complete,
+    long_words,
     utf8,
 )
 
@@ -79,6 +81,7 @@ class HostLib:
         self.lib.tok_host_pieces.restype = ctypes.c_uint32
         self.lib.tok_host_unsound_sync.restype = ctypes.c_uint32
         self.lib.tok_host_class.restype = ctypes.c_uint32
+        self.lib.tok_host_long_tokens.restype = ctypes.c_uint32
 
     def count(self, scanner: int, table: VocabTable, batch: PackedBatch, chunk: int,
               long_cap: int = 4096) -> tuple[array, array, int, bytearray]:
@@ -93,6 +96,31 @@ class HostLib:
             ctypes.c_uint32(table.mask), _u32(counts), _u32(longs), ctypes.c_uint32(long_cap),
             ctypes.byref(long_count), (ctypes.c_uint8 * len(fallback)).from_buffer(fallback))
         return counts, longs, long_count.value, fallback
+
+    def long(self, table: VocabTable, batch: PackedBatch, longs: array, long_count: int,
+             scratch_words: int | None = None) -> array:
+        """The second pass over the listed long pieces: their tokens, NONE where the scratch
+        (`scratch_words` 64-bit words; default: enough for all of them) ran out."""
+        listed = min(long_count, len(longs) // LONG_PIECE_FIELDS)
+        if scratch_words is None:
+            scratch_words = sum(long_words(longs[3 * i + 1]) for i in range(listed))
+        scratch = (ctypes.c_uint64 * max(scratch_words, 1))()
+        used = ctypes.c_uint64(0)
+        tokens = array("I", bytes(4 * max(listed, 1)))
+        self.lib.tok_host_long(
+            batch.data, _u32(longs), ctypes.byref(ctypes.c_uint32(long_count)),
+            ctypes.c_uint32(len(longs) // LONG_PIECE_FIELDS), _u32(table.slots), table.blob,
+            _u32(table.pair_rank), ctypes.c_uint32(table.mask), scratch,
+            ctypes.c_uint64(scratch_words), ctypes.byref(used), _u32(tokens))
+        return tokens[:listed]
+
+    def long_tokens(self, table: VocabTable, piece: bytes) -> int:
+        """Tokens of one piece of any length by the second pass's merge."""
+        scratch = (ctypes.c_uint64 * long_words(len(piece)))()
+        return int(self.lib.tok_host_long_tokens(
+            piece, ctypes.c_uint32(len(piece)), _u32(table.slots), table.blob,
+            _u32(table.pair_rank), ctypes.c_uint32(table.mask), scratch,
+            ctypes.c_uint64(len(scratch))))
 
     def encode(self, scanner: int, table: VocabTable, data: bytes) -> list[int]:
         ids = array("I", bytes(4 * (len(data) + 1)))
@@ -131,8 +159,12 @@ class HostCounter:
     name = "host"
 
     def __init__(self, lib: HostLib, encodings: dict[str, tiktoken.Encoding], *,
-                 chunk: int = 256, long_cap: int = 4096) -> None:
+                 chunk: int = 256, long_cap: int = 4096, long_pass: bool = True,
+                 scratch_words: int | None = None, cache_dir: Path | None = None) -> None:
         self.lib = lib
+        self.long_pass = long_pass  # False: long pieces go to the CPU, as before issue 19
+        self.scratch_words = scratch_words
+        self.cache_dir = cache_dir
         self._encodings = {k: v for k, v in encodings.items() if k in SCANNERS}
         self._tables: dict[str, VocabTable] = {}
         self.chunk = chunk
@@ -145,15 +177,19 @@ class HostCounter:
 
     def table(self, encoding: str) -> VocabTable:
         if encoding not in self._tables:
-            self._tables[encoding] = VocabTable.of(self._encodings[encoding])
+            self._tables[encoding] = VocabTable.of(self._encodings[encoding], self.cache_dir)
         return self._tables[encoding]
 
     def count(self, texts: Sequence[str], encoding: str) -> list[int]:
         batch = PackedBatch.pack(texts)
-        raw = self.lib.count(SCANNERS[encoding], self.table(encoding), batch, self.chunk,
-                             self.long_cap)
-        self.last = complete(batch, *raw, self._encodings[encoding])
-        return self.last.counts[:batch.docs]
+        table = self.table(encoding)
+        counts, longs, long_count, fallback = self.lib.count(SCANNERS[encoding], table, batch,
+                                                             self.chunk, self.long_cap)
+        long_tokens = (self.lib.long(table, batch, longs, long_count, self.scratch_words)
+                       if self.long_pass else None)
+        self.last = complete(batch, counts, longs, long_count, fallback,
+                             self._encodings[encoding], long_tokens)
+        return self.last.counts
 
     def encode(self, text: str, encoding: str) -> list[int]:
         return self.lib.encode(SCANNERS[encoding], self.table(encoding), utf8(text))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -248,13 +249,16 @@ def build_token_service(
         settings: TokensSettings, models: ModelTokenizers,
         encodings: dict[str, tiktoken.Encoding], *,
         probe: Callable[[int], str | None] = unavailable_reason,
-        gpu_factory: Callable[[dict[str, tiktoken.Encoding], int], Counter] = (
-            lambda encodings, device: GpuCounter(encodings, device_id=device)),
+        gpu_factory: Callable[[dict[str, tiktoken.Encoding], int], Counter] | None = None,
+        cache_dir: Path | None = None,
 ) -> TokenService:
     """The service for `tokens.backend`: blocking (compiles the GPU kernel), call it off the
     event loop. "gpu" raises `GpuUnavailable` when no GPU counter can start; "auto" then
     logs one line saying why and counts on the CPU."""
     threads = settings.threads or min(os.cpu_count() or 1, 8)
+    if gpu_factory is None:
+        def gpu_factory(encodings: dict[str, tiktoken.Encoding], device: int) -> Counter:
+            return GpuCounter(encodings, device_id=device, cache_dir=cache_dir)
     gpu: Counter | None = None
     device: str | None = None
     if settings.backend != "cpu":

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from gateway.pricing import PriceTable
-from gateway.settings import load_settings
-from gateway.tokens.bulk import count_files, run
+from gateway.settings import TokensSettings, load_settings
+from gateway.tokens import bulk as bulk_module
+from gateway.tokens.bulk import bulk_backend, count_files, run
 from gateway.tokens.service import TokenService
 
 from .test_chat import JARGON, WEATHER, WEATHER_TOOLS
@@ -61,3 +64,32 @@ def test_the_command_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "gpt-4o" in text and "(estimate)" in text and "skipped" in text
     assert run(load_settings(), [str(log)], model="gpt-4o-mini", as_json=True, out=out) == 1
     assert run(load_settings(), [str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_auto_keeps_small_jobs_on_the_cpu() -> None:
+    auto = TokensSettings(backend="auto", bulk_gpu_min_bytes=1000)
+    assert bulk_backend(auto, 999) == "cpu"
+    assert bulk_backend(auto, 1000) == "auto"  # large enough: the GPU if one can start
+    assert bulk_backend(replace(auto, backend="gpu"), 10) == "gpu"  # asked for: kept
+    assert bulk_backend(replace(auto, backend="cpu"), 10**12) == "cpu"
+
+
+def test_the_command_starts_no_gpu_for_a_small_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "log.jsonl"
+    write_log(log)
+    seen: list[tuple[str, Path | None]] = []
+    real = bulk_module.build_token_service
+
+    def recording(tokens: TokensSettings, *args: Any, **kwargs: Any) -> TokenService:
+        seen.append((tokens.backend, kwargs.get("cache_dir")))
+        return real(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(bulk_module, "build_token_service", recording)
+    settings = load_settings()
+    settings = replace(settings, tokens=replace(settings.tokens, backend="auto"))
+    assert run(settings, [str(log)], out=io.StringIO()) == 1
+    assert seen == [("cpu", settings.tokens.cache_path(settings.database.data_dir))]
+    big = replace(settings, tokens=replace(settings.tokens, bulk_gpu_min_bytes=10))
+    assert run(big, [str(log)], out=io.StringIO()) == 1  # auto: the GPU if one starts
+    assert seen[-1][0] == "auto"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +119,34 @@ async def test_the_service_routes_large_batches_to_the_gpu(
         assert service.usage["gpu"].documents == len(docs)
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_long_pieces_are_merged_on_the_device(gpu: GpuCounter, name: str,
+                                              encodings: dict[str, tiktoken.Encoding]) -> None:
+    from .test_gpu_host import LONG
+
+    before = (gpu.stats.long_pieces, gpu.stats.device_long_pieces)
+    assert gpu.count(LONG, name) == reference(encodings[name], LONG)
+    assert gpu.stats.long_pieces == before[0]  # none left to the CPU
+    assert gpu.stats.device_long_pieces > before[1] + 60
+
+
+def test_a_second_start_loads_the_cached_kernel_and_tables(
+        tmp_path: Path, encodings: dict[str, tiktoken.Encoding]) -> None:
+    first = GpuCounter(encodings, cache_dir=tmp_path)
+    try:
+        expected = first.count(FIXED, "o200k_base")
+    finally:
+        first.close()
+    assert list(tmp_path.glob("count-sm_*.cubin")) and list(tmp_path.glob("*.npz"))
+    started = time.perf_counter()
+    second = GpuCounter(encodings, cache_dir=tmp_path)
+    elapsed = time.perf_counter() - started
+    try:
+        assert second.count(FIXED, "o200k_base") == expected
+        print(f"\nstart with caches: {elapsed:.3f} s (kernel {second.compile_seconds:.3f} s, "
+              f"tables {second.table_seconds:.3f} s)")
+        assert second.compile_seconds < 0.2 and second.table_seconds < 0.2
+    finally:
+        second.close()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from gateway.tokens.gpu import KERNEL, compile_kernel
+from gateway.tokens.gpu import KERNEL, LONG_KERNEL, compile_kernel, cubin_path
 
 
 def _nvrtc_missing() -> str | None:
@@ -34,5 +35,16 @@ def test_kernel_compiles_to_a_cubin(arch: str) -> None:
     elapsed = time.perf_counter() - started
     assert code.code_type == "cubin"
     cubin = bytes(code.code)
-    assert cubin[:4] == b"\x7fELF" and KERNEL.encode() in cubin
+    assert cubin[:4] == b"\x7fELF" and KERNEL.encode() in cubin and LONG_KERNEL.encode() in cubin
     assert elapsed < 60, f"NVRTC took {elapsed:.1f} s"
+
+
+def test_the_cubin_is_cached(tmp_path: Path) -> None:
+    first = bytes(compile_kernel("sm_90", tmp_path).code)
+    path = cubin_path(tmp_path, "sm_90")
+    assert path.read_bytes() == first
+    started = time.perf_counter()
+    again = compile_kernel("sm_90", tmp_path)
+    assert time.perf_counter() - started < 0.2  # read, not compiled
+    assert bytes(again.code) == first
+    assert cubin_path(tmp_path, "sm_89") != path  # another architecture: another file

@@ -17,6 +17,7 @@ from gateway.tokens import gpu as gpu_module
 from gateway.tokens.encodings import ENCODINGS
 from gateway.tokens.gpu import GpuCounter
 from gateway.tokens.native import HostLib, build, compiler
+from gateway.tokens.packing import long_words
 from gateway.tokens.sample_text import mixed_documents
 
 from .corpus import FIXED, random_texts
@@ -96,14 +97,21 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch,
     launches: list[int] = []
 
     def launch(stream: Any, config: FakeLaunchConfig, kernel: Any, *args: Any) -> None:
-        enc, text, starts, docs, chunk, chunks, *rest = args
-        assert config.grid * config.block >= chunks.value > (config.grid - 1) * config.block
-        launches.append(chunks.value)
-        pointer = [ctypes.c_void_p(a.handle) if isinstance(a, FakeBuffer) else a
-                   for a in (enc, text, starts, docs, chunk, *rest)]
-        lib.tok_host_count(*pointer)
+        pointers = [ctypes.c_void_p(a.handle) if isinstance(a, FakeBuffer) else a
+                    for a in args]
+        if kernel == gpu_module.LONG_KERNEL:  # one thread per listable long piece
+            long_cap = args[3].value
+            assert config.grid * config.block >= long_cap > (config.grid - 1) * config.block
+            lib.tok_host_long(*pointers)
+            return
+        assert kernel == gpu_module.KERNEL
+        chunks = args[5].value
+        assert config.grid * config.block >= chunks > (config.grid - 1) * config.block
+        launches.append(chunks)
+        del pointers[5]
+        lib.tok_host_count(*pointers)
 
-    def compile_kernel(arch: str) -> Any:
+    def compile_kernel(arch: str, cache_dir: Any = None) -> Any:
         assert arch == "sm_90"
         return types.SimpleNamespace(get_kernel=lambda name: name)
 
@@ -136,7 +144,8 @@ def test_counts_through_the_runtime(fake_cuda: list[int], name: str,
         assert len(fake_cuda) > 3  # split to fit 512 documents and 1 MB per batch
         assert counter.count(FIXED, name) == reference(encodings[name], FIXED)
         assert counter.device.allocations == allocated  # buffers are reused
-        assert counter.stats.long_pieces > 0 and counter.stats.documents == len(texts) + len(
+        assert counter.stats.device_long_pieces > 0 and counter.stats.long_pieces == 0
+        assert counter.stats.documents == len(texts) + len(
             FIXED)
     finally:
         counter.close()
@@ -152,5 +161,18 @@ def test_overflow_and_oversized_texts(fake_cuda: list[int],
         assert counter.stats.fallback_docs >= 1
         assert counter.count([], "o200k_base") == []
         assert counter.count([""], "cl100k_base") == [0]
+    finally:
+        counter.close()
+
+
+def test_long_pieces_beyond_the_scratch_are_counted_on_the_cpu(
+        fake_cuda: list[int], encodings: dict[str, tiktoken.Encoding]) -> None:
+    texts = [" " * 300 + "x", "a" * 129, "é" * 700, "🙂" * 400, "ok " + "z" * 2000]
+    counter = GpuCounter(encodings, capacity_bytes=1 << 16, max_docs=64,
+                         long_scratch_bytes=8 * long_words(800))
+    try:
+        assert counter.count(texts, "o200k_base") == reference(encodings["o200k_base"], texts)
+        assert counter.stats.device_long_pieces > 0 and counter.stats.long_pieces > 0
+        assert counter.stats.pack_seconds > 0 and counter.stats.device_seconds > 0
     finally:
         counter.close()

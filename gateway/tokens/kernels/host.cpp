@@ -33,6 +33,32 @@ void tok_host_count(int encoding, const tok_u8* text, const tok_u32* doc_start, 
         tok_count_chunk(encoding, v, text, doc_start, docs, chunk, c, out);
 }
 
+// What the second kernel computes, one listed long piece ("thread") after another.
+void tok_host_long(const tok_u8* text, const TokLongPiece* longs, const tok_u32* long_count,
+                   tok_u32 long_cap, const tok_u32* slots, const tok_u8* blob,
+                   const tok_u32* pair_rank, tok_u32 mask, tok_u64* scratch,
+                   tok_u64 scratch_words, tok_u64* scratch_used, tok_u32* long_tokens) {
+    TokVocab v = tok_vocab(slots, blob, pair_rank, mask);
+    tok_u32 listed = *long_count < long_cap ? *long_count : long_cap;
+    for (tok_u32 id = 0; id < listed; id++)
+        long_tokens[id] = tok_long_piece(v, text, longs[id], scratch, scratch_words,
+                                         scratch_used);
+}
+
+// Tokens of one piece of any length by the long-piece merge (tests compare it with
+// tok_piece_tokens and tiktoken); TOK_NONE if `scratch` is too small.
+tok_u32 tok_host_long_tokens(const tok_u8* piece, tok_u32 len, const tok_u32* slots,
+                             const tok_u8* blob, const tok_u32* pair_rank, tok_u32 mask,
+                             tok_u64* scratch, tok_u64 scratch_words) {
+    TokVocab v = tok_vocab(slots, blob, pair_rank, mask);
+    TokLongPiece lp;
+    lp.start = 0;
+    lp.len = len;
+    lp.doc = 0;
+    tok_u64 used = 0;
+    return tok_long_piece(v, piece, lp, scratch, scratch_words, &used);
+}
+
 // The matches of one text, scanned from its start: their ends, in order.
 tok_u32 tok_host_pieces(int encoding, const tok_u8* text, tok_u32 n, tok_u32* ends,
                         tok_u32 cap) {

@@ -7,7 +7,9 @@
 // 2. Sync points: positions where every match sequence has a boundary, whatever came
 //    before, so threads can start scanning in the middle of a document.
 // 3. BPE: tiktoken's `_byte_pair_merge` (lowest rank first, leftmost on ties, ranks of the
-//    joined bytes from a hash table with full-key comparison), after its whole-piece lookup.
+//    joined bytes from a hash table with full-key comparison), after its whole-piece lookup:
+//    in registers for pieces of up to TOK_MAX_PIECE bytes, and for longer ones in a second
+//    pass with a heap in scratch memory (tok_long_piece).
 #pragma once
 
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
@@ -21,11 +23,12 @@
 typedef unsigned char tok_u8;
 typedef unsigned short tok_u16;
 typedef unsigned int tok_u32;
+typedef unsigned long long tok_u64;
 
 #include "unicode_table.h"
 
 #define TOK_NONE 0xFFFFFFFFu  // no rank / no position
-#define TOK_MAX_PIECE 128     // longer pieces are flagged and counted on the CPU
+#define TOK_MAX_PIECE 128     // longer pieces are listed for the second pass (tok_long_piece)
 
 enum { TOK_O200K = 0, TOK_CL100K = 1 };
 
@@ -353,6 +356,90 @@ TOK_FN tok_u32 tok_piece_tokens(const TokVocab& v, const tok_u8* piece, tok_u32 
 }
 
 // ---------------------------------------------------------------------------------------
+// Pieces of any length (the second pass, over the pieces the first listed as longer than
+// TOK_MAX_PIECE): the same merge as tok_merge, in O(n log n) time and O(n) scratch memory
+// that the caller provides (global memory on the device). Parts are a linked list of their
+// start bytes; every candidate merge is in a binary min-heap keyed by (rank, start byte),
+// so the one popped is tiktoken's: the lowest rank, the leftmost on ties. An entry is stale
+// when the part's rank changed since it was pushed: a part's pair only ever grows, so its
+// bytes (and with them its rank, ranks being unique) never come back to an earlier value.
+
+// 64-bit words of scratch for a piece of `len` bytes: next, prev and rank (3 x (len + 1)
+// uint32) and a heap of at most 3 x len entries (len - 1 first, then 2 per merge).
+TOK_FN tok_u64 tok_long_words(tok_u32 len) {
+    return (3ull * (len + 1) + 1) / 2 + 3ull * len + 1;
+}
+
+TOK_FN void tok_heap_push(tok_u64* heap, tok_u32& size, tok_u64 key) {
+    tok_u32 i = size++;
+    while (i > 0) {
+        tok_u32 parent = (i - 1) / 2;
+        if (heap[parent] <= key) break;
+        heap[i] = heap[parent];
+        i = parent;
+    }
+    heap[i] = key;
+}
+
+TOK_FN tok_u64 tok_heap_pop(tok_u64* heap, tok_u32& size) {
+    tok_u64 top = heap[0], last = heap[--size];
+    tok_u32 i = 0;
+    for (;;) {
+        tok_u32 child = 2 * i + 1;
+        if (child >= size) break;
+        if (child + 1 < size && heap[child + 1] < heap[child]) child++;
+        if (last <= heap[child]) break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    if (size) heap[i] = last;
+    return top;
+}
+
+// The rank of the pair of parts that starts at byte i: bytes [i, next[next[i]]).
+TOK_FN tok_u32 tok_pair_at(const TokVocab& v, const tok_u8* piece, tok_u32 len,
+                           const tok_u32* next, tok_u32 i) {
+    tok_u32 j = next[i];
+    return j >= len ? TOK_NONE : tok_rank(v, piece + i, next[j] - i);
+}
+
+// Tokens of piece[0..len) (len >= 2) by tiktoken's _byte_pair_merge, in `scratch`
+// (tok_long_words(len) words, 8-byte aligned).
+TOK_FN tok_u32 tok_merge_long(const TokVocab& v, const tok_u8* piece, tok_u32 len,
+                              tok_u64* scratch) {
+    tok_u32* next = (tok_u32*)scratch;
+    tok_u32* prev = next + (len + 1);
+    tok_u32* rank = prev + (len + 1);
+    tok_u64* heap = scratch + (3ull * (len + 1) + 1) / 2;
+    tok_u32 size = 0;
+    for (tok_u32 i = 0; i <= len; i++) {
+        next[i] = i + 1;
+        prev[i] = i - 1;  // unused for i = 0
+        rank[i] = i + 1 < len ? v.pair_rank[piece[i] * 256u + piece[i + 1]] : TOK_NONE;
+        if (rank[i] != TOK_NONE) tok_heap_push(heap, size, ((tok_u64)rank[i] << 32) | i);
+    }
+    tok_u32 parts = len;
+    while (size) {
+        tok_u64 top = tok_heap_pop(heap, size);
+        tok_u32 i = (tok_u32)top, r = (tok_u32)(top >> 32);
+        if (rank[i] != r) continue;  // stale: the part was merged away or its pair grew
+        tok_u32 j = next[i], k = next[j];
+        next[i] = k;
+        prev[k] = i;
+        rank[j] = TOK_NONE;  // j is gone: its heap entries are stale now
+        parts--;
+        rank[i] = tok_pair_at(v, piece, len, next, i);
+        if (rank[i] != TOK_NONE) tok_heap_push(heap, size, ((tok_u64)rank[i] << 32) | i);
+        if (i > 0) {
+            tok_u32 h = prev[i];
+            rank[h] = tok_pair_at(v, piece, len, next, h);
+            if (rank[h] != TOK_NONE) tok_heap_push(heap, size, ((tok_u64)rank[h] << 32) | h);
+        }
+    }
+    return parts;
+}
+
+// ---------------------------------------------------------------------------------------
 // The work of one thread: chunk `chunk_id` of `chunk` bytes of the concatenated batch.
 // Documents are text[doc_start[d] .. doc_start[d + 1]). A thread owns the matches that start
 // in [S(lo), S(next)) where S(x) is the first sync point in [x, x + chunk) (the document's
@@ -364,7 +451,7 @@ struct TokLongPiece {
 
 struct TokOut {
     tok_u32* counts;        // per document, added to atomically on the device
-    TokLongPiece* longs;    // pieces over TOK_MAX_PIECE, for the CPU
+    TokLongPiece* longs;    // pieces over TOK_MAX_PIECE, for the second pass
     tok_u32* long_count;    // how many were found (may exceed long_cap)
     tok_u8* fallback;       // per document: 1 when its long pieces did not fit in `longs`
     tok_u32 long_cap;
@@ -373,9 +460,15 @@ struct TokOut {
 #if defined(__CUDACC_RTC__) || defined(__CUDACC__)
 TOK_FN void tok_add(tok_u32* at, tok_u32 value) { atomicAdd(at, value); }
 TOK_FN tok_u32 tok_claim(tok_u32* counter) { return atomicAdd(counter, 1u); }
+TOK_FN tok_u64 tok_claim_words(tok_u64* used, tok_u64 words) { return atomicAdd(used, words); }
 #else
 TOK_FN void tok_add(tok_u32* at, tok_u32 value) { *at += value; }
 TOK_FN tok_u32 tok_claim(tok_u32* counter) { return (*counter)++; }
+TOK_FN tok_u64 tok_claim_words(tok_u64* used, tok_u64 words) {
+    tok_u64 at = *used;
+    *used += words;
+    return at;
+}
 #endif
 
 // Tokens of the matches that start in [start, stop) of a document that ends at `end` (the
@@ -434,4 +527,17 @@ TOK_FN void tok_count_chunk(int encoding, const TokVocab& v, const tok_u8* text,
         tok_u32 n = tok_count_range(encoding, v, text, start, stop, de, d, out);
         if (n) tok_add(out.counts + d, n);
     }
+}
+
+// The second pass, one thread per listed long piece: its tokens, or TOK_NONE when the
+// scratch memory (`cap` words, shared by the batch's long pieces through `used`) has no
+// room left for it, and the CPU counts it.
+TOK_FN tok_u32 tok_long_piece(const TokVocab& v, const tok_u8* text, const TokLongPiece& lp,
+                              tok_u64* scratch, tok_u64 cap, tok_u64* used) {
+    const tok_u8* piece = text + lp.start;
+    if (lp.len <= 1 || tok_rank(v, piece, lp.len) != TOK_NONE) return 1;
+    tok_u64 words = tok_long_words(lp.len);
+    tok_u64 at = tok_claim_words(used, words);
+    if (at + words > cap) return TOK_NONE;
+    return tok_merge_long(v, piece, lp.len, scratch + at);
 }
