@@ -34,6 +34,7 @@ from gateway.keys import (
     READINESS,
     SETTINGS,
     SHUTDOWN,
+    SYNC,
     TOKENIZERS,
     TOKENS,
     UPSTREAMS,
@@ -56,6 +57,7 @@ from gateway.routes import setup_routes
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.shutdown import Shutdown
+from gateway.sync.scheduler import SyncRunner
 from gateway.tokens.encodings import load_all
 from gateway.tokens.models import ModelTokenizers
 from gateway.tokens.service import build_token_service
@@ -79,7 +81,7 @@ def build_app(settings: Settings) -> web.Application:
         refresh_timeout_s=settings.auth.refresh_timeout_s,
         stale_serve_s=settings.auth.stale_serve_s)
     app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _webhooks,
-                            _limits, _pipeline])
+                            _sync, _limits, _pipeline])
     app.on_response_prepare.append(add_request_id)
     setup_routes(app)
     return app
@@ -168,6 +170,20 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     app[WEBHOOKS] = worker
     yield
     await worker.close(deadline_s=app[SHUTDOWN].remaining())
+
+
+async def _sync(app: web.Application) -> AsyncIterator[None]:
+    """Imports of the providers' usage and cost reports: in the background every
+    `sync.interval_s` (one replica at a time), and on demand (`POST /api/sync`)."""
+    settings = app[SETTINGS]
+    runner = SyncRunner(app[POOL], app[DSN], settings.sync, app[PRICES], app[CREDENTIALS].box,
+                        connect_timeout_s=settings.database.connect_timeout_s,
+                        query_timeout_s=settings.database.query_timeout_s)
+    if settings.sync.enabled:
+        runner.start()
+    app[SYNC] = runner
+    yield
+    await runner.close()
 
 
 async def _limits(app: web.Application) -> AsyncIterator[None]:

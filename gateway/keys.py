@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gateway.pipeline.runner import ProxyPipeline
     from gateway.providers.base import Upstream
     from gateway.ratelimit import RateLimiter
+    from gateway.sync.scheduler import SyncRunner
     from gateway.tokens.service import TokenService
     from gateway.webhooks import WebhookWorker
 
@@ -52,5 +53,6 @@ CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
 METRICS = web.AppKey("metrics", Metrics)
 WEBHOOKS: web.AppKey[WebhookWorker] = web.AppKey("webhooks")
 ALERTS: web.AppKey[AlertHook] = web.AppKey("alerts")
+SYNC: web.AppKey[SyncRunner] = web.AppKey("sync")  # provider usage and cost imports
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)

@@ -18,6 +18,7 @@ from gateway.http import (
     models,
     proxy,
     stored_responses,
+    sync,
     teams,
     tokens,
     track,
@@ -43,6 +44,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/costs", analytics.costs)
     app.router.add_get("/api/costs/forecast", analytics.forecast)
     app.router.add_get("/api/teams/usage", analytics.teams_usage)
+    app.router.add_post("/api/sync", sync.sync_all)
+    app.router.add_post("/api/sync-organization-usage", sync.sync_organization_usage)
+    app.router.add_get("/api/status", sync.status)
+    app.router.add_get("/api/reconciliation", sync.reconciliation)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)
