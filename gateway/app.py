@@ -179,6 +179,8 @@ async def _sync(app: web.Application) -> AsyncIterator[None]:
     runner = SyncRunner(app[POOL], app[DSN], settings.sync, app[PRICES], app[CREDENTIALS].box,
                         connect_timeout_s=settings.database.connect_timeout_s,
                         query_timeout_s=settings.database.query_timeout_s)
+    if settings.webhooks.enabled:
+        runner.on_queued = app[WEBHOOKS].wake  # mismatch events go out at once
     if settings.sync.enabled:
         runner.start()
     app[SYNC] = runner

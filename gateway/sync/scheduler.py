@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 
 import aiohttp
@@ -73,6 +73,7 @@ class SyncRunner:
         self._query_timeout = query_timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self.on_queued: Callable[[], None] | None = None  # webhook events were queued
 
     @property
     def settings(self) -> SyncSettings:
@@ -105,9 +106,12 @@ class SyncRunner:
         async with advisory_lock(self._dsn, self._connect_timeout):
             session = self._session or aiohttp.ClientSession()
             try:
-                return [await import_range(self._pool, session, i, start, end,
-                                           self._settings, self._prices, force=force)
-                        for i in chosen]
+                outcomes = [await import_range(self._pool, session, i, start, end,
+                                               self._settings, self._prices, force=force)
+                            for i in chosen]
+                if self.on_queued is not None and any(o.mismatched_days for o in outcomes):
+                    self.on_queued()
+                return outcomes
             finally:
                 if session is not self._session:
                     await session.close()

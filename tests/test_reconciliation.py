@@ -1,0 +1,247 @@
+"""Reconciliation end to end: a month of traffic through the gateway, the providers' admin
+APIs faked from that ledger plus spend made around the gateway and a wrong price, imported
+over HTTP (paged, idempotent, resumable, one replica at a time) and reconciled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from conftest import FakeUpstream, GatewayFactory, admin_headers, create_project
+
+from gateway import webhooks
+from gateway.testing.fake_admin import AdminState, ProviderPrice, Spend, start_fake_admin
+
+D = Decimal
+OPENAI_ADMIN_KEY = "sk-admin-test-0123456789"
+ANTHROPIC_ADMIN_KEY = "sk-ant-admin01-test-0123456789"
+SNAPSHOTS = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+             "claude-sonnet-4-5": "claude-sonnet-4-5-20250929"}
+# What the providers bill: OpenAI as prices.toml says; Anthropic 10% above it, so the
+# gateway's price for claude-sonnet-4-5 is 10% too low.
+PROVIDER_PRICES = {
+    "gpt-4o-mini-2024-07-18": ProviderPrice(input=D("0.15"), cache_read=D("0.075"),
+                                            output=D("0.60")),
+    "claude-sonnet-4-5-20250929": ProviderPrice(input=D("3.30"), cache_read=D("0.33"),
+                                                output=D("16.5"), cache_write_5m=D("4.125")),
+}
+EXTRA = D("0.03")  # spend made around the gateway
+PROMPT = " ".join(f"word{i}" for i in range(600))
+
+
+@pytest.fixture
+async def admin_api() -> AsyncIterator[tuple[AdminState, str]]:
+    state = AdminState(admin_keys={"openai": OPENAI_ADMIN_KEY,
+                                   "anthropic": ANTHROPIC_ADMIN_KEY},
+                       prices=dict(PROVIDER_PRICES), page_size=3)
+    runner, url = await start_fake_admin(state)
+    yield state, url
+    await runner.cleanup()
+
+
+def sync_settings(url: str, **extra: Any) -> dict[str, Any]:
+    return {"enabled": False, "openai_admin_key": OPENAI_ADMIN_KEY,
+            "anthropic_admin_key": ANTHROPIC_ADMIN_KEY, "openai_base_url": f"{url}/v1",
+            "anthropic_base_url": url, "settle_hours": 0, "chunk_days": 7, **extra}
+
+
+def month() -> list[date]:
+    today = datetime.now(UTC).date()
+    return [today - timedelta(days=30 - i) for i in range(30)]  # the 30 days before today
+
+
+async def send_traffic(gw: TestClient, fake_upstream: FakeUpstream, key: str,
+                       days: list[date], db: asyncpg.Connection) -> None:
+    """One OpenAI and one Anthropic call per day through the gateway (some with cache
+    reads and writes), then each row moved to its day."""
+    for i in range(len(days)):
+        fake_upstream.script({"reply_tokens": 200 + i, "cached_tokens": 100 if i % 3 else 0})
+        resp = await gw.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "gpt-4o-mini", "max_tokens": 400,
+                                   "messages": [{"role": "user", "content": PROMPT}]})
+        assert resp.status == 200, await resp.text()
+        fake_upstream.script({"reply_tokens": 150 + i, "cached_tokens": 50 if i % 2 else 0,
+                              "cache_write_tokens": 40 if i % 4 == 0 else 0})
+        resp = await gw.post("/v1/messages", headers={"x-api-key": key,
+                                                      "anthropic-version": "2023-06-01"},
+                             json={"model": "claude-sonnet-4-5", "max_tokens": 400,
+                                   "messages": [{"role": "user", "content": PROMPT}]})
+        assert resp.status == 200, await resp.text()
+    deadline = asyncio.get_running_loop().time() + 10
+    while await db.fetchval("SELECT count(*) FROM usage_records") < 2 * len(days):
+        assert asyncio.get_running_loop().time() < deadline, "the ledger did not flush"
+        await asyncio.sleep(0.02)
+    ids = await db.fetch("SELECT request_id, provider FROM usage_records ORDER BY started_at")
+    counters: dict[str, int] = defaultdict(int)
+    for row in ids:
+        day = days[counters[row["provider"]]]
+        counters[row["provider"]] += 1
+        moment = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        await db.execute("UPDATE usage_records SET started_at = $2, finished_at = $2 "
+                         "WHERE request_id = $1", row["request_id"], moment)
+
+
+async def script_provider_reports(db: asyncpg.Connection, state: AdminState) -> list[Spend]:
+    """The providers' view: every ledger row under the model's dated snapshot name, plus
+    3% more tokens made around the gateway each day (and one more request); answers the
+    extra spend."""
+    rows = await db.fetch(
+        """SELECT provider, model, (started_at AT TIME ZONE 'UTC')::date AS day,
+                  input_tokens, cached_input_tokens, cache_write_tokens, output_tokens
+           FROM usage_records ORDER BY started_at""")
+    extra = []
+    for r in rows:
+        cached, written = r["cached_input_tokens"], r["cache_write_tokens"]
+        spend = Spend(r["provider"], r["day"], SNAPSHOTS[r["model"]],
+                      input=r["input_tokens"] - cached - written, cache_read=cached,
+                      cache_write_5m=written, output=r["output_tokens"], requests=1)
+        state.spend.append(spend)
+        extra.append(Spend(spend.provider, spend.day, spend.model,
+                           input=round(spend.input * EXTRA), cache_read=round(cached * EXTRA),
+                           cache_write_5m=round(written * EXTRA),
+                           output=round(spend.output * EXTRA), requests=1))
+    state.spend.extend(extra)
+    return extra
+
+
+def provider_cost(spend: list[Spend], provider: str) -> Decimal:
+    total = D(0)
+    for s in spend:
+        if s.provider == provider:
+            price = PROVIDER_PRICES[s.model]
+            total += sum((price.cost(kind, getattr(s, kind))
+                          for kind in ("input", "cache_read", "cache_write_5m", "output")),
+                         D(0))
+    return total
+
+
+async def sync(gw: TestClient, **body: Any) -> dict[str, Any]:
+    resp = await gw.post("/api/sync", json=body, headers=admin_headers())
+    assert resp.status == 200, await resp.text()
+    answer: dict[str, Any] = await resp.json()
+    assert answer["success"] is True
+    return dict(answer["data"]["results"])
+
+
+async def table(gw: TestClient, start: date, end: date, **query: str) -> dict[str, Any]:
+    resp = await gw.get("/api/reconciliation", headers=admin_headers(),
+                        params={"start_date": start.isoformat(), "end_date": end.isoformat(),
+                                **query})
+    assert resp.status == 200, await resp.text()
+    answer = json.loads(await resp.text(), parse_float=Decimal)
+    return {p["provider"]: p for p in answer["providers"]}
+
+
+async def stored(db: asyncpg.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    usage = await db.fetch("SELECT * FROM provider_usage ORDER BY 1, 2, 3, 4, 5, 6")
+    costs = await db.fetch("SELECT * FROM provider_costs ORDER BY 1, 2, 3, 4, 5")
+    return ([tuple(v for k, v in r.items() if k != "imported_at") for r in usage],
+            [tuple(v for k, v in r.items() if k != "imported_at") for r in costs])
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    seen: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook", seen
+    await runner.cleanup()
+
+
+async def test_a_month_with_spend_around_the_gateway_and_a_wrong_price(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str],
+        receiver: tuple[str, list[tuple[dict[str, str], bytes]]]) -> None:
+    state, url = admin_api
+    # Tiny calls: only the 1% tolerance judges them.
+    gw = await make_gateway(sync=sync_settings(url, tolerance_usd=0),
+                            webhooks={"poll_interval_s": 0.05})
+    hook_url, deliveries = receiver
+    resp = await gw.post("/api/admin/webhooks", headers=admin_headers(), json={
+        "url": hook_url, "events": ["reconciliation.mismatch"]})
+    assert resp.status == 201, await resp.text()
+    secret = (await resp.json())["secret"]
+    _, key = await create_project(gw, plan="enterprise")
+    days = month()
+    await send_traffic(gw, fake_upstream, key, days, db)
+    extra = await script_provider_reports(db, state)
+
+    results = await sync(gw, start_date=days[0].isoformat(), end_date=days[-1].isoformat())
+    assert {p: r["status"] for p, r in results.items()} == {"openai": "ok", "anthropic": "ok"}
+    assert all(r["mismatched_days"] == [d.isoformat() for d in days] for r in results.values())
+    # Paged to the end: chunks of 7, 7, 7, 7 and 2 days at 3 buckets a page are 13 pages.
+    assert len([e for e in state.log if e["path"] == "/v1/organization/costs"]) == 13
+    assert len([e for e in state.log if e["path"] == "/v1/organizations/cost_report"]) == 13
+
+    view = await table(gw, days[0], days[-1])
+    ledger = {r["provider"]: r["cost"] for r in await db.fetch(
+        "SELECT provider, sum(cost_usd) AS cost FROM usage_records GROUP BY provider")}
+    openai, anthropic = view["openai"], view["anthropic"]
+
+    # OpenAI: prices agree; the difference is exactly the spend made around the gateway.
+    assert openai["totals"]["ledger_cost_usd"] == ledger["openai"]
+    assert openai["totals"]["untracked_usd"] == provider_cost(extra, "openai")
+    assert openai["totals"]["price_difference_usd"] == 0
+    assert openai["totals"]["timing_usd"] == 0 and openai["totals"]["over_recorded_usd"] == 0
+    assert openai["price_differences"] == []
+    share = openai["totals"]["untracked_usd"] / ledger["openai"]
+    assert abs(share - EXTRA) < D("0.002"), share
+    for row in openai["rows"]:
+        assert row["model"] == "gpt-4o-mini"  # the snapshot name is the price table's model
+        assert row["provider_requests"] == row["ledger_requests"] + 1
+
+    # Anthropic: the same 3% around the gateway, at its price, and the gateway's price 10% low.
+    assert anthropic["totals"]["untracked_usd"] == provider_cost(extra, "anthropic")
+    assert anthropic["totals"]["price_difference_usd"] == ledger["anthropic"] * D("0.1")
+    assert anthropic["totals"]["timing_usd"] == 0
+    assert anthropic["totals"]["over_recorded_usd"] == 0
+    assert {(p["token_type"], p["gateway_per_million"], p["provider_per_million"],
+             p["difference_per_million"], p["difference_percent"])
+            for p in anthropic["price_differences"]} == {
+        ("input", D("3"), D("3.3"), D("0.3"), D("10")),
+        ("cache_read", D("0.3"), D("0.33"), D("0.03"), D("10")),
+        ("cache_write", D("3.75"), D("4.125"), D("0.375"), D("10")),
+        ("output", D("15"), D("16.5"), D("1.5"), D("10"))}
+    for name in ("openai", "anthropic"):
+        totals = view[name]["totals"]
+        assert totals["difference_usd"] == totals["provider_cost_usd"] - ledger[name]
+        assert view[name]["days_outside_tolerance"] == 30
+
+    # One signed event per day and provider, delivered.
+    assert await db.fetchval("SELECT count(*) FROM reconciliation_alerts") == 60
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(deliveries) < 60:
+        assert asyncio.get_running_loop().time() < deadline, len(deliveries)
+        await asyncio.sleep(0.05)
+    headers, body = deliveries[0]
+    assert webhooks.verify_signature(secret, headers[webhooks.HEADER_TIMESTAMP], body,
+                                     headers[webhooks.HEADER_SIGNATURE])
+    event = json.loads(body, parse_float=Decimal)
+    assert event["event"] == "reconciliation.mismatch"
+    assert event["data"]["untracked_usd"] > 0
+
+    # Importing twice changes nothing: the same rows, the same table, no second event.
+    before = await stored(db)
+    again = await sync(gw, start_date=days[0].isoformat(), end_date=days[-1].isoformat(),
+                       force=True)
+    assert all(r["status"] == "ok" and r["mismatched_days"] == [] for r in again.values())
+    assert await stored(db) == before
+    assert await table(gw, days[0], days[-1]) == view
+    assert await db.fetchval("SELECT count(*) FROM webhook_outbox") == 60
