@@ -245,3 +245,211 @@ async def test_a_month_with_spend_around_the_gateway_and_a_wrong_price(
     assert await stored(db) == before
     assert await table(gw, days[0], days[-1]) == view
     assert await db.fetchval("SELECT count(*) FROM webhook_outbox") == 60
+
+
+def script_days(state: AdminState, days: list[date]) -> None:
+    """Provider spend alone (nothing through the gateway): each day a little different."""
+    for i, day in enumerate(days):
+        state.spend.append(Spend("openai", day, "gpt-4o-mini-2024-07-18", input=1000 + i,
+                                 cache_read=10 * i, output=100 + i, requests=2))
+        state.spend.append(Spend("anthropic", day, "claude-sonnet-4-5-20250929",
+                                 input=500 + i, cache_write_1h=i, output=50 + i))
+
+
+async def test_a_failure_mid_import_resumes_after_the_last_stored_day(
+        make_gateway: GatewayFactory, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str]) -> None:
+    state, url = admin_api
+    days = month()
+    script_days(state, days)
+    gw = await make_gateway(sync=sync_settings(url))
+    state.fail_from, state.fail_times = days[14], 1  # the third 7-day chunk fails once
+    span = {"start_date": days[0].isoformat(), "end_date": days[-1].isoformat()}
+
+    first = await sync(gw, providers=["openai"], **span)
+    assert first["openai"]["status"] == "error"
+    assert "answered 500" in first["openai"]["error"]
+    assert [r["day"] for r in await db.fetch(
+        "SELECT DISTINCT day FROM provider_usage ORDER BY day")] == days[:14]
+    resp = await gw.get("/api/status", headers=admin_headers())
+    status = (await resp.json())["data"]["integrations"]["openai"]
+    assert status["status"] == "error" and "answered 500" in status["lastError"]
+    assert status["range"]["done_through"] == days[13].isoformat()
+    assert status["lastSync"] is None
+
+    state.log.clear()
+    second = await sync(gw, providers=["openai"], **span)
+    assert second["openai"]["status"] == "ok"
+    assert second["openai"]["resumed_from"] == days[14].isoformat()
+    assert min(e["first_day"] for e in state.log) == days[14]  # the first 14 days not again
+    resumed = await stored(db)
+    resp = await gw.get("/api/status", headers=admin_headers())
+    status = (await resp.json())["data"]["integrations"]["openai"]
+    assert status["status"] == "ok" and status["lastSync"] is not None
+    assert status["lastError"] is not None  # the last error stays on record
+
+    # The resumed import stored what one clean import stores.
+    await db.execute("TRUNCATE provider_usage, provider_costs, sync_state")
+    clean = await sync(gw, providers=["openai"], force=True, **span)
+    assert clean["openai"]["status"] == "ok" and clean["openai"]["resumed_from"] is None
+    assert await stored(db) == resumed
+    assert len({r[2] for r in resumed[0]}) == 30
+
+
+async def test_a_revised_day_replaces_what_was_stored(
+        make_gateway: GatewayFactory, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str]) -> None:
+    state, url = admin_api
+    days = month()[-3:]
+    script_days(state, days)
+    gw = await make_gateway(sync=sync_settings(url, days=3))
+    await sync(gw)  # the last `sync.days` days: today and the two before
+    state.spend = [s for s in state.spend if s.day != days[-1] or s.provider != "openai"]
+    state.spend.append(Spend("openai", days[-1], "gpt-4o-mini-2024-07-18", input=7, output=3,
+                             requests=1))
+    await sync(gw, start_date=days[0].isoformat(), end_date=days[-1].isoformat())
+    rows = await db.fetch("SELECT input_tokens, output_tokens, requests FROM provider_usage "
+                          "WHERE provider = 'openai' AND day = $1", days[-1])
+    assert [tuple(r) for r in rows] == [(7, 3, 1)]
+    costs = await db.fetch("SELECT line_item, amount_usd FROM provider_costs "
+                           "WHERE provider = 'openai' AND day = $1 ORDER BY 1", days[-1])
+    assert [tuple(c) for c in costs] == [("gpt-4o-mini-2024-07-18, input", D("0.00000105")),
+                                         ("gpt-4o-mini-2024-07-18, output", D("0.0000018"))]
+
+
+async def test_two_replicas_never_sync_at_once(
+        make_gateway: GatewayFactory, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str]) -> None:
+    state, url = admin_api
+    script_days(state, month()[-2:])
+    state.gate = asyncio.Event()
+    # Both replicas run the background sync every 50 ms, and each can be asked on demand.
+    settings = sync_settings(url, enabled=True, interval_s=0.05, days=2)
+    first = await make_gateway(sync=settings)
+    second = await make_gateway(sync=settings)
+    await asyncio.wait_for(state.entered.wait(), 10)
+    holders = await db.fetch(
+        """SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1""",
+        "gateway-sync-lock")
+    assert len(holders) == 1
+    for replica in (first, second):
+        resp = await replica.post("/api/sync", json={}, headers=admin_headers())
+        assert resp.status == 409
+        assert (await resp.json())["code"] == "sync_in_progress"
+    await asyncio.sleep(0.3)  # six more background turns on each replica: all skipped
+    assert len(state.log) == 1  # one report request waits at the gate: one sync runs
+    state.gate.set()
+    deadline = asyncio.get_running_loop().time() + 10
+    while await db.fetchval("SELECT count(*) FROM sync_state WHERE state = 'ok'") < 2:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_a_projects_own_admin_key_reconciles_its_own_account(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str]) -> None:
+    state, url = admin_api
+    own_admin = "sk-admin-project-own-0123456789"
+    state.admin_keys["openai"] = own_admin
+    gw = await make_gateway(sync={**sync_settings(url), "openai_admin_key": "",
+                                  "anthropic_admin_key": ""},
+                            secrets={"key": "k" * 32})
+    project, key = await create_project(gw, plan="enterprise")
+    _, other_key = await create_project(gw, plan="enterprise")
+    for body in ({"api_key": "sk-project-own-calls-0123"},
+                 {"name": "org-admin", "api_key": own_admin}):
+        resp = await gw.put(f"/api/admin/projects/{project['id']}/providers/openai", json=body,
+                            headers=admin_headers())
+        assert resp.status == 200, await resp.text()
+    for k in (key, key, other_key):
+        resp = await gw.post("/v1/chat/completions", headers={"Authorization": f"Bearer {k}"},
+                             json={"model": "gpt-4o-mini",
+                                   "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status == 200, await resp.text()
+    # The admin key is never used for calls: the project's calls carried its own key.
+    used = {e["headers"].get("Authorization") for e in fake_upstream.state.log}
+    assert f"Bearer {own_admin}" not in used and "Bearer sk-project-own-calls-0123" in used
+    deadline = asyncio.get_running_loop().time() + 10
+    while await db.fetchval("SELECT count(*) FROM usage_records") < 3:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    today = datetime.now(UTC).date()
+    own = await db.fetch("SELECT * FROM usage_records WHERE project_id = $1", project["id"])
+    state.spend.extend(Spend("openai", today, "gpt-4o-mini-2024-07-18", input=r["input_tokens"],
+                             output=r["output_tokens"], requests=1) for r in own)
+
+    account = f"project:{project['id']}"
+    results = await sync(gw, providers=["openai"])
+    assert results["openai"] == {"status": "not_configured", "records": 0}
+    assert results[f"openai@{account}"]["status"] == "ok"
+    [view] = (await table(gw, today, today)).values()
+    assert view["account"] == account
+    assert view["totals"]["ledger_cost_usd"] == sum(r["cost_usd"] for r in own)
+    assert view["totals"]["difference_usd"] == 0  # the other project's call is not in it
+    resp = await gw.get("/api/status", headers=admin_headers())
+    integrations = (await resp.json())["data"]["integrations"]
+    assert integrations[f"openai@{account}"]["connected"] is True
+
+
+async def test_provider_projects_map_to_gateway_projects(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str]) -> None:
+    state, url = admin_api
+    gw = await make_gateway(sync=sync_settings(url, project_map={
+        "openai": {"search": "proj_search"}}))
+    _, key = await create_project(gw, name="search", plan="enterprise")
+    resp = await gw.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                         json={"model": "gpt-4o-mini",
+                               "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await db.fetchval("SELECT count(*) FROM usage_records"):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    row = await db.fetchrow("SELECT * FROM usage_records")
+    today = datetime.now(UTC).date()
+    state.spend.append(Spend("openai", today, "gpt-4o-mini-2024-07-18", project="proj_search",
+                             input=row["input_tokens"], output=row["output_tokens"],
+                             requests=1))
+    state.spend.append(Spend("openai", today, "gpt-4o-mini-2024-07-18", project="proj_batch",
+                             input=1_000_000, requests=1))  # a project no one maps: around
+    await sync(gw, providers=["openai"])
+    rows = {r["provider_project"]: r for r in (await table(gw, today, today))["openai"]["rows"]}
+    assert rows["proj_search"]["difference_usd"] == 0
+    assert rows["proj_search"]["ledger_requests"] == 1
+    assert rows["proj_batch"]["untracked_usd"] == D("0.15")
+    assert rows["proj_batch"]["ledger_cost_usd"] == 0
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/api/sync", {"providers": ["gemini"]}, "providers"),
+    ("/api/sync", {"force": "yes"}, "force"),
+    ("/api/sync", {"start_date": "2026-11-05", "end_date": "2026-11-01"}, "end_date"),
+    ("/api/sync-organization-usage", {}, "service"),
+    ("/api/sync-organization-usage", {"service": "openai", "start_date": "yesterday"},
+     "start_date"),
+])
+async def test_sync_requests_are_checked(make_gateway: GatewayFactory, path: str,
+                                         body: dict[str, Any], field: str) -> None:
+    gw = await make_gateway(sync={"enabled": False})
+    resp = await gw.post(path, json=body, headers=admin_headers())
+    assert resp.status == 400
+    assert (await resp.json())["details"]["field"] == field
+
+
+async def test_sync_organization_usage_imports_one_provider(
+        make_gateway: GatewayFactory, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str]) -> None:
+    state, url = admin_api
+    script_days(state, month()[-2:])
+    gw = await make_gateway(sync=sync_settings(url, days=2))
+    resp = await gw.post("/api/sync-organization-usage", json={"service": "anthropic"},
+                         headers=admin_headers())
+    assert resp.status == 200, await resp.text()
+    results = (await resp.json())["data"]["results"]
+    assert list(results) == ["anthropic"] and results["anthropic"]["status"] == "ok"
+    assert {r["provider"] for r in await db.fetch("SELECT provider FROM provider_usage")} == {
+        "anthropic"}
+    # The 1-hour cache writes are kept apart, and priced with the 5-minute ones as writes.
+    assert await db.fetchval("SELECT sum(cache_write_1h_tokens) FROM provider_usage") == 1

@@ -113,7 +113,7 @@ async def admit(request: web.Request, first_day: date) -> None:
     if state.fail_times > 0 and state.fail_from is not None and first_day >= state.fail_from:
         state.fail_times -= 1
         raise web.HTTPInternalServerError(
-            body=orjson.dumps({"error": {"message": "scripted failure", "type": "server_error"}}),
+            text=dumps({"error": {"message": "scripted failure", "type": "server_error"}}),
             content_type="application/json")
 
 
@@ -152,9 +152,13 @@ def limit_param(request: web.Request, default: int, maximum: int) -> int:
 
 
 def bad_request(message: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(body=orjson.dumps({"error": {"message": message,
+    return web.HTTPBadRequest(text=dumps({"error": {"message": message,
                                                             "type": "invalid_request_error"}}),
                               content_type="application/json")
+
+
+def dumps(body: Any) -> str:
+    return orjson.dumps(body).decode()
 
 
 def number(amount: Decimal) -> orjson.Fragment:
@@ -163,7 +167,7 @@ def number(amount: Decimal) -> orjson.Fragment:
 
 
 def json_response(body: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return web.Response(text=dumps(body), content_type="application/json")
 
 
 def build_app(state: AdminState) -> web.Application:

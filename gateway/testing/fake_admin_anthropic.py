@@ -29,7 +29,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.testing.fake_admin import (
@@ -39,6 +38,7 @@ from gateway.testing.fake_admin import (
     bad_request,
     buckets,
     by_day,
+    dumps,
     json_response,
     limit_param,
     page_of,
@@ -59,7 +59,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 
 def _error(status: type[web.HTTPException], kind: str, message: str) -> web.HTTPException:
-    return status(body=orjson.dumps({"type": "error", "error": {"type": kind,
+    return status(text=dumps({"type": "error", "error": {"type": kind,
                                                                 "message": message}}),
                   content_type="application/json")
 

@@ -29,7 +29,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.testing.fake_admin import (
@@ -39,6 +38,7 @@ from gateway.testing.fake_admin import (
     bad_request,
     buckets,
     by_day,
+    dumps,
     json_response,
     limit_param,
     number,
@@ -60,7 +60,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
 def _authorize(request: web.Request) -> None:
     key = request.app[ADMIN_STATE].admin_keys.get("openai")
     if request.headers.get("Authorization") != f"Bearer {key}":
-        raise web.HTTPUnauthorized(body=orjson.dumps({"error": {
+        raise web.HTTPUnauthorized(text=dumps({"error": {
             "message": "Incorrect API key provided.", "type": "invalid_request_error",
             "code": "invalid_api_key"}}), content_type="application/json")
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.sync.reconcile import Line, Tolerance, reconcile, summarise
+from gateway.sync.reconcile import ZERO, Line, Tolerance, reconcile, summarise
 
 D = Decimal
 DAY = date(2026, 11, 10)
@@ -16,7 +16,7 @@ PRICES = {"input": D("1"), "cache_read": D("0.1"), "cache_write": D("1.25"), "ou
 
 def line(*, day: date = DAY, model: str = "m", ptok: dict[str, int] | None = None,
          pcost: dict[str, Decimal] | None = None, ltok: dict[str, int] | None = None,
-         lcost: Decimal = D(0), reported: bool = True) -> Line:
+         lcost: Decimal = ZERO, reported: bool = True) -> Line:
     return Line(day=day, model=model, project="", provider_tokens=ptok or {},
                 provider_costs=pcost or {}, provider_requests=None,
                 ledger_tokens=ltok or {}, ledger_cost=lcost, ledger_requests=0,
