@@ -57,6 +57,7 @@ from gateway.routes import setup_routes
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.shutdown import Shutdown
+from gateway.sync import integrations
 from gateway.sync.scheduler import SyncRunner
 from gateway.tokens.encodings import load_all
 from gateway.tokens.models import ModelTokenizers
@@ -181,7 +182,10 @@ async def _sync(app: web.Application) -> AsyncIterator[None]:
                         query_timeout_s=settings.database.query_timeout_s)
     if settings.webhooks.enabled:
         runner.on_queued = app[WEBHOOKS].wake  # mismatch events go out at once
-    if settings.sync.enabled:
+    # Without a configured admin key or GATEWAY_SECRET_KEY (a project's stored admin key needs
+    # it) there is nothing to sync: no background task then.
+    if settings.sync.enabled and (integrations.configured(settings.sync)
+                                  or app[CREDENTIALS].box is not None):
         runner.start()
     app[SYNC] = runner
     yield

@@ -220,7 +220,6 @@ class SyncSettings:
     interval_s: float = _opt(3600.0, minimum=0.01)  # between background syncs
     days: int = _opt(3, minimum=1, maximum=400)  # each sync imports the last N UTC days
     chunk_days: int = _opt(7, minimum=1, maximum=31)  # days fetched and stored per step
-    page_limit: int = _opt(31, minimum=1, maximum=31)  # buckets asked per page
     timeout_s: float = _opt(60.0, minimum=0.01)  # one admin API call
     settle_hours: float = _opt(6.0, minimum=0)  # a day is judged this long after it ends
     tolerance_usd: Decimal = _opt(Decimal("0.01"), minimum=0)

@@ -453,3 +453,45 @@ async def test_sync_organization_usage_imports_one_provider(
         "anthropic"}
     # The 1-hour cache writes are kept apart, and priced with the 5-minute ones as writes.
     assert await db.fetchval("SELECT sum(cache_write_1h_tokens) FROM provider_usage") == 1
+
+
+async def test_a_call_across_midnight_is_timing_not_a_mismatch(
+        make_gateway: GatewayFactory, fake_upstream: FakeUpstream, db: asyncpg.Connection,
+        admin_api: tuple[AdminState, str]) -> None:
+    state, url = admin_api
+    gw = await make_gateway(sync=sync_settings(url, tolerance_usd=0, tolerance_percent=0))
+    _, key = await create_project(gw, plan="enterprise")
+    for i in range(4):
+        fake_upstream.script({"reply_tokens": 10 * (i + 1)})
+        resp = await gw.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "gpt-4o-mini",
+                                   "messages": [{"role": "user", "content": PROMPT}]})
+        assert resp.status == 200
+    deadline = asyncio.get_running_loop().time() + 10
+    while await db.fetchval("SELECT count(*) FROM usage_records") < 4:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    first, second = month()[-2:]
+    late = datetime(first.year, first.month, first.day, 23, 59, 59, tzinfo=UTC)
+    noon = [datetime(d.year, d.month, d.day, 12, tzinfo=UTC) for d in (first, second)]
+    rows = await db.fetch("SELECT * FROM usage_records ORDER BY started_at")
+    # The gateway records the third call just before midnight; the provider bills it the
+    # next day.
+    ledger_at = [noon[0], noon[0], late, noon[1]]
+    billed_on = [first, first, second, second]
+    for row, moment, day in zip(rows, ledger_at, billed_on, strict=True):
+        await db.execute("UPDATE usage_records SET started_at = $2 WHERE request_id = $1",
+                         row["request_id"], moment)
+        state.spend.append(Spend("openai", day, "gpt-4o-mini-2024-07-18",
+                                 input=row["input_tokens"], output=row["output_tokens"],
+                                 requests=1))
+    results = await sync(gw, providers=["openai"], start_date=first.isoformat(),
+                         end_date=second.isoformat())
+    assert results["openai"]["mismatched_days"] == []
+    days = {d["day"]: d for d in (await table(gw, first, second))["openai"]["days"]}
+    moved = rows[2]["cost_usd"]
+    assert days[first.isoformat()]["timing_usd"] == -moved
+    assert days[second.isoformat()]["timing_usd"] == moved
+    for day in days.values():
+        assert day["untracked_usd"] == 0 and day["over_recorded_usd"] == 0
+        assert day["within_tolerance"] is True

@@ -17,6 +17,11 @@ def project_account(project_id: int) -> str:
     return f"project:{project_id}"
 
 
+def account_project(account: str) -> int | None:
+    """The project whose own admin key an account is read with; None for the gateway's."""
+    return None if account == GATEWAY_ACCOUNT else int(account.split(":", 1)[1])
+
+
 @dataclass(frozen=True, slots=True)
 class Integration:
     """One admin key: the provider, whose organisation it reads, where the API is."""
@@ -25,10 +30,6 @@ class Integration:
     account: str  # GATEWAY_ACCOUNT or project_account(id)
     api_key: str = field(repr=False)
     base_url: str
-
-    @property
-    def project_id(self) -> int | None:
-        return int(self.account.split(":", 1)[1]) if self.account != GATEWAY_ACCOUNT else None
 
 
 @dataclass(frozen=True, slots=True)

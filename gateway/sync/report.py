@@ -19,7 +19,7 @@ from gateway.pricing import PriceTable
 from gateway.settings import SyncSettings
 from gateway.sync import store
 from gateway.sync.reconcile import ZERO, Day, Line, Row, Tolerance, reconcile, summarise
-from gateway.sync.records import GATEWAY_ACCOUNT, TOKEN_TYPES
+from gateway.sync.records import TOKEN_TYPES, account_project
 
 EVENT = "reconciliation.mismatch"
 Key = tuple[date, str, str]
@@ -104,8 +104,7 @@ async def raise_mismatches(conn: asyncpg.Connection, report: Report, settings: S
     now = now or datetime.now(UTC)
     settled = timedelta(hours=settings.settle_hours)
     raised = []
-    project_id = None if report.account == GATEWAY_ACCOUNT else int(
-        report.account.split(":", 1)[1])
+    project_id = account_project(report.account)
     for day in report.days:
         ends = datetime(day.day.year, day.day.month, day.day.day, tzinfo=UTC) + timedelta(days=1)
         if day.within_tolerance or ends + settled > now:

@@ -131,6 +131,8 @@ class SyncRunner:
                 log.info("sync_skipped", reason="another replica is syncing")
             except _DB_ERRORS as exc:
                 log.warning("sync_unavailable", error=str(exc) or type(exc).__name__)
+            except Exception:  # a bug must not end the background sync for good
+                log.exception("sync_crashed")
             await asyncio.sleep(self._settings.interval_s)
 
     async def close(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from gateway.sync.records import GATEWAY_ACCOUNT, CostRow, Integration, UsageRow, day_start
+from gateway.sync.records import CostRow, Integration, UsageRow, account_project, day_start
 
 _USAGE_COLUMNS = ("day", "source", "model", "provider_project", "input_tokens",
                   "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
@@ -130,9 +130,8 @@ _LEDGER = """
 
 async def ledger_usage(conn: asyncpg.Connection, account: str, provider: str, start: date,
                        end: date) -> list[asyncpg.Record]:
-    project_id = None if account == GATEWAY_ACCOUNT else int(account.split(":", 1)[1])
     return list(await conn.fetch(_LEDGER, day_start(start), day_start(end + timedelta(days=1)),
-                                 provider, project_id))
+                                 provider, account_project(account)))
 
 
 async def accounts(conn: asyncpg.Connection, provider: str | None) -> list[tuple[str, str]]:
