@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from conftest import FakeUpstream, GatewayFactory, admin_headers, create_project
 
 from gateway import webhooks
+from gateway.keys import SYNC
 from gateway.testing.fake_admin import AdminState, ProviderPrice, Spend, start_fake_admin
 
 D = Decimal
@@ -337,8 +338,14 @@ async def test_two_replicas_never_sync_at_once(
         resp = await replica.post("/api/sync", json={}, headers=admin_headers())
         assert resp.status == 409
         assert (await resp.json())["code"] == "sync_in_progress"
-    await asyncio.sleep(0.3)  # six more background turns on each replica: all skipped
+    # The replica that does not hold the lock keeps trying, and skips every turn.
+    waiting = first.app[SYNC] if second.app[SYNC].skipped == 0 else second.app[SYNC]
+    deadline = asyncio.get_running_loop().time() + 10
+    while first.app[SYNC].skipped + second.app[SYNC].skipped < 5:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
     assert len(state.log) == 1  # one report request waits at the gate: one sync runs
+    assert min(first.app[SYNC].skipped, second.app[SYNC].skipped) == 0, waiting
     state.gate.set()
     deadline = asyncio.get_running_loop().time() + 10
     while await db.fetchval("SELECT count(*) FROM sync_state WHERE state = 'ok'") < 2:

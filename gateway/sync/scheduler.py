@@ -74,6 +74,7 @@ class SyncRunner:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self.on_queued: Callable[[], None] | None = None  # webhook events were queued
+        self.skipped = 0  # background turns skipped: another sync held the lock
 
     @property
     def settings(self) -> SyncSettings:
@@ -128,6 +129,7 @@ class SyncRunner:
             try:
                 await self.sync()
             except SyncBusy:
+                self.skipped += 1
                 log.info("sync_skipped", reason="another replica is syncing")
             except _DB_ERRORS as exc:
                 log.warning("sync_unavailable", error=str(exc) or type(exc).__name__)
