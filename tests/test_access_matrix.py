@@ -56,7 +56,7 @@ ACCESS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("POST", "/api/sync"): (ADMIN, None),
     ("POST", "/api/sync-organization-usage"): (ADMIN, None),
     ("GET", "/api/status"): (ADMIN, None),
-    ("GET", "/api/reconciliation"): (ADMIN, None),
+    ("GET", "/api/reconciliation"): (PROJECT_OR_ADMIN, None),
     ("GET", "/api/health/live"): (PUBLIC, None),
     ("GET", "/api/health/ready"): (PUBLIC, None),
     ("GET", "/api/openapi.json"): (PUBLIC, None),

@@ -397,6 +397,11 @@ async def test_a_projects_own_admin_key_reconciles_its_own_account(
     resp = await gw.get("/api/status", headers=admin_headers())
     integrations = (await resp.json())["data"]["integrations"]
     assert integrations[f"openai@{account}"]["connected"] is True
+    # A project key sees its own account's reconciliation, and no other.
+    for k, accounts in ((key, [account]), (other_key, [])):
+        resp = await gw.get("/api/reconciliation", headers={"Authorization": f"Bearer {k}"})
+        assert resp.status == 200
+        assert [p["account"] for p in (await resp.json())["providers"]] == accounts
 
 
 async def test_provider_projects_map_to_gateway_projects(

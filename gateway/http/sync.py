@@ -18,7 +18,7 @@ from gateway.http.json import json_response, read_json
 from gateway.keys import PRICES, REQUEST_ID, SYNC
 from gateway.sync import integrations, report, store
 from gateway.sync.importer import Outcome
-from gateway.sync.records import GATEWAY_ACCOUNT
+from gateway.sync.records import GATEWAY_ACCOUNT, project_account
 from gateway.sync.scheduler import SyncBusy, last_days
 
 MAX_DAYS = 400
@@ -33,10 +33,11 @@ def _envelope(request: web.Request, data: Any) -> web.Response:
 def _day(value: Any, field: str) -> date | None:
     if value is None:
         return None
-    try:
-        return date.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        pass
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
     raise BadRequest(f"{field} must be a date (YYYY-MM-DD)", details={"field": field})
 
 
@@ -155,8 +156,9 @@ async def status(request: web.Request) -> web.Response:
 
 async def reconciliation(request: web.Request) -> web.Response:
     """`?start_date&end_date&provider`: each day, model and provider project of each
-    provider account, provider against ledger, the differences named, days judged."""
-    await caller(request, allow=Access.ADMIN)
+    provider account, provider against ledger, the differences named, days judged. A
+    project key sees its own account (the organisation its own provider keys bill)."""
+    who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
     query = checks.read_query(request.query, ("start_date", "end_date", "provider"))
     today = datetime.now(UTC).date()
     start, end = _range(_day(query.get("start_date"), "start_date"),
@@ -170,6 +172,8 @@ async def reconciliation(request: web.Request) -> web.Response:
     tables = []
     async with runner.pool_connection() as conn:
         for account, name in await store.accounts(conn, provider):
+            if not who.admin and account != project_account(who.key.project.id):
+                continue
             table = await report.build(conn, request.app[PRICES], settings, account, name,
                                        start, end)
             tables.append(_table_view(table))

@@ -23,12 +23,15 @@ async def pages(session: aiohttp.ClientSession, url: str,
     """Every page of a report, following `next_page` while `has_more`; numbers are read as
     Decimal, so money stays exact."""
     cursor: str | None = None
+    seen: set[str] = set()
     for _ in range(MAX_PAGES):
         query = list(params) + ([("page", cursor)] if cursor else [])
         try:
             async with session.get(url, params=query, headers=headers,
                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 text = await resp.text()
+                for secret in headers.values():  # an error body may echo the key
+                    text = text.replace(secret, "[redacted]")
                 if resp.status != 200:
                     raise AdminApiError(f"GET {url} answered {resp.status}: "
                                         f"{text[:ERROR_CHARS]}")
@@ -44,6 +47,9 @@ async def pages(session: aiohttp.ClientSession, url: str,
         cursor = page.get("next_page")
         if not page.get("has_more") or not cursor:
             return
+        if cursor in seen:
+            raise AdminApiError(f"GET {url}: the page cursor {cursor!r} came back twice")
+        seen.add(cursor)
     raise AdminApiError(f"GET {url}: more than {MAX_PAGES} pages")
 
 

@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 Fetch = Callable[..., Awaitable[tuple[list[UsageRow], list[CostRow]]]]
 FETCHERS: dict[str, Fetch] = {"openai": openai_admin.fetch, "anthropic": anthropic_admin.fetch}
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_REPORT_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +81,10 @@ async def import_range(pool: asyncpg.Pool, session: aiohttp.ClientSession,
                 records += await store.replace_days(conn, integration, chunk_start, chunk_end,
                                                     usage, costs)
             chunk_start = chunk_end + timedelta(days=1)
-    except (AdminApiError, *_DB_ERRORS) as exc:
+    except (AdminApiError, *_REPORT_ERRORS, *_DB_ERRORS) as exc:
         message = str(exc) or type(exc).__name__
+        if isinstance(exc, _REPORT_ERRORS):  # a report not in the documented shape
+            message = f"a malformed {integration.provider} report: {type(exc).__name__}: {exc}"
         log.warning("sync_failed", provider=integration.provider, account=integration.account,
                     error=message, next_day=chunk_start.isoformat())
         async with pool.acquire() as conn:

@@ -2,9 +2,11 @@
 (by line item and project), read with an admin key (`sk-admin-...`).
 
 https://platform.openai.com/docs/api-reference/usage,
-https://platform.openai.com/docs/api-reference/usage/costs. A token line item reads
-"<model>, input" (or "cached input", "cache write", "output"); any other line item is a
-cost that is not tokens.
+https://platform.openai.com/docs/api-reference/usage/costs. The reference does not list
+line item names; token line items are read as "<model>, input" (or "cached input",
+"cache write", "output"), the form the Costs API's exports use. Any other line item (or one
+in another form) is kept as a cost that is not tokens: reconciled as spend the ledger does
+not have, never dropped.
 """
 
 from __future__ import annotations
