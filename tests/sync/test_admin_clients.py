@@ -132,3 +132,34 @@ def test_documented_examples_parse() -> None:
         D("1.2345"), "input", "claude-sonnet-4")
     with pytest.raises(AdminApiError):
         openai_admin._cost_row(DAY, {"amount": {"value": 1, "currency": "eur"}})
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    ({"data": [], "has_more": True, "next_page": "page_same"}, "came back twice"),
+    ({"object": "page"}, "without a data list"),
+    ("not json at all", "not JSON"),
+])
+async def test_reports_not_in_the_documented_shape_are_errors(answer: object,
+                                                              error: str) -> None:
+    from aiohttp import web
+
+    from gateway.sync.client import pages
+
+    async def report(request: web.Request) -> web.Response:
+        if isinstance(answer, str):
+            return web.Response(text=answer)
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_get("/report", report)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/report"
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(AdminApiError, match=error):
+                async for _ in pages(session, url, [], {"x-api-key": "k"}, 5):
+                    pass
+    finally:
+        await runner.cleanup()
