@@ -5,6 +5,7 @@ chunk stored; a finished import is then reconciled and its mismatches raised."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ import aiohttp
 import asyncpg
 import structlog
 
+from gateway.db import bounded_connection
 from gateway.pricing import PriceTable
 from gateway.settings import SyncSettings
 from gateway.sync import anthropic_admin, openai_admin, report, store
@@ -64,7 +66,11 @@ async def import_range(pool: asyncpg.Pool, session: aiohttp.ClientSession,
                        settings: SyncSettings, prices: PriceTable, *,
                        force: bool = False) -> Outcome:
     """Import start..end (resuming an earlier failed run unless `force`), then reconcile."""
-    async with pool.acquire() as conn:
+    def connection() -> AbstractAsyncContextManager[asyncpg.Connection]:
+        # Bounded: a partitioned database fails the import instead of hanging it.
+        return bounded_connection(pool, settings.timeout_s)
+
+    async with connection() as conn:
         state = await store.load_state(conn, integration.account, integration.provider)
         resumed = None if force else resume_point(state, start, end)
         cursor = None if resumed is None else resumed - timedelta(days=1)
@@ -77,7 +83,7 @@ async def import_range(pool: asyncpg.Pool, session: aiohttp.ClientSession,
             chunk_end = min(chunk_start + timedelta(days=settings.chunk_days - 1), end)
             usage, costs = await fetch(session, integration, chunk_start, chunk_end,
                                        timeout_s=settings.timeout_s)
-            async with pool.acquire() as conn:
+            async with connection() as conn:
                 records += await store.replace_days(conn, integration, chunk_start, chunk_end,
                                                     usage, costs)
             chunk_start = chunk_end + timedelta(days=1)
@@ -87,10 +93,10 @@ async def import_range(pool: asyncpg.Pool, session: aiohttp.ClientSession,
             message = f"a malformed {integration.provider} report: {type(exc).__name__}: {exc}"
         log.warning("sync_failed", provider=integration.provider, account=integration.account,
                     error=message, next_day=chunk_start.isoformat())
-        async with pool.acquire() as conn:
+        async with connection() as conn:
             await store.finish_run(conn, integration, message)
         return Outcome(integration, "error", records, start, end, resumed, message)
-    async with pool.acquire() as conn:
+    async with connection() as conn:
         await store.finish_run(conn, integration, None)
         table = await report.build(conn, prices, settings, integration.account,
                                    integration.provider, start, end)

@@ -89,7 +89,7 @@ class SyncRunner:
         return bounded_connection(self._pool, self._query_timeout)
 
     async def integrations(self) -> list[Integration]:
-        async with self._pool.acquire() as conn:
+        async with self.pool_connection() as conn:
             found, _ = await integrations.stored(conn, self._box, self._settings)
         return integrations.configured(self._settings) + found
 
