@@ -13,12 +13,19 @@ Faults and timing (all in-process, on ``AdminState``): ``fail_from`` with ``fail
 answers 500 to that many report requests whose window starts on or after that day;
 ``gate`` (an asyncio.Event) holds every report request until it is set, and ``entered`` is
 set as soon as one arrives. ``log`` keeps every request (path, query, headers).
+
+Standalone: ``python -m gateway.testing.fake_admin --script script.json --port 9100``, the
+script ``{"admin_keys": {"openai": "...", "anthropic": "..."}, "prices": {MODEL: {"input",
+"cache_read", "output", "cache_write_5m"?, "cache_write_1h"?}}, "spend": [Spend fields,
+"day" as YYYY-MM-DD], "charges": [Charge fields], "page_size"?}`` (USD per million tokens).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -190,8 +197,53 @@ async def start_fake_admin(state: AdminState, host: str = "127.0.0.1",
     return runner, f"http://{host}:{runner.addresses[0][1]}"
 
 
+def load_script(text: str) -> AdminState:
+    """An `AdminState` from the standalone server's JSON script."""
+    raw = json.loads(text, parse_float=Decimal)
+
+    def dated(item: dict[str, Any]) -> dict[str, Any]:
+        return {**item, "day": date.fromisoformat(item["day"])}
+
+    return AdminState(
+        admin_keys=dict(raw["admin_keys"]), page_size=int(raw.get("page_size", 31)),
+        prices={m: ProviderPrice(**{k: Decimal(str(v)) for k, v in p.items()})
+                for m, p in raw.get("prices", {}).items()},
+        spend=[Spend(**dated(s)) for s in raw.get("spend", [])],
+        charges=[Charge(**{**dated(c), "amount_usd": Decimal(str(c["amount_usd"]))})
+                 for c in raw.get("charges", [])])
+
+
+async def _serve(state: AdminState, host: str, port: int) -> None:
+    runner, url = await start_fake_admin(state, host, port)
+    print(f"fake admin APIs listening on {url} (OpenAI: {url}/v1)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point: serve a scripted fake until interrupted."""
+    parser = argparse.ArgumentParser(description="Fake OpenAI and Anthropic admin APIs.")
+    parser.add_argument("--script", required=True, help="JSON script file")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    with open(args.script, encoding="utf-8") as f:
+        state = load_script(f.read())
+    asyncio.run(_serve(state, args.host, args.port))
+
+
 def by_day(items: Iterable[Any]) -> dict[date, list[Any]]:
     out: dict[date, list[Any]] = {}
     for item in items:
         out.setdefault(item.day, []).append(item)
     return out
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this __main__ copy's: the provider modules key the
+    # state by the imported module's ADMIN_STATE.
+    from gateway.testing import fake_admin
+
+    fake_admin.main()

@@ -163,3 +163,26 @@ async def test_reports_not_in_the_documented_shape_are_errors(answer: object,
                     pass
     finally:
         await runner.cleanup()
+
+
+async def test_the_standalone_fake_reads_its_script() -> None:
+    from gateway.testing.fake_admin import load_script
+
+    state = load_script("""{"admin_keys": {"openai": "sk-admin-x"}, "page_size": 2,
+        "prices": {"gpt-4.1": {"input": 2.0, "cache_read": 0.5, "output": 8.0}},
+        "spend": [{"provider": "openai", "day": "2026-11-03", "model": "gpt-4.1",
+                   "input": 1000, "output": 10, "requests": 1}],
+        "charges": [{"provider": "openai", "day": "2026-11-03", "line_item": "Image models",
+                     "amount_usd": 0.06}]}""")
+    runner, url = await start_fake_admin(state)
+    try:
+        async with aiohttp.ClientSession() as session:
+            usage, costs = await openai_admin.fetch(
+                session, Integration("openai", "gateway", "sk-admin-x", f"{url}/v1"), DAY, DAY,
+                timeout_s=5)
+    finally:
+        await runner.cleanup()
+    assert [(u.model, u.input_tokens, u.output_tokens) for u in usage] == [("gpt-4.1", 1000, 10)]
+    assert sorted((c.line_item, c.amount_usd) for c in costs) == [
+        ("Image models", D("0.06")), ("gpt-4.1, input", D("0.002")),
+        ("gpt-4.1, output", D("0.00008"))]
