@@ -19,7 +19,7 @@ from gateway.pricing import PriceTable
 from gateway.settings import SyncSettings
 from gateway.sync import store
 from gateway.sync.reconcile import ZERO, Day, Line, Row, Tolerance, reconcile, summarise
-from gateway.sync.records import TOKEN_TYPES, account_project
+from gateway.sync.records import GATEWAY_ACCOUNT, TOKEN_TYPES, account_project
 
 EVENT = "reconciliation.mismatch"
 Key = tuple[date, str, str]
@@ -40,7 +40,9 @@ def tolerance(settings: SyncSettings) -> Tolerance:
 async def build(conn: asyncpg.Connection, prices: PriceTable, settings: SyncSettings,
                 account: str, provider: str, start: date, end: date) -> Report:
     """Read both sides of start..end and compare them."""
-    mapping = settings.project_map.get(provider, {})
+    # The map names the gateway's own organisation's projects; a project's own account is
+    # compared per day and model.
+    mapping = settings.project_map.get(provider, {}) if account == GATEWAY_ACCOUNT else {}
 
     def model_of(name: str) -> str:
         price = prices.get(name)
