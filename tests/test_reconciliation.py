@@ -224,6 +224,18 @@ async def test_a_month_with_spend_around_the_gateway_and_a_wrong_price(
         totals = view[name]["totals"]
         assert totals["difference_usd"] == totals["provider_cost_usd"] - ledger[name]
         assert view[name]["days_outside_tolerance"] == 30
+    # Day by day too: each day's untracked spend is that day's spend around the gateway, and
+    # each Anthropic day's price difference a tenth of what the ledger charged that day.
+    ledger_days = {(r["provider"], r["day"]): r["cost"] for r in await db.fetch(
+        """SELECT provider, (started_at AT TIME ZONE 'UTC')::date AS day, sum(cost_usd) AS cost
+           FROM usage_records GROUP BY 1, 2""")}
+    for name in ("openai", "anthropic"):
+        for d in view[name]["days"]:
+            day = date.fromisoformat(d["day"])
+            assert d["untracked_usd"] == provider_cost(
+                [s for s in extra if s.day == day], name)
+            assert d["price_difference_usd"] == (
+                ledger_days[(name, day)] * D("0.1") if name == "anthropic" else 0)
 
     # One signed event per day and provider, delivered.
     assert await db.fetchval("SELECT count(*) FROM reconciliation_alerts") == 60
@@ -236,7 +248,13 @@ async def test_a_month_with_spend_around_the_gateway_and_a_wrong_price(
                                      headers[webhooks.HEADER_SIGNATURE])
     event = json.loads(body, parse_float=Decimal)
     assert event["event"] == "reconciliation.mismatch"
-    assert event["data"]["untracked_usd"] > 0
+    data = event["data"]
+    [day] = [d for d in view[data["provider"]]["days"] if d["day"] == data["day"]]
+    assert {k: data[k] for k in day} == day  # the day's row of the table, exactly
+    assert data["models"][0]["model"] in ("gpt-4o-mini", "claude-sonnet-4-5")
+    assert sorted((json.loads(b)["data"]["provider"], json.loads(b)["data"]["day"])
+                  for _, b in deliveries) == sorted(
+        (p, d.isoformat()) for p in ("openai", "anthropic") for d in days)
 
     # Importing twice changes nothing: the same rows, the same table, no second event.
     before = await stored(db)
