@@ -356,6 +356,8 @@ async def test_two_replicas_never_sync_at_once(
         resp = await replica.post("/api/sync", json={}, headers=admin_headers())
         assert resp.status == 409
         assert (await resp.json())["code"] == "sync_in_progress"
+        resp = await replica.get("/api/status", headers=admin_headers())
+        assert (await resp.json())["data"]["integrations"]["openai"]["status"] == "running"
     # The replica that does not hold the lock keeps trying, and skips every turn.
     waiting = first.app[SYNC] if second.app[SYNC].skipped == 0 else second.app[SYNC]
     deadline = asyncio.get_running_loop().time() + 10
@@ -369,6 +371,12 @@ async def test_two_replicas_never_sync_at_once(
     while await db.fetchval("SELECT count(*) FROM sync_state WHERE state = 'ok'") < 2:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
+    for replica in (first, second):  # both background loops stopped: no lock is held
+        await replica.app[SYNC].close()
+    # A run whose replica died says so: its state says running, but no one holds the lock.
+    await db.execute("UPDATE sync_state SET state = 'running' WHERE provider = 'openai'")
+    resp = await first.get("/api/status", headers=admin_headers())
+    assert (await resp.json())["data"]["integrations"]["openai"]["status"] == "interrupted"
 
 
 async def test_a_projects_own_admin_key_reconciles_its_own_account(

@@ -19,7 +19,7 @@ from gateway.keys import PRICES, REQUEST_ID, SYNC
 from gateway.sync import integrations, report, store
 from gateway.sync.importer import Outcome
 from gateway.sync.records import GATEWAY_ACCOUNT, project_account
-from gateway.sync.scheduler import SyncBusy, last_days
+from gateway.sync.scheduler import SyncBusy, last_days, lock_held
 
 MAX_DAYS = 400
 
@@ -116,6 +116,7 @@ async def sync_status(app: web.Application) -> list[dict[str, Any]]:
     async with runner.pool_connection() as conn:
         states = {(s["account"], s["provider"]): s for s in await store.all_states(conn)}
         found, broken = await integrations.stored(conn, runner.box, runner.settings)
+        syncing = await lock_held(conn)
     keyed = integrations.configured(runner.settings) + found
     names = {(i.account, i.provider) for i in keyed} | set(states) | {
         (k.rsplit(":", 1)[0], k.rsplit(":", 1)[1]) for k in broken}
@@ -126,7 +127,9 @@ async def sync_status(app: web.Application) -> list[dict[str, Any]]:
             "provider": provider, "account": account,
             "connected": (account, provider) in {(i.account, i.provider) for i in keyed},
             "key_problem": broken.get(f"{account}:{provider}"),
-            "status": s["state"] if s else "never_synced",
+            # 'running' with no sync holding the lock: the replica that ran it stopped.
+            "status": ("never_synced" if not s else "interrupted"
+                       if s["state"] == "running" and not syncing else s["state"]),
             "last_started_at": s and s["last_started_at"], "last_success_at": s and
             s["last_success_at"], "last_error": s and s["last_error"],
             "last_error_at": s and s["last_error_at"],

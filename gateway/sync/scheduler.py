@@ -53,6 +53,15 @@ async def advisory_lock(dsn: str, connect_timeout_s: float) -> AsyncIterator[Non
             await conn.close(timeout=connect_timeout_s)
 
 
+async def lock_held(conn: asyncpg.Connection) -> bool:
+    """Whether some session holds the sync's lock now (a bigint key shows in pg_locks as
+    classid, the high half, and objid, the low half, with objsubid 1)."""
+    return bool(await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2)""",
+        LOCK_KEY >> 32, LOCK_KEY & 0xFFFF_FFFF))
+
+
 def last_days(settings: SyncSettings, today: date | None = None) -> tuple[date, date]:
     today = today or datetime.now(UTC).date()
     return today - timedelta(days=settings.days - 1), today
@@ -138,9 +147,12 @@ class SyncRunner:
             await asyncio.sleep(self._settings.interval_s)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the background loop (a sync in flight is cancelled: it resumes next time)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
+                await task
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
