@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 LOCK_KEY = 0x6761_7465_7379_6E63 & 0x7FFF_FFFF_FFFF_FFFF  # "gatesync", one per database
 LOCK_APPLICATION = "gateway-sync-lock"
 FIRST_SYNC_DELAY_S = 5.0
+CANCEL_RETRY_S = 0.5
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -84,6 +85,7 @@ class SyncRunner:
         self._task: asyncio.Task[None] | None = None
         self.on_queued: Callable[[], None] | None = None  # webhook events were queued
         self.skipped = 0  # background turns skipped: another sync held the lock
+        self._stopping = False
 
     @property
     def settings(self) -> SyncSettings:
@@ -134,7 +136,7 @@ class SyncRunner:
     async def _loop(self) -> None:
         # A moment first: the process finishes starting (and its database comes up).
         await asyncio.sleep(min(self._settings.interval_s, FIRST_SYNC_DELAY_S))
-        while True:
+        while not self._stopping:
             try:
                 await self.sync()
             except SyncBusy:
@@ -150,9 +152,15 @@ class SyncRunner:
         """Stop the background loop (a sync in flight is cancelled: it resumes next time)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            self._stopping = True
+            # Cancelled again until it ends: a cancellation that lands while a pooled
+            # connection is being released is absorbed there (db.bounded_connection), and
+            # the loop would otherwise carry on.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=CANCEL_RETRY_S)
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                task.result()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
