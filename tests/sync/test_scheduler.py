@@ -21,10 +21,12 @@ class AbsorbingRunner(SyncRunner):
                          None, connect_timeout_s=1)
         self.syncs = 0
         self.absorbed = 0
+        self.started = asyncio.Event()
 
     async def sync(self, providers: Iterable[str] | None = None, start: date | None = None,
                    end: date | None = None, *, force: bool = False) -> list[Outcome]:
         self.syncs += 1
+        self.started.set()
         try:
             await asyncio.sleep(0.05)
         except asyncio.CancelledError:
@@ -35,8 +37,7 @@ class AbsorbingRunner(SyncRunner):
 async def test_close_stops_a_loop_that_absorbed_a_cancellation() -> None:
     runner = AbsorbingRunner()
     runner.start()
-    while runner.syncs == 0:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(runner.started.wait(), 5)
     await asyncio.wait_for(runner.close(), 5)
     assert runner.absorbed >= 1
     syncs = runner.syncs
