@@ -48,6 +48,7 @@ from gateway.keys import (
     READINESS,
     SETTINGS,
     SHUTDOWN,
+    SYNC,
     TOKENIZERS,
     TOKENS,
     UPSTREAMS,
@@ -71,6 +72,8 @@ from gateway.routes import setup_routes
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.shutdown import Shutdown
+from gateway.sync import integrations
+from gateway.sync.scheduler import SyncRunner
 from gateway.tokens.encodings import load_all
 from gateway.tokens.models import ModelTokenizers
 from gateway.tokens.service import build_token_service
@@ -100,7 +103,7 @@ def build_app(settings: Settings) -> web.Application:
         refresh_timeout_s=settings.auth.refresh_timeout_s,
         stale_serve_s=settings.auth.stale_serve_s)
     app.cleanup_ctx.extend([_tokens, _database, _upstreams, _keystore, _ledger, _webhooks,
-                            _limits, _pipeline])
+                            _sync, _limits, _pipeline])
     app[DASHBOARD] = Signer(settings)
     # Autoescaped: whatever a client sent (metadata, model and project names) renders as text.
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
@@ -195,6 +198,25 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
     app[WEBHOOKS] = worker
     yield
     await worker.close(deadline_s=app[SHUTDOWN].remaining())
+
+
+async def _sync(app: web.Application) -> AsyncIterator[None]:
+    """Imports of the providers' usage and cost reports: in the background every
+    `sync.interval_s` (one replica at a time), and on demand (`POST /api/sync`)."""
+    settings = app[SETTINGS]
+    runner = SyncRunner(app[POOL], app[DSN], settings.sync, app[PRICES], app[CREDENTIALS].box,
+                        connect_timeout_s=settings.database.connect_timeout_s,
+                        query_timeout_s=settings.database.query_timeout_s)
+    if settings.webhooks.enabled:
+        runner.on_queued = app[WEBHOOKS].wake  # mismatch events go out at once
+    # Without a configured admin key or GATEWAY_SECRET_KEY (a project's stored admin key needs
+    # it) there is nothing to sync: no background task then.
+    if settings.sync.enabled and (integrations.configured(settings.sync)
+                                  or app[CREDENTIALS].box is not None):
+        runner.start()
+    app[SYNC] = runner
+    yield
+    await runner.close()
 
 
 async def _limits(app: web.Application) -> AsyncIterator[None]:

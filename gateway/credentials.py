@@ -45,6 +45,9 @@ MAX_PROJECTS = 100_000
 MIN_SECRET_CHARS = 32
 HKDF_INFO = b"gateway provider credentials v1"
 _SETTING = "GATEWAY_SECRET_KEY"
+# A credential stored under this name is the provider organisation's admin key: read by the
+# sync (gateway/sync/integrations.py) for usage and cost reports, never used for calls.
+ADMIN_CREDENTIAL = "org-admin"
 _ROWS = """SELECT provider, name, ciphertext, nonce, key_id, base_url, weight, options
            FROM provider_credentials WHERE project_id = $1 ORDER BY provider, name"""
 
@@ -163,6 +166,8 @@ def _unseal(box: SecretBox | None, project_id: int,
     broken: dict[str, str] = {}
     for row in rows:
         provider, name = row["provider"], row["name"]
+        if name == ADMIN_CREDENTIAL:
+            continue
         what = f"project {project_id}'s stored {provider} credential {name!r}"
         if box is None:
             broken[provider] = f"{what} cannot be used: {_SETTING} is not set"

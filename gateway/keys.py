@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.pipeline.runner import ProxyPipeline
     from gateway.providers.base import Upstream
     from gateway.ratelimit import RateLimiter
+    from gateway.sync.scheduler import SyncRunner
     from gateway.tokens.service import TokenService
     from gateway.webhooks import WebhookWorker
 
@@ -58,6 +59,7 @@ ALERTS: web.AppKey[AlertHook] = web.AppKey("alerts")
 CATALOGUE = web.AppKey("catalogue", Catalogue)  # config/models.toml, for the smart router
 OBSERVED = web.AppKey("observed", Observations)  # latency and errors by provider and model
 DASHBOARD: web.AppKey[Signer] = web.AppKey("dashboard")  # signs dashboard sessions
+SYNC: web.AppKey[SyncRunner] = web.AppKey("sync")  # provider usage and cost imports
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)
 # The rate-limit headers of an admitted API call (`http/quota.py`), for its answer.

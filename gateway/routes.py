@@ -19,6 +19,7 @@ from gateway.http import (
     proxy,
     smart_router,
     stored_responses,
+    sync,
     teams,
     tokens,
     track,
@@ -82,6 +83,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/health", cv_status.health)
     app.router.add_get("/api/tracking-health", cv_status.tracking_health)
     app.router.add_get("/api/status", cv_status.status)
+    app.router.add_post("/api/sync", sync.sync_all)
+    app.router.add_post("/api/sync-organization-usage", sync.sync_organization_usage)
+    app.router.add_get("/api/reconciliation", sync.reconciliation)
 
     app.router.add_get("/api/health/live", health.live)
     app.router.add_get("/api/health/ready", health.ready)

@@ -6,7 +6,9 @@ what is allowed. Nothing reads the environment after `load_settings` returns.
 Environment overrides:
 - `GATEWAY_<SECTION>_<KEY>` for any key, e.g. `GATEWAY_SERVER_PORT=9000`;
 - the contract's short names: `GATEWAY_DATABASE_URL`, `GATEWAY_DATA_DIR`, `GATEWAY_ADMIN_TOKEN`;
-- `<PROVIDER>_API_KEY` and `<PROVIDER>_BASE_URL` for each provider (`OPENAI_API_KEY`, ...).
+- `<PROVIDER>_API_KEY` and `<PROVIDER>_BASE_URL` for each provider (`OPENAI_API_KEY`, ...);
+- `OPENAI_ADMIN_KEY` and `ANTHROPIC_ADMIN_KEY`: the organisation admin keys the sync reads
+  the providers' usage and cost reports with.
 """
 
 from __future__ import annotations
@@ -260,6 +262,27 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """The `[sync]` section: importing the providers' own usage and cost reports, and the
+    tolerances reconciliation judges them by (gateway/sync/)."""
+
+    enabled: bool = _opt(True)  # run the background sync in this process
+    interval_s: float = _opt(3600.0, minimum=0.01)  # between background syncs
+    days: int = _opt(3, minimum=1, maximum=400)  # each sync imports the last N UTC days
+    chunk_days: int = _opt(7, minimum=1, maximum=31)  # days fetched and stored per step
+    timeout_s: float = _opt(60.0, minimum=0.01)  # one admin API call
+    settle_hours: float = _opt(6.0, minimum=0)  # a day is judged this long after it ends
+    tolerance_usd: Decimal = _opt(Decimal("0.01"), minimum=0)
+    tolerance_percent: Decimal = _opt(Decimal("1"), minimum=0)
+    openai_admin_key: str = _opt("", secret=True)  # OPENAI_ADMIN_KEY (sk-admin-...)
+    anthropic_admin_key: str = _opt("", secret=True)  # ANTHROPIC_ADMIN_KEY (sk-ant-admin...)
+    openai_base_url: str = _opt("https://api.openai.com/v1")
+    anthropic_base_url: str = _opt("https://api.anthropic.com")
+    # provider -> {gateway project name -> the provider's project id}
+    project_map: Mapping[str, Mapping[str, str]] = _opt(MappingProxyType({}))
+
+
+@dataclass(frozen=True)
 class SecretsSettings:
     key: str = _opt("", secret=True)  # GATEWAY_SECRET_KEY: encrypts per-project credentials
 
@@ -306,6 +329,7 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
 
     def provider(self, name: str) -> ProviderSettings:
@@ -327,6 +351,7 @@ _SECTIONS: dict[str, type] = {
     "routing": RoutingSettings,
     "secrets": SecretsSettings,
     "dashboard": DashboardSettings,
+    "sync": SyncSettings,
 }
 _ENV_ALIASES = {
     "GATEWAY_DATABASE_URL": ("database", "url"),
@@ -338,6 +363,8 @@ _ENV_ALIASES = {
     "UPSTASH_REDIS_REST_TOKEN": ("ratelimit", "upstash_token"),
     "GATEWAY_SECRET_KEY": ("secrets", "key"),
     "AZURE_OPENAI_API_VERSION": ("providers.azure", "api_version"),
+    "OPENAI_ADMIN_KEY": ("sync", "openai_admin_key"),
+    "ANTHROPIC_ADMIN_KEY": ("sync", "anthropic_admin_key"),
 }
 
 T = TypeVar("T")

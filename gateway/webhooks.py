@@ -2,7 +2,9 @@
 
 Events (`budget.alert`, `usage.exceeded`, `anomaly.detected`, opt-in `usage.tracked`) are
 rows of `webhook_outbox`, one per (event, endpoint), inserted in the transaction that wrote
-the usage rows, so an event exists exactly when its usage does. Every replica runs a
+the usage rows, so an event exists exactly when its usage does (`reconciliation.mismatch`,
+from the providers' imported bills, is inserted with its once-per-day record instead,
+gateway/sync/report.py). Every replica runs a
 `WebhookWorker`: it claims due rows with `FOR UPDATE SKIP LOCKED`, pushes each claimed row's
 `next_attempt_at` past the delivery timeout (a lease: no transaction is held over HTTP), and
 POSTs them. A 2xx answer marks the row delivered; anything else retries with exponential
@@ -45,7 +47,8 @@ from gateway.settings import WebhookSettings
 
 log = structlog.get_logger(__name__)
 
-SUBSCRIBABLE = ("budget.alert", "usage.exceeded", "anomaly.detected", "usage.tracked")
+SUBSCRIBABLE = ("budget.alert", "usage.exceeded", "anomaly.detected", "usage.tracked",
+                "reconciliation.mismatch")
 TEST_EVENT = "webhook.test"
 FORMATS = ("json", "slack")
 HEADER_EVENT = "X-AI-Cost-Gateway-Event"
@@ -198,6 +201,12 @@ def slack_text(event_type: str, d: Mapping[str, Any]) -> str:
         return (f":receipt: Usage tracked for project {project}: {d.get('provider')}/"
                 f"{d.get('model')}, {d.get('input_tokens')} in / {d.get('output_tokens')} out, "
                 f"{_usd(d.get('cost_usd'))}.")
+    if event_type == "reconciliation.mismatch":
+        return (f":mag: Reconciliation: {d.get('provider')} billed "
+                f"{_usd(d.get('provider_cost_usd'))} on {d.get('day')} and the gateway recorded "
+                f"{_usd(d.get('ledger_cost_usd'))}: {_usd(d.get('untracked_usd'))} spent around "
+                f"the gateway, {_usd(d.get('price_difference_usd'))} from prices, "
+                f"{_usd(d.get('timing_usd'))} timing.")
     if event_type == TEST_EVENT:
         return ":white_check_mark: Test event from the AI cost gateway: this endpoint works."
     return f"{event_type} for project {project}"

@@ -38,7 +38,8 @@ ADMIN_TOKEN = "test-admin-token"
 # usage_hourly and usage_daily are emptied by usage_records' own TRUNCATE trigger.
 TABLES = ("usage_records, api_keys, projects, teams, budget_periods, budget_leases, "
           "provider_credentials, webhook_endpoints, webhook_outbox, alerts_fired, "
-          "budget_reclaimed, ledger_dead_letters, manual_costs")
+          "budget_reclaimed, ledger_dead_letters, manual_costs, provider_usage, provider_costs, "
+          "sync_state, reconciliation_alerts")
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonschema
 from aiohttp.test_utils import TestClient
-from conftest import FakeUpstream, admin_headers, chat_body, create_project
+from conftest import FakeUpstream, GatewayFactory, admin_headers, chat_body, create_project
 
 from gateway.http.docs import OPENAPI_PATH
 
@@ -120,3 +120,40 @@ async def test_smart_router_answers_fit_the_documented_schemas(gateway: TestClie
         resp = await gateway.post("/api/smart-router", json=body, headers=auth)
         assert resp.status == status, await resp.text()
         _check(spec, "/api/smart-router", "post", resp.status, await resp.json())
+async def test_reconciliation_answers_fit_the_documented_schemas(
+        make_gateway: GatewayFactory) -> None:
+    from test_reconciliation import PROVIDER_PRICES, month, script_days, sync_settings
+
+    from gateway.testing.fake_admin import AdminState, start_fake_admin
+
+    state = AdminState(admin_keys={"openai": "sk-admin-doc", "anthropic": "sk-ant-admin-doc"},
+                       prices=dict(PROVIDER_PRICES))
+    script_days(state, month()[-3:])
+    runner, url = await start_fake_admin(state)
+    try:
+        gw = await make_gateway(sync={**sync_settings(url, days=3),
+                                      "openai_admin_key": "sk-admin-doc",
+                                      "anthropic_admin_key": "sk-ant-admin-doc"})
+        spec = await _spec(gw)
+        admin = admin_headers()
+        resp = await gw.get("/api/status", headers=admin)
+        _check(spec, "/api/status", "get", resp.status, await resp.json())
+        resp = await gw.post("/api/sync", json={}, headers=admin)
+        _check(spec, "/api/sync", "post", resp.status, await resp.json())
+        resp = await gw.post("/api/sync", json={"providers": ["x"]}, headers=admin)
+        _check(spec, "/api/sync", "post", resp.status, await resp.json())  # 400
+        resp = await gw.post("/api/sync-organization-usage", json={"service": "openai"},
+                             headers=admin)
+        _check(spec, "/api/sync-organization-usage", "post", resp.status, await resp.json())
+        resp = await gw.get("/api/status", headers=admin)
+        _check(spec, "/api/status", "get", resp.status, await resp.json())
+        resp = await gw.get("/api/reconciliation", headers=admin)
+        body = await resp.json()
+        assert body["providers"] and body["providers"][0]["rows"]
+        _check(spec, "/api/reconciliation", "get", resp.status, body)
+        resp = await gw.get("/api/reconciliation", params={"provider": "gemini"}, headers=admin)
+        _check(spec, "/api/reconciliation", "get", resp.status, await resp.json())  # 400
+        resp = await gw.get("/api/reconciliation")
+        _check(spec, "/api/reconciliation", "get", resp.status, await resp.json())  # 401
+    finally:
+        await runner.cleanup()

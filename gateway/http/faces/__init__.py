@@ -21,7 +21,7 @@ CODINGVIBEZ_PATHS = frozenset({
     "/api/tokens", "/api/tokens/track", "/api/tokens/stats", "/api/tokens/timeseries",
     "/api/tokens/burn-rate", "/api/costs/all", "/api/costs/manual", "/api/dashboard",
     "/api/analytics", "/api/projections", "/api/health", "/api/tracking-health",
-    "/api/status"})
+    "/api/status", "/api/sync", "/api/sync-organization-usage"})
 CODINGVIBEZ_PREFIXES = ("/api/costs/",)  # /api/costs/{provider}
 GATEWAY_PATHS = frozenset({"/api/costs/forecast"})  # the gateway's own, under a face prefix
 

@@ -15,7 +15,9 @@ from gateway.http.database import connection
 from gateway.http.faces.codingvibez import read_scope
 from gateway.http.faces.envelope import camel, envelope, freshness
 from gateway.http.faces.integrations import integrations
+from gateway.http.sync import sync_status
 from gateway.keys import LEDGER, READINESS
+from gateway.sync.records import GATEWAY_ACCOUNT, project_account
 
 FLUSH_LAG_DEGRADED_S = 60.0
 
@@ -65,7 +67,8 @@ async def tracking_health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """`GET /api/status`: each provider integration, configured and reachable."""
+    """`GET /api/status`: each provider integration, configured and reachable, and the state
+    of the imports of its bills."""
     who = await caller(request, allow=Access.PROJECT_OR_ADMIN)
     query = checks.read_query(request.query, ("project_id",), {"projectId": "project_id"})
     return envelope(request, await status_data(
@@ -73,12 +76,23 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def status_data(request: web.Request, project_id: int | None) -> dict[str, Any]:
-    """The integrations CodingVibez's status shows (`connected`, `lastSync`, `status`); the
-    one place more state (such as provider-bill sync) joins it."""
+    """The integrations CodingVibez's status shows (`connected`, `lastSync`, `status`), and
+    the imports of the providers' bills (`billSync`: the admin sees every account's, a
+    project its own admin key's and the gateway's)."""
     found = await integrations(request, project_id)
+    accounts = ({GATEWAY_ACCOUNT} if project_id is None else
+                {GATEWAY_ACCOUNT, project_account(project_id)})
+    syncs = [s for s in await sync_status(request.app)
+             if project_id is None or s["account"] in accounts]
+
+    def last_sync(provider: str) -> Any:  # the caller's own account first, else the gateway's
+        mine = [s for s in syncs if s["provider"] == provider and s["last_success_at"]]
+        mine.sort(key=lambda s: s["account"] == GATEWAY_ACCOUNT)
+        return mine[0]["last_success_at"] if mine else None
+
     return {"projectId": project_id, "integrations": {
-        name: {"connected": entry["configured"], "lastSync": None, "status": entry["status"],
-               "reachable": entry["reachable"], "breaker": entry["breaker"],
-               "gatewayKey": entry["gateway_key"],
+        name: {"connected": entry["configured"], "lastSync": last_sync(name),
+               "status": entry["status"], "reachable": entry["reachable"],
+               "breaker": entry["breaker"], "gatewayKey": entry["gateway_key"],
                "projectKeys": camel(entry["project_keys"])}
-        for name, entry in found.items()}}
+        for name, entry in found.items()}, "billSync": camel(syncs)}
