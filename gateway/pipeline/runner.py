@@ -107,6 +107,7 @@ class ProxyPipeline:
         self.breakers = {name: CircuitBreaker(u.settings.breaker_failures,
                                               u.settings.breaker_cooldown_s)
                          for name, u in upstreams.items()}
+        self._views: dict[tuple[str, str, str | None], Upstream] = {}
         self._rng = rng or random.Random()
         self._sleep = sleep
         self.routing = routing or RoutingSettings()
@@ -205,7 +206,7 @@ class ProxyPipeline:
         assert ex.principal is not None
         routes = ex.chain or [self.router.route(chat.model, chat.provider)]
         legs = [Leg(chat if n == 0 else self._retarget(chat, route),
-                    self._upstream(ex.entry, route.provider).speaking(chat.entry_wire),
+                    self._upstream(ex.entry, route.provider, chat.entry_wire),
                     route.upstream_model)
                 for n, route in enumerate(routes)]
         plan = Plan(legs, self.breakers, partial(self._credentials, ex.principal.project.id),
@@ -239,10 +240,20 @@ class ProxyPipeline:
                 return attempt.leg.chat, attempt.leg.upstream, response
         raise plan.error()
 
-    def _upstream(self, entry: Entry, provider: str) -> Upstream:
-        """The provider, at the endpoint of its API that serves this entry."""
-        upstream = self.upstreams[provider]
-        return entry.upstream(upstream) if isinstance(entry, OwnEndpoint) else upstream
+    def _upstream(self, entry: Entry, provider: str, wire: str | None = None) -> Upstream:
+        """The provider, at the endpoint of its API that serves this entry (speaking `wire`
+        when given). Made once per entry, provider and wire: the runtime Protocol check and
+        the view's copy cost more than the rest of routing."""
+        key = (entry.path, provider, wire)
+        view = self._views.get(key)
+        if view is None:
+            view = self.upstreams[provider]
+            if isinstance(entry, OwnEndpoint):
+                view = entry.upstream(view)
+            if wire is not None:
+                view = view.speaking(wire)
+            self._views[key] = view
+        return view
 
     async def _credentials(self, project_id: int, leg: Leg) -> list[Credential]:
         """The project's own credentials for this provider if it stored any, else the
