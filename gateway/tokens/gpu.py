@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -59,6 +60,17 @@ def unavailable_reason(device_id: int = 0) -> str | None:
     if device_id >= len(devices):
         return f"no CUDA device {device_id} ({len(devices)} found)"
     return None
+
+
+def driver_reason(device_id: int = 0) -> str | None:
+    """`unavailable_reason`, but first whether the driver library loads at all (Linux): on a
+    machine without one, importing the CUDA bindings alone costs about 22 MB of memory."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libcuda.so.1")
+        except OSError as exc:
+            return f"no CUDA driver: libcuda.so.1 cannot be loaded ({exc})"
+    return unavailable_reason(device_id)
 
 
 KERNEL_SOURCES = ("count.cu", "scanner.h", "unicode_table.h")

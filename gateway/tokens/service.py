@@ -25,7 +25,7 @@ import tiktoken
 from gateway.settings import TokensSettings
 from gateway.tokens.chat import chat_pieces
 from gateway.tokens.cpu import CpuCounter
-from gateway.tokens.gpu import GpuCounter, GpuUnavailable, unavailable_reason
+from gateway.tokens.gpu import GpuCounter, GpuUnavailable, driver_reason
 from gateway.tokens.models import ModelTokenizers, Tokenizer
 
 log = structlog.get_logger(__name__)
@@ -248,7 +248,7 @@ class TokenService:
 def build_token_service(
         settings: TokensSettings, models: ModelTokenizers,
         encodings: dict[str, tiktoken.Encoding], *,
-        probe: Callable[[int], str | None] = unavailable_reason,
+        probe: Callable[[int], str | None] = driver_reason,
         gpu_factory: Callable[[dict[str, tiktoken.Encoding], int], Counter] | None = None,
         cache_dir: Path | None = None,
 ) -> TokenService:

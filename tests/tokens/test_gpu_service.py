@@ -161,3 +161,23 @@ async def test_chat_counting_is_unchanged_behind_the_gpu(gpu_service: TokenServi
     body = {"messages": [{"role": "user", "content": "Hello there! " * 1000}]}
     counted = await gpu_service.count_chat(body, "gpt-4o")
     assert counted.exact and counted.tokens == 3 + 3 + 1 + 3000 + 1
+
+
+def test_without_a_driver_auto_does_not_even_import_the_cuda_bindings() -> None:
+    """No libcuda here: the probe says so without importing `cuda.core` (about 22 MB)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        pass
+    else:
+        pytest.skip("this machine has a CUDA driver")
+    code = ("import sys; from gateway.tokens.gpu import driver_reason; r = driver_reason(); "
+            "print(r); print(any(m.startswith('cuda') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.splitlines()
+    assert out[0].startswith("no CUDA driver: libcuda.so.1 cannot be loaded")
+    assert out[1] == "False"
