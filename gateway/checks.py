@@ -117,6 +117,38 @@ def flag(value: Any, field: str, problems: Problems, message: str | None = None)
     return None
 
 
+def boolean(value: Any, field: str, problems: Problems) -> None:
+    """A JSON boolean, in the OpenAI-shaped entries' words."""
+    flag(value, field, problems, f"must be a boolean, not {kind(value)}")
+
+
+def of_kind(value: Any, field: str, problems: Problems, expected: type) -> bool:
+    """`value` is a JSON object (dict), array (list) or string (str), else a problem."""
+    if isinstance(value, expected):
+        return True
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    name = names[expected]
+    problems.add(field, f"must be {name}, not {kind(value)}")
+    return False
+
+
+def object_value(value: Any, field: str, problems: Problems) -> bool:
+    return of_kind(value, field, problems, dict)
+
+
+def array_value(value: Any, field: str, problems: Problems) -> bool:
+    return of_kind(value, field, problems, list)
+
+
+def string_value(value: Any, field: str, problems: Problems) -> bool:
+    return of_kind(value, field, problems, str)
+
+
+def within_chars(chars: int, field: str, problems: Problems, limit: int) -> None:
+    if chars > limit:
+        problems.add(field, f"is {chars} characters; the limit is {limit}")
+
+
 def number(value: Any, field: str, problems: Problems, low: float, high: float) -> float | None:
     """A JSON number (integer or not, never a boolean) from `low` to `high`."""
     if isinstance(value, bool) or not isinstance(value, int | float):

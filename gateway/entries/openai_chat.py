@@ -139,22 +139,7 @@ def _content(message: dict[str, Any], where: str, limits: Limits, errors: Proble
         expected = "a string" if strict else "a string or an array of content parts"
         errors.add(field, f"must be {expected}, not {kind(content)}")
         return
-    if chars > limits.max_content_chars:
-        errors.add(field, f"is {chars} characters; the limit is {limits.max_content_chars}")
-
-
-def _bool(value: Any, field: str, errors: Problems) -> None:
-    checks.flag(value, field, errors, f"must be a boolean, not {kind(value)}")
-
-
-def _object(value: Any, field: str, errors: Problems) -> None:
-    if not isinstance(value, dict):
-        errors.add(field, f"must be an object, not {kind(value)}")
-
-
-def _array(value: Any, field: str, errors: Problems) -> None:
-    if not isinstance(value, list):
-        errors.add(field, f"must be an array, not {kind(value)}")
+    checks.within_chars(chars, field, errors, limits.max_content_chars)
 
 
 def _logit_bias(value: Any, field: str, errors: Problems) -> None:
@@ -178,12 +163,12 @@ _PARAMS: dict[str, Check] = {
     "top_logprobs": lambda v, f, e: checks.whole(v, f, e, 0, 20),
     "seed": lambda v, f, e: checks.whole(v, f, e, -(2**63), 2**63 - 1),
     "stop": checks.stop_sequences,
-    "stream": _bool,
-    "logprobs": _bool,
-    "parallel_tool_calls": _bool,
-    "stream_options": _object,
-    "response_format": _object,
+    "stream": checks.boolean,
+    "logprobs": checks.boolean,
+    "parallel_tool_calls": checks.boolean,
+    "stream_options": checks.object_value,
+    "response_format": checks.object_value,
     "logit_bias": _logit_bias,
-    "tools": _array,
+    "tools": checks.array_value,
     "user": lambda v, f, e: None if isinstance(v, str) else e.add(f, "must be a string"),
 }

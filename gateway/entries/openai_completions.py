@@ -77,7 +77,7 @@ def worst_output(body: dict[str, Any], prompts: int) -> int:
 def prompt_count(value: Any, field: str, limits: Limits, errors: Problems) -> int:
     """How many prompts `prompt` holds: a string, strings, token ids, or token-id arrays."""
     if isinstance(value, str):
-        _chars(len(value), field, limits, errors)
+        checks.within_chars(len(value), field, errors, limits.max_content_chars)
         return 1
     if not isinstance(value, list) or not value:
         errors.add(field, "is required and must be a string, an array of strings, an array "
@@ -87,7 +87,7 @@ def prompt_count(value: Any, field: str, limits: Limits, errors: Problems) -> in
         return 1
     for i, item in enumerate(value):
         if isinstance(item, str):
-            _chars(len(item), f"{field}[{i}]", limits, errors)
+            checks.within_chars(len(item), f"{field}[{i}]", errors, limits.max_content_chars)
         elif not (isinstance(item, list) and all(_token(t) for t in item)):
             errors.add(f"{field}[{i}]", "must be a string or an array of token ids, not "
                                         f"{kind(item)}")
@@ -96,25 +96,6 @@ def prompt_count(value: Any, field: str, limits: Limits, errors: Problems) -> in
 
 def _token(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _chars(chars: int, field: str, limits: Limits, errors: Problems) -> None:
-    if chars > limits.max_content_chars:
-        errors.add(field, f"is {chars} characters; the limit is {limits.max_content_chars}")
-
-
-def _string(value: Any, field: str, errors: Problems) -> None:
-    if not isinstance(value, str):
-        errors.add(field, f"must be a string, not {kind(value)}")
-
-
-def _flag(value: Any, field: str, errors: Problems) -> None:
-    checks.flag(value, field, errors, f"must be a boolean, not {kind(value)}")
-
-
-def _object(value: Any, field: str, errors: Problems) -> None:
-    if not isinstance(value, dict):
-        errors.add(field, f"must be an object, not {kind(value)}")
 
 
 Check = Callable[[Any, str, Problems], object]
@@ -130,10 +111,10 @@ _PARAMS: dict[str, Check] = {
     "logprobs": lambda v, f, e: checks.whole(v, f, e, 0, MAX_LOGPROBS),
     "seed": lambda v, f, e: checks.whole(v, f, e, -(2**63), 2**63 - 1),
     "stop": checks.stop_sequences,
-    "stream": _flag,
-    "echo": _flag,
-    "stream_options": _object,
-    "logit_bias": _object,
-    "suffix": _string,
-    "user": _string,
+    "stream": checks.boolean,
+    "echo": checks.boolean,
+    "stream_options": checks.object_value,
+    "logit_bias": checks.object_value,
+    "suffix": checks.string_value,
+    "user": checks.string_value,
 }
