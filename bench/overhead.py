@@ -54,6 +54,8 @@ MAX_P50_OVER_BARE_MS = 0.15  # at the latency concurrency: gateway p50 - bare pr
 MAX_P99_OVER_BARE_MS = 0.5  # at the latency concurrency: gateway p99 - bare proxy p99
 MIN_LIMITS_RATIO = 0.85  # gateway with budgets and redis rate limits / gateway without them
 MAX_RSS_MB = 120.0  # the gateway's resident memory after the run
+MAX_SOAK_GROWTH_PCT = 5.0  # RSS growth over the soak (`--soak`), first slice to last
+SOAK_SLICE_S = 15
 # The "limits" gateway's project: a budget and every rate limit on, none ever reached.
 LIMITED_PROJECT = {"plan": "team", "monthly_budget_usd": 1_000_000,
                    "requests_per_minute": 10**9, "requests_per_day": 10**9,
@@ -730,6 +732,10 @@ def run(args: argparse.Namespace) -> int:
             check()
 
         rss_mb = rss_of(gateway.proc.pid)
+        soak = None
+        if args.soak > 0:
+            soak = soak_gateway(gateway, loadgens["gateway"], max(concurrency), args.soak,
+                                ports["gateway"])
         workers_ratio = None
         if args.workers > 1:
             workers_ratio = compare_workers(args, env, pins, workdir, loadgen,
@@ -768,6 +774,12 @@ def run(args: argparse.Namespace) -> int:
             targets.append({"name": f"gateway RSS after {gateway_requests} requests, MB",
                             "value": rss_mb, "target": f"< {MAX_RSS_MB}",
                             "pass": rss_mb < MAX_RSS_MB})
+        if soak is not None:
+            targets.append({"name": f"gateway RSS growth over a {args.soak} s soak at {hi} "
+                                    f"connections ({soak['first_mb']:.1f} -> "
+                                    f"{soak['last_mb']:.1f} MB), %",
+                            "value": soak["growth_pct"], "target": f"< {MAX_SOAK_GROWTH_PCT}",
+                            "pass": soak["growth_pct"] < MAX_SOAK_GROWTH_PCT})
         if workers_ratio is not None:
             targets.append({"name": f"{args.workers} workers / 1 worker, req/s at {hi} "
                                     "connections (report)",
@@ -838,6 +850,24 @@ def rss_of(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def soak_gateway(gateway: Server, loadgen: LoadGen, connections: int, seconds: int,
+                 port: int) -> dict[str, Any]:
+    """Load the gateway for `seconds` in slices of SOAK_SLICE_S, its RSS read after each:
+    the growth from the first slice's reading to the last."""
+    samples = []
+    for n in range(max(seconds // SOAK_SLICE_S, 2)):
+        loadgen.run("soak", port, connections, SOAK_SLICE_S, n)
+        gateway.check_alive()
+        rss = rss_of(gateway.proc.pid)
+        if rss is not None:
+            samples.append(rss)
+        print(f"  soak {(n + 1) * SOAK_SLICE_S:>4} s: RSS {rss} MB", file=sys.stderr,
+              flush=True)
+    first, last = samples[0], samples[-1]
+    return {"samples_mb": samples, "first_mb": first, "last_mb": last,
+            "growth_pct": (last - first) / first * 100}
 
 
 def compare_workers(args: argparse.Namespace, env: dict[str, str], pins: dict[str, str | None],
@@ -922,6 +952,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(needs py-spy in the venv); 0: no profile")
     parser.add_argument("--profile-target", choices=("gateway", "limits"), default="gateway")
     parser.add_argument("--stop-timeout", type=float, default=25.0)
+    parser.add_argument("--soak", type=int, default=0, metavar="SECONDS",
+                        help="also load the gateway this long, its RSS read every 15 s "
+                             "(300: the 5-minute soak)")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="also compare `serve --workers N` with one worker (unpinned)")
     parser.add_argument("--results-dir", default=str(BENCH / "results"))
