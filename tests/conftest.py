@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ TABLES = ("usage_records, api_keys, projects, teams, budget_periods, budget_leas
           "provider_credentials, webhook_endpoints, webhook_outbox, alerts_fired, "
           "budget_reclaimed, ledger_dead_letters, manual_costs, provider_usage, provider_costs, "
           "sync_state, reconciliation_alerts")
+
+
+async def away_from_a_minute_edge(needs_s: float) -> None:
+    """Wait for the next minute when fewer than `needs_s` seconds are left of this one, so
+    a test counting requests against a per-minute limit sees one window."""
+    left = 60 - time.time() % 60
+    if left < needs_s:
+        await asyncio.sleep(left + 0.05)
 
 
 def with_database(dsn: str, name: str) -> str:

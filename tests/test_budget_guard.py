@@ -10,6 +10,7 @@ from conftest import (
     FakeUpstream,
     GatewayFactory,
     admin_headers,
+    away_from_a_minute_edge,
     chat_body,
     create_project,
     wait_for_rows,
@@ -85,6 +86,7 @@ async def test_clamp_lowers_max_tokens_to_what_fits(make_gateway: GatewayFactory
 
 
 async def test_rate_limit_headers_and_429(gateway: TestClient) -> None:
+    await away_from_a_minute_edge(5)
     _, key = await create_project(gateway, requests_per_minute=3, requests_per_day=100)
     seen = []
     for _ in range(4):

@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import FakeUpstream, create_project, wait_for_rows
+from conftest import FakeUpstream, away_from_a_minute_edge, create_project, wait_for_rows
 
 from gateway.keys import PRICES
 from gateway.pricing import compute_cost
@@ -165,6 +165,7 @@ async def test_stored_responses_are_held_to_rate_limits_and_request_ids(
     """A read or delete of a stored response is a call like the others: it counts against the
     plan's requests per minute (429 past it, with the rate headers) and claims its
     X-Request-Id (409 on reuse); the budget guard reserves nothing for it."""
+    await away_from_a_minute_edge(5)
     _, key = await create_project(gateway, requests_per_minute=4, monthly_budget_usd="1")
     client = sdk(gateway, key)
     created = await client.responses.create(model="gpt-4o-mini", input="Say hello")

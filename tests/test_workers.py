@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from conftest import ROOT, FakeUpstream, chat_body
+from conftest import ROOT, FakeUpstream, away_from_a_minute_edge, chat_body
 
 from gateway import projects, workers
 from gateway.settings import SettingsError, settings_from_mapping
@@ -141,6 +141,7 @@ async def test_workers_share_the_port_the_load_and_exact_limits(
     pids = {e["pid"] for e in listening}
     assert len(pids) == WORKERS
     url = listening[0]["url"]
+    await away_from_a_minute_edge(15)
     project = await projects.create_project(db, {
         "name": "workers", "monthly_budget_usd": Decimal("10"), "requests_per_minute": 30})
     _, key = await projects.issue_key(db, project["id"])

@@ -15,7 +15,7 @@ import asyncpg
 import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import GatewayFactory, admin_headers, create_project
+from conftest import GatewayFactory, admin_headers, away_from_a_minute_edge, create_project
 from test_analytics import insert_rows
 
 from gateway.http.faces.envelope import freshness
@@ -225,6 +225,7 @@ async def test_errors_are_in_its_envelope(client: TestClient) -> None:
 
 
 async def test_its_per_method_limits_and_the_plans_limits(client: TestClient) -> None:
+    await away_from_a_minute_edge(15)
     _, key = await create_project(client, plan="enterprise")  # no plan limits
     resp = await client.get("/api/projections", headers=auth(key))
     assert (resp.status, resp.headers["X-RateLimit-Limit"]) == (200, "100")

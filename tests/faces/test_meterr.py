@@ -16,7 +16,13 @@ import asyncpg
 import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import GatewayFactory, admin_headers, chat_body, create_project
+from conftest import (
+    GatewayFactory,
+    admin_headers,
+    away_from_a_minute_edge,
+    chat_body,
+    create_project,
+)
 from test_analytics import insert_rows
 
 SCHEMAS = json.loads((Path(__file__).parent / "schemas" / "meterr.json").read_text())
@@ -216,6 +222,7 @@ async def test_the_plans_daily_request_quota_is_402_and_the_minute_limit_429(
     proxied = await call(client, "POST", "/v1/chat/completions", auth(daily), 402,
                          json=chat_body())  # the proxy shares the plan's count
     assert proxied["error"]["code"] == "plan_request_limit_exceeded"
+    await away_from_a_minute_edge(5)
     _, minute = await create_project(client, requests_per_minute=2)
     for _ in range(2):
         resp = await client.get("/v1/usage", headers=auth(minute))
