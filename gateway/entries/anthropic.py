@@ -16,7 +16,7 @@ import orjson
 from gateway import checks
 from gateway.checks import MAX_OUTPUT_TOKENS, MAX_STOP_SEQUENCES, Problems, kind
 from gateway.domain import ChatRequest, Usage
-from gateway.entries.base import ChunkEncoder, ErrorShape, Limits
+from gateway.entries.base import ChunkEncoder, ErrorShape, Limits, PivotStream
 from gateway.providers.anthropic import STOP_REASONS, image_url
 
 ROLES = ("user", "assistant")
@@ -394,7 +394,7 @@ def sse(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-class AnthropicStreamEncoder:
+class AnthropicStreamEncoder(PivotStream):
     """OpenAI chunks as Anthropic's SSE events: message_start, one content block per text run
     and per tool call (each closed when the next opens), then message_delta and message_stop."""
 
@@ -406,21 +406,7 @@ class AnthropicStreamEncoder:
         self._blocks = 0  # blocks opened so far
         self._open: str | None = None  # "text" or "tool:N", the block now open
         self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
-        self._finish: str | None = None
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        out = [self._start()]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            for text in (delta.get("content"), delta.get("refusal")):
-                if isinstance(text, str) and text:
-                    out.append(self._text(text))
-            for call in delta.get("tool_calls") or ():
-                out.append(self._tool(call))
-            self._finish = choice.get("finish_reason") or self._finish
-        return b"".join(out)
+        self._finish = None
 
     def close(self, usage: Usage, finish_reason: str | None) -> bytes:
         reason = finish_reason or self._finish or "stop"

@@ -40,6 +40,37 @@ class ChunkEncoder(Protocol):
         ...
 
 
+class PivotStream:
+    """What an entry's stream encoder shares: reading OpenAI chat chunks (the pivot) and
+    handing their text and tool-call deltas, in order, to its own `_text` and `_tool`, after
+    its `_start`; the finish reason is kept for `close`."""
+
+    _finish: str | None = None
+
+    def _start(self) -> bytes:
+        raise NotImplementedError
+
+    def _text(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def _tool(self, call: Any) -> bytes:
+        raise NotImplementedError
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        out = [self._start()]
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            for text in (delta.get("content"), delta.get("refusal")):
+                if isinstance(text, str) and text:
+                    out.append(self._text(text))
+            for call in delta.get("tool_calls") or ():
+                out.append(self._tool(call))
+            self._finish = choice.get("finish_reason") or self._finish
+        return b"".join(out)
+
+
 class ErrorShape(Protocol):
     """How an error answer's body looks to one kind of client."""
 

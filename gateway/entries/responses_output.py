@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.domain import ChatRequest, Usage
+from gateway.entries.base import PivotStream
 
 # Request fields a response object echoes, with OpenAI's defaults.
 _ECHOED: dict[str, Any] = {"instructions": None, "max_output_tokens": None,
@@ -95,7 +96,7 @@ def render_response(chat: ChatRequest, completion: dict[str, Any], usage: Usage)
         status, output, usage))
 
 
-class ResponsesStreamEncoder:
+class ResponsesStreamEncoder(PivotStream):
     """Pivot chunks as Responses stream events (see the module docstring for the order)."""
 
     def __init__(self, chat: ChatRequest, request_id: str) -> None:
@@ -113,7 +114,7 @@ class ResponsesStreamEncoder:
         self._calls: dict[int, dict[str, Any]] = {}
         self._tools: dict[int, dict[str, Any]] = {}  # every call seen, by pivot index
         self._added = 0  # output_index of the next item added
-        self._finish: str | None = None
+        self._finish = None
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -127,20 +128,6 @@ class ResponsesStreamEncoder:
         response = response_object(self._chat, self._id, self._created, "in_progress", [], None)
         return (self._event("response.created", response=response)
                 + self._event("response.in_progress", response=response))
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        out = [self._start()]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            for text in (delta.get("content"), delta.get("refusal")):
-                if isinstance(text, str) and text:
-                    out.append(self._text(text))
-            for call in delta.get("tool_calls") or ():
-                out.append(self._tool(call))
-            self._finish = choice.get("finish_reason") or self._finish
-        return b"".join(out)
 
     def close(self, usage: Usage, trailer: bytes) -> bytes:
         status = "incomplete" if self._finish == "length" else "completed"
