@@ -469,6 +469,9 @@ async def test_provider_projects_map_to_gateway_projects(
 @pytest.mark.parametrize(("path", "body", "field"), [
     ("/api/sync", {"providers": ["gemini"]}, "providers"),
     ("/api/sync", {"force": "yes"}, "force"),
+    ("/api/sync", {"provider": "openai"}, "provider"),  # an unknown field
+    ("/api/sync-organization-usage", {"service": "openai", "providers": ["openai"]},
+     "providers"),
     ("/api/sync", {"start_date": "2026-11-05", "end_date": "2026-11-01"}, "end_date"),
     ("/api/sync-organization-usage", {}, "service"),
     ("/api/sync-organization-usage", {"service": "openai", "start_date": "yesterday"},

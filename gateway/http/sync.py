@@ -53,10 +53,21 @@ def _providers(value: Any, field: str) -> list[str]:
     return list(items)
 
 
+async def _sync_body(request: web.Request, accepted: tuple[str, ...]) -> dict[str, Any]:
+    """An admin's sync request: a JSON object (or none) of `accepted` fields, `force` a
+    boolean (400 naming each problem)."""
+    await caller(request, allow=Access.ADMIN)
+    body = checks.body_object(await read_json(request, required=False))
+    problems = checks.Problems()
+    checks.unknown_fields(body, accepted, problems)
+    if "force" in body:
+        checks.flag(body["force"], "force", problems)
+    problems.raise_if_any()
+    return body
+
+
 async def _run(request: web.Request, providers: list[str], body: dict[str, Any]) -> web.Response:
     force = body.get("force", False)
-    if not isinstance(force, bool):
-        raise BadRequest("force must be true or false", details={"field": "force"})
     runner = request.app[SYNC]
     start, end = _range(_day(body.get("start_date"), "start_date"),
                         _day(body.get("end_date"), "end_date"), last_days(runner.settings))
@@ -81,24 +92,14 @@ def _results(providers: Iterable[str], outcomes: list[Outcome]) -> dict[str, Any
 async def sync_all(request: web.Request) -> web.Response:
     """`{"providers": ["openai", "anthropic"], "force": false}` (both optional; also
     `start_date`/`end_date` to backfill): import now, answer what each import stored."""
-    await caller(request, allow=Access.ADMIN)
-    body = checks.body_object(await read_json(request, required=False))
-    unknown = set(body) - {"providers", "force", "start_date", "end_date"}
-    if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]}; accepted: providers, force, "
-                         "start_date, end_date")
+    body = await _sync_body(request, ("providers", "force", "start_date", "end_date"))
     providers = _providers(body.get("providers", list(integrations.PROVIDERS)), "providers")
     return await _run(request, providers, body)
 
 
 async def sync_organization_usage(request: web.Request) -> web.Response:
     """`{"service": "openai", "force": false}`: one provider's organisation reports."""
-    await caller(request, allow=Access.ADMIN)
-    body = checks.body_object(await read_json(request, required=False))
-    unknown = set(body) - {"service", "force", "start_date", "end_date"}
-    if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]}; accepted: service, force, "
-                         "start_date, end_date")
+    body = await _sync_body(request, ("service", "force", "start_date", "end_date"))
     if "service" not in body:
         raise BadRequest("service is required: openai or anthropic",
                          details={"field": "service"})
