@@ -30,7 +30,7 @@ from gateway.testing import fake_gemini
 from gateway.testing.fake_behaviour import Turn, body_response, open_turn
 from gateway.testing.fake_cohere import cohere_error
 from gateway.testing.fake_gemini import google_error
-from gateway.testing.fake_openai import MISTRAL_PREFIXES, azure_error, openai_error
+from gateway.testing.fake_openai import MISTRAL_PREFIXES, open_azure_turn, openai_error
 
 DEFAULT_DIMENSIONS = 8
 
@@ -117,13 +117,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def azure_embeddings(request: web.Request) -> web.StreamResponse:
     """``POST /openai/deployments/{deployment}/embeddings?api-version=...``."""
-    turn = await open_turn(request, azure_error)
+    turn = await open_azure_turn(request)
     if not isinstance(turn, Turn):
         return turn
-    if not request.query.get("api-version"):
-        return azure_error(404, "Resource not found")
-    if "api-key" not in request.headers and "Authorization" not in request.headers:
-        return azure_error(401, "Access denied due to missing subscription key.")
     deployment = request.match_info["deployment"]
     model = turn.body.get("model") if isinstance(turn.body, dict) else None
     answer = openai_answer(turn.body, model or deployment, "dimensions")

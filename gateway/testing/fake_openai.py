@@ -179,8 +179,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _answer(request, turn, turn.body["model"], azure=False)
 
 
-async def azure_chat_completions(request: web.Request) -> web.StreamResponse:
-    """``POST /openai/deployments/{deployment}/chat/completions?api-version=...``."""
+async def open_azure_turn(request: web.Request) -> Turn | web.StreamResponse:
+    """A call to an Azure deployment: its turn, or Azure's answer to a call without an
+    `api-version` (404) or without a key (401)."""
     turn = await open_turn(request, azure_error)
     if not isinstance(turn, Turn):
         return turn
@@ -188,6 +189,14 @@ async def azure_chat_completions(request: web.Request) -> web.StreamResponse:
         return azure_error(404, "Resource not found")
     if "api-key" not in request.headers and "Authorization" not in request.headers:
         return azure_error(401, "Access denied due to missing subscription key.")
+    return turn
+
+
+async def azure_chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /openai/deployments/{deployment}/chat/completions?api-version=...``."""
+    turn = await open_azure_turn(request)
+    if not isinstance(turn, Turn):
+        return turn
     problem = request_problem(turn.body, model_required=False)
     if problem is not None:
         return openai_error(400, problem)  # Azure passes OpenAI's validation errors through
