@@ -74,7 +74,7 @@ from gateway.settings import Settings
 from gateway.shutdown import Shutdown
 from gateway.sync import integrations
 from gateway.sync.scheduler import SyncRunner
-from gateway.tokens.encodings import load_all
+from gateway.tokens.encodings import ENCODINGS, PRELOADED, load_all, load_encoding
 from gateway.tokens.models import ModelTokenizers
 from gateway.tokens.service import build_token_service
 from gateway.webhooks import WebhookWorker
@@ -114,13 +114,14 @@ def build_app(settings: Settings) -> web.Application:
 
 
 async def _tokens(app: web.Application) -> AsyncIterator[None]:
-    """Encodings (and the GPU kernel, for tokens.backend gpu/auto) load once, off the loop,
-    before the gateway serves (or reports ready)."""
-    encodings = await asyncio.to_thread(load_all)
+    """The preloaded encodings (and the GPU kernel, for tokens.backend gpu/auto) load once,
+    off the loop, before the gateway serves (or reports ready); the others when first used."""
+    encodings = await asyncio.to_thread(load_all, PRELOADED)
     settings = app[SETTINGS]
     service = await asyncio.to_thread(
         functools.partial(build_token_service, settings.tokens, app[TOKENIZERS], encodings,
-                          cache_dir=settings.tokens.cache_path(settings.database.data_dir)))
+                          cache_dir=settings.tokens.cache_path(settings.database.data_dir),
+                          load=load_encoding, lazy=ENCODINGS))
     app[TOKENS] = service
     yield
     await asyncio.to_thread(service.close)  # waits for a GPU batch in flight

@@ -27,7 +27,7 @@ from gateway.logging import configure_logging
 from gateway.plans import LIMIT_FIELDS
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.tokens import bulk
-from gateway.tokens.gpu import GpuUnavailable
+from gateway.tokens.probe import GpuUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -26,10 +26,6 @@ from typing import Any
 
 import asyncpg
 import structlog
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway import projects
 from gateway.dbcache import DbCache, Freshness
@@ -68,6 +64,11 @@ class SecretBox:
     __slots__ = ("_aead", "key_id")
 
     def __init__(self, secret: str) -> None:
+        # Imported here: a gateway with no secrets.key never loads cryptography (about 7 MB).
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         secret = secret.strip()
         if len(secret) < MIN_SECRET_CHARS:
             raise SettingsError(f"{_SETTING} (secrets.key) must be at least {MIN_SECRET_CHARS} "
@@ -88,6 +89,8 @@ class SecretBox:
         return nonce, self._aead.encrypt(nonce, plaintext.encode(), aad)
 
     def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> str:
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead.decrypt(nonce, ciphertext, aad).decode()
         except InvalidTag:

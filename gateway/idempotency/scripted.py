@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from gateway.idempotency import lua
 from gateway.idempotency.base import Claim
-from gateway.ratelimit.clients import ScriptRunner
 from gateway.ratelimit.errors import store_call
+
+if TYPE_CHECKING:  # the clients import redis and upstash: only when a backend needs them
+    from gateway.ratelimit.clients import ScriptRunner
 
 
 class ScriptedClaims:

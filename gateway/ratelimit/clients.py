@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import httpx
 import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
@@ -18,8 +19,16 @@ from redis.backoff import NoBackoff
 from upstash_redis.asyncio import Redis as UpstashRedis
 from upstash_redis.errors import UpstashError
 
-from gateway.ratelimit.errors import BackendAuthError, BackendUnavailable
+from gateway.ratelimit.errors import BackendAuthError, BackendUnavailable, unreachable_too
 from gateway.ratelimit.lua import LuaScript
+
+unreachable_too(
+    redis.exceptions.ConnectionError,  # includes redis AuthenticationError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,  # a replica mid-failover
+    httpx.TransportError,
+)
 
 Arg = str | int | float
 

@@ -12,21 +12,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-import httpx
-import redis.exceptions
 
 # Errors that mean "the store is down, slow or unreachable", not "the request was wrong".
+# The Redis and Upstash clients add theirs when they are imported (`unreachable_too`): a
+# gateway on the memory or postgres backend never loads them (about 12 MB).
 UNREACHABLE: tuple[type[Exception], ...] = (
     OSError,
-    redis.exceptions.ConnectionError,  # includes redis AuthenticationError
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,  # a replica mid-failover
-    httpx.TransportError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.TooManyConnectionsError,
 )
+
+
+def unreachable_too(*errors: type[Exception]) -> None:
+    """Count `errors` as "the store could not answer" from now on."""
+    global UNREACHABLE
+    UNREACHABLE = (*UNREACHABLE, *(e for e in errors if e not in UNREACHABLE))
 
 
 class BackendUnavailable(Exception):

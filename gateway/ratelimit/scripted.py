@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from gateway.ratelimit import lua
 from gateway.ratelimit.base import Decision, Window, decide, plan, window_start
-from gateway.ratelimit.clients import ScriptRunner
 from gateway.ratelimit.errors import store_call
+
+if TYPE_CHECKING:  # the clients import redis and upstash: only when a backend needs them
+    from gateway.ratelimit.clients import ScriptRunner
 
 TTL_SLACK_S = 5
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import tiktoken
 
@@ -11,17 +12,41 @@ class CpuCounter:
     """Counts with tiktoken's `encode_ordinary`: `<|endoftext|>` in a prompt is just text.
 
     Thread-safe; tiktoken releases the GIL while it encodes, so threads count in parallel.
+
+    With `load`, the encodings named in `lazy` are loaded when first needed: each one costs
+    20 to 40 MB a process, and most gateways count in one of them only. `TokenService`
+    calls `load` off the event loop before it counts (`ready`, `load`).
     """
 
     name = "cpu"
 
-    def __init__(self, encodings: dict[str, tiktoken.Encoding]) -> None:
-        self._encodings = encodings
+    def __init__(self, encodings: dict[str, tiktoken.Encoding], *,
+                 load: Callable[[str], tiktoken.Encoding] | None = None,
+                 lazy: Sequence[str] = ()) -> None:
+        self._encodings = dict(encodings)
+        self._load = load
+        self._names = tuple(dict.fromkeys([*encodings, *(lazy if load is not None else ())]))
+        self._lock = threading.Lock()
 
     @property
     def encodings(self) -> tuple[str, ...]:
-        return tuple(self._encodings)
+        """Every encoding it counts in, loaded yet or not."""
+        return self._names
+
+    def ready(self, encoding: str) -> bool:
+        return encoding in self._encodings
+
+    def load(self, encoding: str) -> None:
+        """Load `encoding` now if it is one to load on first use; blocking."""
+        with self._lock:
+            if encoding not in self._encodings and encoding in self._names:
+                assert self._load is not None
+                self._encodings[encoding] = self._load(encoding)
 
     def count(self, texts: Sequence[str], encoding: str) -> list[int]:
-        encode = self._encodings[encoding].encode_ordinary
+        found = self._encodings.get(encoding)
+        if found is None:  # not loaded yet: callers off the loop may load it here
+            self.load(encoding)
+            found = self._encodings[encoding]
+        encode = found.encode_ordinary
         return [len(encode(text)) for text in texts]

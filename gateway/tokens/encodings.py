@@ -38,6 +38,9 @@ BPE_FILES = {
         "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
 }
 ENCODINGS = tuple(BPE_FILES)
+# Loaded when the gateway starts: the encoding of OpenAI's current models. The others load
+# when first counted in (`CpuCounter`), each 20 to 40 MB a process may never need.
+PRELOADED = ("o200k_base",)
 
 
 class EncodingError(RuntimeError):
@@ -83,15 +86,41 @@ def _seed_cache(name: str) -> None:
 
 
 def load_encoding(name: str) -> tiktoken.Encoding:
-    """Load one encoding; blocking (file I/O and building the rank table): call off the loop."""
+    """Load one encoding; blocking (file I/O and building the rank table): call off the loop.
+
+    tiktoken keeps the BPE ranks twice: in its Rust encoder, which counts, and as a Python
+    dict (`_mergeable_ranks`, about 22 MB for o200k_base) that nothing but pickling reads.
+    The dict is dropped; `ranks()` reads the file again for the one user, the GPU tables.
+    """
+    _prepare(name)
+    encoding = tiktoken.get_encoding(name)
+    encoding.__dict__.pop("_mergeable_ranks", None)
+    return encoding
+
+
+def ranks(encoding: tiktoken.Encoding) -> dict[bytes, int]:
+    """The encoding's BPE ranks (token bytes -> rank), read from its file again when
+    `load_encoding` dropped them. Blocking, about 0.3 s for o200k_base."""
+    kept = encoding.__dict__.get("_mergeable_ranks")
+    if kept is not None:
+        return kept
+    from tiktoken.load import load_tiktoken_bpe
+
+    bpe = BPE_FILES.get(encoding.name)
+    if bpe is None:
+        raise EncodingError(f"no BPE file known for encoding {encoding.name!r}")
+    _prepare(encoding.name)
+    return load_tiktoken_bpe(bpe.url, expected_hash=bpe.sha256)
+
+
+def _prepare(name: str) -> None:
     if name not in BPE_FILES:
         raise EncodingError(f"unknown encoding {name!r}; known: {', '.join(ENCODINGS)}")
     try:
         _seed_cache(name)
     except OSError as exc:
         raise EncodingError(f"cannot prepare tiktoken's cache for {name}: {exc}") from exc
-    return tiktoken.get_encoding(name)
 
 
-def load_all() -> dict[str, tiktoken.Encoding]:
-    return {name: load_encoding(name) for name in ENCODINGS}
+def load_all(names: tuple[str, ...] = ENCODINGS) -> dict[str, tiktoken.Encoding]:
+    return {name: load_encoding(name) for name in names}

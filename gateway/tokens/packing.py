@@ -24,6 +24,7 @@ from pathlib import Path
 import tiktoken
 
 from gateway.tokens.encodings import BPE_FILES
+from gateway.tokens.encodings import ranks as bpe_ranks
 
 try:  # cuda-core brings numpy; without it the tables and batches are built in Python
     import numpy as np
@@ -148,7 +149,7 @@ class VocabTable:
     def of(cls, encoding: tiktoken.Encoding, cache_dir: Path | None = None) -> VocabTable:
         """The encoding's table; with `cache_dir`, loaded from (or saved to) a file there
         keyed by the encoding, its BPE file's SHA-256 and the table format."""
-        ranks = encoding._mergeable_ranks
+        ranks = bpe_ranks(encoding)
         bpe = BPE_FILES.get(encoding.name)
         if cache_dir is None or np is None or bpe is None:
             return cls.build(ranks)

@@ -25,8 +25,8 @@ import tiktoken
 from gateway.settings import TokensSettings
 from gateway.tokens.chat import chat_pieces
 from gateway.tokens.cpu import CpuCounter
-from gateway.tokens.gpu import GpuCounter, GpuUnavailable, driver_reason
 from gateway.tokens.models import ModelTokenizers, Tokenizer
+from gateway.tokens.probe import GpuUnavailable, driver_reason
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +105,7 @@ class TokenService:
         self._gpu_pool = ThreadPoolExecutor(1, thread_name_prefix="tokens-gpu")
         self._gathered: dict[str, _Gathered] = {}
         self._settling: set[asyncio.Task[None]] = set()
+        self._loading: dict[str, asyncio.Future[None]] = {}
 
     @property
     def backend(self) -> str:
@@ -125,6 +126,9 @@ class TokenService:
         """Exact counts of each text in `encoding`, in order."""
         if encoding not in self.counter.encodings:
             raise KeyError(encoding)
+        ready = getattr(self.counter, "ready", None)  # a counter that loads on first use
+        if ready is not None and not ready(encoding):
+            await self._load(encoding)
         chars = sum(len(t) for t in texts)
         if chars <= self.inline_max_chars:
             return self._count_cpu(texts, encoding)
@@ -134,6 +138,19 @@ class TokenService:
             if self.gpu_batch_window_s > 0:
                 return await self._gather(texts, chars, encoding)
         return await self._run_cpu(texts, encoding)
+
+    async def _load(self, encoding: str) -> None:
+        """Load an encoding in a worker thread, once however many callers wait for it; a
+        failed load is tried again by the next caller."""
+        future = self._loading.get(encoding)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            load = self.counter.load  # type: ignore[attr-defined]
+            future = loop.run_in_executor(self._pool, load, encoding)
+            self._loading[encoding] = future
+            future.add_done_callback(lambda f: self._loading.pop(encoding, None))
+            log.info("tokens_encoding_loading", encoding=encoding)
+        await asyncio.shield(future)  # one caller cut short does not cancel the others' load
 
     def _gpu_sized(self, texts: Sequence[str], chars: int) -> bool:
         limit = self.gpu_min_batch_bytes
@@ -251,19 +268,27 @@ def build_token_service(
         probe: Callable[[int], str | None] = driver_reason,
         gpu_factory: Callable[[dict[str, tiktoken.Encoding], int], Counter] | None = None,
         cache_dir: Path | None = None,
+        load: Callable[[str], tiktoken.Encoding] | None = None,
+        lazy: Sequence[str] = (),
 ) -> TokenService:
     """The service for `tokens.backend`: blocking (compiles the GPU kernel), call it off the
     event loop. "gpu" raises `GpuUnavailable` when no GPU counter can start; "auto" then
-    logs one line saying why and counts on the CPU."""
+    logs one line saying why and counts on the CPU. With `load`, the encodings in `lazy`
+    are loaded when first counted in (the GPU counter, which needs every table, loads them
+    all at once)."""
     threads = settings.threads or min(os.cpu_count() or 1, 8)
     if gpu_factory is None:
         def gpu_factory(encodings: dict[str, tiktoken.Encoding], device: int) -> Counter:
+            from gateway.tokens.gpu import GpuCounter  # numpy and the CUDA code: only here
+
             return GpuCounter(encodings, device_id=device, cache_dir=cache_dir)
     gpu: Counter | None = None
     device: str | None = None
     if settings.backend != "cpu":
         reason = probe(settings.gpu_device)
         if reason is None:
+            if load is not None:
+                encodings = {**encodings, **{n: load(n) for n in lazy if n not in encodings}}
             try:
                 gpu = gpu_factory(encodings, settings.gpu_device)
             except GpuUnavailable as exc:
@@ -280,7 +305,7 @@ def build_token_service(
                      batch_window_ms=settings.gpu_batch_window_ms)
     else:
         log.info("tokens_backend", backend="cpu", reason="tokens.backend is \"cpu\"")
-    return TokenService(CpuCounter(encodings), models,
+    return TokenService(CpuCounter(encodings, load=load, lazy=lazy), models,
                         inline_max_chars=settings.inline_max_chars, threads=threads, gpu=gpu,
                         gpu_min_batch_bytes=settings.gpu_min_batch_bytes,
                         gpu_batch_window_ms=settings.gpu_batch_window_ms, device=device)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tiktoken
 
-from gateway.tokens.encodings import ENCODINGS
+from gateway.tokens.encodings import ENCODINGS, ranks
 from gateway.tokens.packing import NONE, PackedBatch, VocabTable, token_hash
 from gateway.tokens.sample_text import mixed_documents
 
@@ -33,14 +33,14 @@ def lookup(table: VocabTable, key: bytes) -> int:
 @pytest.mark.parametrize("name", ENCODINGS)
 def test_numpy_build_finds_every_token(name: str,
                                        encodings: dict[str, tiktoken.Encoding]) -> None:
-    ranks = encodings[name]._mergeable_ranks
-    table = VocabTable._build_numpy(ranks)
-    python = VocabTable._build_python(ranks)
+    bpe = ranks(encodings[name])  # read again: load_encoding dropped tiktoken's copy
+    table = VocabTable._build_numpy(bpe)
+    python = VocabTable._build_python(bpe)
     assert (table.mask, table.pair_rank) == (python.mask, python.pair_rank)
     slots = np.frombuffer(table.slots, dtype=np.uint32).reshape(-1, 4)
-    assert int((slots[:, 3] > 0).sum()) == len(ranks)  # every token placed once
+    assert int((slots[:, 3] > 0).sum()) == len(bpe)  # every token placed once
     step = 7 if name == "o200k_base" else 5  # a spread sample keeps the test fast
-    for key, rank in list(ranks.items())[::step]:
+    for key, rank in list(bpe.items())[::step]:
         assert lookup(table, key) == rank, key
     for absent in (b"\x00\x00\x00\x00\x01", b"not a token at all, surely", b"\xff" * 9):
         assert lookup(table, absent) == NONE
@@ -49,6 +49,7 @@ def test_numpy_build_finds_every_token(name: str,
 def test_the_cache_is_used_and_a_damaged_one_rebuilt(
         tmp_path: Path, encodings: dict[str, tiktoken.Encoding]) -> None:
     enc = encodings["cl100k_base"]
+    entries = len(ranks(enc))
     built = VocabTable.of(enc, tmp_path)
     [path] = tmp_path.glob("cl100k_base-*.npz")
     stamp = path.stat().st_mtime_ns
@@ -59,14 +60,14 @@ def test_the_cache_is_used_and_a_damaged_one_rebuilt(
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    assert VocabTable._load(path, len(enc._mergeable_ranks)) is None
+    assert VocabTable._load(path, entries) is None
     assert VocabTable.of(enc, tmp_path) == built
-    assert VocabTable._load(path, len(enc._mergeable_ranks)) == built  # and saved again
+    assert VocabTable._load(path, entries) == built  # and saved again
     # a truncated file, and one for another vocabulary size, are not used either
     path.write_bytes(path.read_bytes()[:1000])
-    assert VocabTable._load(path, len(enc._mergeable_ranks)) is None
+    assert VocabTable._load(path, entries) is None
     VocabTable.of(enc, tmp_path)
-    assert VocabTable._load(path, len(enc._mergeable_ranks) + 1) is None
+    assert VocabTable._load(path, entries + 1) is None
 
 
 def test_a_custom_vocabulary_is_never_cached(tmp_path: Path) -> None:
