@@ -238,8 +238,11 @@ class Upstream:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
             limit=self.settings.max_connections, keepalive_timeout=30, ttl_dns_cache=300)
+        # No cookie jar: a cookie one provider answer sets (Cloudflare's __cf_bm, say) must
+        # not ride along on the next project's call, and filtering cookies costs every call.
         self._session = aiohttp.ClientSession(connector=connector, timeout=self.read_timeout,
-                                              raise_for_status=False)
+                                              raise_for_status=False,
+                                              cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self._session is not None:
