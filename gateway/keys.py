@@ -62,5 +62,6 @@ DASHBOARD: web.AppKey[Signer] = web.AppKey("dashboard")  # signs dashboard sessi
 SYNC: web.AppKey[SyncRunner] = web.AppKey("sync")  # provider usage and cost imports
 
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)
+REQUEST_ID_TEXT = web.RequestKey("request_id_text", str)  # str(REQUEST_ID), made once
 # The rate-limit headers of an admitted API call (`http/quota.py`), for its answer.
 RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers")

@@ -19,11 +19,18 @@ class CpuCounter:
     """
 
     name = "cpu"
+    # Counts of short texts are kept: a chat re-sends its system prompt and its history with
+    # every turn, so most of a request's texts were counted before. Bounded by the characters
+    # held (emptied when full; under threads the bound is approximate).
+    CACHED_TEXT_MAX_CHARS = 4096
+    CACHE_MAX_CHARS = 1 << 20
 
     def __init__(self, encodings: dict[str, tiktoken.Encoding], *,
                  load: Callable[[str], tiktoken.Encoding] | None = None,
                  lazy: Sequence[str] = ()) -> None:
         self._encodings = dict(encodings)
+        self._known: dict[tuple[str, str], int] = {}
+        self._known_chars = 0
         self._load = load
         self._names = tuple(dict.fromkeys([*encodings, *(lazy if load is not None else ())]))
         self._lock = threading.Lock()
@@ -49,4 +56,19 @@ class CpuCounter:
             self.load(encoding)
             found = self._encodings[encoding]
         encode = found.encode_ordinary
-        return [len(encode(text)) for text in texts]
+        known = self._known
+        counts = []
+        for text in texts:
+            if len(text) > self.CACHED_TEXT_MAX_CHARS:
+                counts.append(len(encode(text)))
+                continue
+            key = (encoding, text)
+            n = known.get(key)
+            if n is None:
+                n = known[key] = len(encode(text))
+                self._known_chars += len(text)
+                if self._known_chars > self.CACHE_MAX_CHARS:
+                    known.clear()
+                    self._known_chars = 0
+            counts.append(n)
+        return counts

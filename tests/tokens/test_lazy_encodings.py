@@ -143,3 +143,33 @@ svc.close()
     assert PRELOADED == ("o200k_base",)
     assert out.stdout.split("\n")[-2] == (
         "[] ['o200k_base'] [2] ['o200k_base', 'cl100k_base']")
+
+
+def test_counts_of_short_texts_are_kept_and_the_cache_stays_bounded(
+        encodings: dict[str, tiktoken.Encoding]) -> None:
+    class Counting:
+        """o200k_base, counting the calls that reach tiktoken."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.real = encodings["o200k_base"]
+
+        def encode_ordinary(self, text: str) -> list[int]:
+            self.calls += 1
+            return self.real.encode_ordinary(text)
+
+    enc = Counting()
+    counter = CpuCounter({"o200k_base": enc})  # type: ignore[dict-item]
+    system = "You are a careful assistant. " * 20
+    long = "word " * 1000  # over CACHED_TEXT_MAX_CHARS: always counted
+    first = counter.count([system, "hello", long], "o200k_base")
+    assert first == [len(enc.real.encode_ordinary(t)) for t in (system, "hello", long)]
+    assert enc.calls == 3
+    assert counter.count([system, "hello", long], "o200k_base") == first
+    assert enc.calls == 4  # only the long text again
+    # Filling it past its bound empties it; counts stay exact either way.
+    texts = [f"text number {i} " * 200 for i in range(CpuCounter.CACHE_MAX_CHARS // 3000 + 2)]
+    assert counter.count(texts, "o200k_base") == [len(enc.real.encode_ordinary(t))
+                                                   for t in texts]
+    assert counter._known_chars <= CpuCounter.CACHE_MAX_CHARS
+    assert len(counter._known) < len(texts)
