@@ -113,12 +113,37 @@ def month_start(now: datetime, tz: ZoneInfo) -> date:
     return now.astimezone(tz).date().replace(day=1)
 
 
+class CurrentMonth:
+    """`month_start` of now, worked out again only when the clock leaves the month it
+    answered last (every call on the hot path otherwise builds two datetimes)."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self._tz = tz
+        self._month = date.min
+        self._from = self._until = 0.0  # the month's bounds, as epoch seconds
+
+    def __call__(self) -> date:
+        now = time.time()
+        if not self._from <= now < self._until:
+            local = datetime.fromtimestamp(now, self._tz)
+            self._month = local.date().replace(day=1)
+            following = (self._month.replace(year=self._month.year + 1, month=1)
+                         if self._month.month == 12 else
+                         self._month.replace(month=self._month.month + 1))
+            self._from = datetime.combine(self._month, datetime.min.time(),
+                                          self._tz).timestamp()
+            self._until = datetime.combine(following, datetime.min.time(),
+                                           self._tz).timestamp()
+        return self._month
+
+
 class BudgetBook:
     def __init__(self, pool: asyncpg.Pool, tz: ZoneInfo, *, dsn: str | None = None,
                  connect_timeout_s: float = 5.0) -> None:
         """With `dsn`, listen for spend recorded outside the leases (tracked spend)."""
         self._pool = pool
         self._tz = tz
+        self._month = CurrentMonth(tz)
         self._holder = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         self._accounts: dict[tuple[str, int, date], Account] = {}
         self._task: asyncio.Task[None] | None = None
@@ -140,7 +165,7 @@ class BudgetBook:
 
     def account(self, scope: str, scope_id: int, limit: Decimal,
                 now: datetime | None = None) -> Account:
-        period = month_start(now or datetime.now(self._tz), self._tz)
+        period = self._month() if now is None else month_start(now, self._tz)
         key = (scope, scope_id, period)
         account = self._accounts.get(key)
         if account is None:

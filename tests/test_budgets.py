@@ -16,7 +16,14 @@ import pytest
 from conftest import with_database
 
 from gateway import db as gwdb
-from gateway.budgets import SYNC_TIMEOUT_S, BudgetBook, Reservation, Shortfall, month_start
+from gateway.budgets import (
+    SYNC_TIMEOUT_S,
+    BudgetBook,
+    CurrentMonth,
+    Reservation,
+    Shortfall,
+    month_start,
+)
 from gateway.errors import ServiceUnavailable
 from gateway.settings import DatabaseSettings
 from gateway.testing.tcp_proxy import TcpProxy
@@ -159,6 +166,22 @@ async def test_spend_is_reported_while_running(pool: asyncpg.Pool,
     row = await _period_row(db)
     assert row["spent_usd"] == Decimal("0.4") and row["spent_usd"] + row["leased_usd"] <= 10
     await book.close()
+
+
+def test_the_current_month_is_worked_out_again_when_the_clock_leaves_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CurrentMonth` (the hot path's month) agrees with month_start at, just before and
+    just after a month's first instant in the zone, and when the clock is set back."""
+    import gateway.budgets as budgets
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    current = CurrentMonth(tokyo)
+    boundary = datetime(2026, 12, 1, tzinfo=tokyo).timestamp()  # 2026-11-30 15:00 UTC
+    for at in (boundary - 1, boundary - 0.001, boundary, boundary + 1, boundary - 86_400 * 40,
+               boundary + 86_400 * 31, boundary - 1):
+        monkeypatch.setattr(budgets.time, "time", lambda at=at: at)
+        expected = month_start(datetime.fromtimestamp(at, UTC), tokyo)
+        assert current() == expected, datetime.fromtimestamp(at, UTC)
 
 
 def test_months_follow_the_configured_zone() -> None:

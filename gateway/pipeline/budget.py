@@ -58,7 +58,8 @@ class BudgetGuard:
                 tokens_in = ceiling
             else:
                 tokens_in = await input_tokens(ex, self._tokens)
-        price = max(prices, key=lambda p: self._worst(p, tokens_in, max_out))
+        price = prices[0] if len(prices) == 1 else max(
+            prices, key=lambda p: self._worst(p, tokens_in, max_out))
         worst = self._worst(price, tokens_in, max_out)
         if worst <= 0:  # a model priced at zero (moderations)
             await self._not_spent(accounts)

@@ -55,12 +55,17 @@ async def input_tokens(ex: Exchange, tokens: TokenService) -> int:
 
 def plan_windows(limits: Limits) -> list[Window]:
     """The plan's request windows (the tokens window needs a request's model: the guard's)."""
+    return list(_request_windows(limits))
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_windows(limits: Limits) -> tuple[Window, ...]:
     windows = []
     if limits.requests_per_minute:
         windows.append(Window("minute", limits.requests_per_minute, 60, 1))
     if limits.requests_per_day:
         windows.append(Window(DAY_WINDOW, limits.requests_per_day, 86_400, 1))
-    return windows
+    return tuple(windows)
 
 
 def refuse(windows: Sequence[Window], decision: Decision, headers: dict[str, str]) -> NoReturn:
