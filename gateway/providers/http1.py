@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway import __version__
 from gateway.providers.http1_wire import (
     Http1Closed,
     Http1ConnectError,
@@ -31,6 +32,8 @@ from gateway.providers.http1_wire import (
 
 __all__ = ["Http1Client", "Http1Closed", "Http1ConnectError", "Http1Error", "Http1Response"]
 
+# aiohttp sent one of its own; some API fronts turn away a request without any.
+USER_AGENT: Final = f"ai-cost-gateway/{__version__}"
 IDLE_S: Final = 30.0  # a keep-alive connection unused this long is closed (aiohttp's default)
 
 
@@ -306,7 +309,7 @@ class Pool:
 
 class Origin:
     """What a URL's request needs that does not change call to call: its pool key and the
-    start of its request (request line and Host header)."""
+    start of its request (request line, Host and User-Agent headers)."""
 
     __slots__ = ("head", "key")
 
@@ -321,7 +324,7 @@ class Origin:
         if port != (443 if tls else 80):
             host = f"{host}:{port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.head = f"POST {target} HTTP/1.1\r\nHost: {host}\r\n"
+        self.head = f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
 
 
 class Http1Client:

@@ -109,7 +109,8 @@ async def test_a_request_is_one_write_and_a_content_length_answer_is_read() -> N
         c.close()
     head, sent = seen[0]
     assert head == (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                    b"Content-Length: 7\r\nAuthorization: Bearer k\r\n\r\n" % server.port)
+                    b"User-Agent: %s\r\nContent-Length: 7\r\nAuthorization: Bearer k\r\n\r\n"
+                    % (server.port, http1.USER_AGENT.encode()))
     assert sent == b'{"a":1}'
     assert server.connections == 1  # kept alive
 
