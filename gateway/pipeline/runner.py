@@ -42,7 +42,7 @@ from gateway.pipeline import translate, validate
 from gateway.pipeline.authenticate import authenticate
 from gateway.pipeline.authorize import authorize, enabled
 from gateway.pipeline.exchange import Exchange
-from gateway.pipeline.forward import read_body, send, upstream_errors
+from gateway.pipeline.forward import Response, read_body, send, upstream_errors
 from gateway.pipeline.meter import (
     StreamMeter,
     completion_from_body,
@@ -200,7 +200,7 @@ class ProxyPipeline:
                                    body={**chat.body, "model": model})
 
     async def _open(self, ex: Exchange, chat: ChatRequest
-                    ) -> tuple[ChatRequest, Upstream, aiohttp.ClientResponse]:
+                    ) -> tuple[ChatRequest, Upstream, Response]:
         """Reach the first route that answers, attempt by attempt as the resilience plan
         orders them (routes, credentials by weight, retries, breakers)."""
         assert ex.principal is not None
@@ -218,7 +218,7 @@ class ProxyPipeline:
                 ex.forwarded = True
                 self.balancer.started(*target)
                 try:
-                    response = await send(attempt.leg.upstream, attempt.call)
+                    response = await send(attempt.leg.upstream, attempt.call, chat.stream)
                 except (UpstreamStatusError, BadGateway, UpstreamTimeout) as exc:
                     elapsed = time.perf_counter() - started
                     ex.upstream_s += elapsed
@@ -315,6 +315,7 @@ class ProxyPipeline:
         caller can still answer a clean 502 before any byte is sent.
         """
         chat, upstream, response = await self._open(ex, chat)
+        assert isinstance(response, aiohttp.ClientResponse)  # streamed: aiohttp's session
         adapter = upstream.adapter
         meter: StreamMeter | translate.EventStream
         if adapter.wire == "openai" and chat.entry_wire == "openai":

@@ -10,6 +10,7 @@ the gateway relays the provider's bytes as they are and only meters them.
 from __future__ import annotations
 
 import copy
+import ssl
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ import aiohttp
 
 from gateway.domain import ChatRequest, Usage
 from gateway.errors import BadRequest, UpstreamStatusError
+from gateway.providers.http1 import Http1Client
 from gateway.settings import BUILTIN_PROVIDERS, ProviderSettings
 
 # The providers' own API hosts: calling one without a key can only fail.
@@ -192,14 +194,21 @@ def credential_usable(kind: str, credential: Credential) -> bool:
 
 
 class Upstream:
-    """One provider: its adapter, settings, credentials and one keep-alive `ClientSession`."""
+    """One provider: its adapter, settings, credentials and two keep-alive clients: the lean
+    `Http1Client` for non-streamed calls, an aiohttp `ClientSession` for the rest.
+
+    `tls` replaces the default SSLContext of the lean client (a test's own certificate).
+    """
 
     def __init__(self, adapter: ProviderAdapter, settings: ProviderSettings,
-                 credentials: tuple[Credential, ...] = ()) -> None:
+                 credentials: tuple[Credential, ...] = (),
+                 tls: ssl.SSLContext | None = None) -> None:
         self.adapter = adapter
         self.settings = settings
         self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None
+        self._tls = tls
+        self._http1: Http1Client | None = None
         # Read inactivity bounds the wait for the first byte and any stall mid-stream.
         self.read_timeout = aiohttp.ClientTimeout(
             total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s,
@@ -235,7 +244,16 @@ class Upstream:
         assert self._session is not None, "Upstream.start() was not awaited"
         return self._session
 
+    @property
+    def http1(self) -> Http1Client:
+        assert self._http1 is not None, "Upstream.start() was not awaited"
+        return self._http1
+
     async def start(self) -> None:
+        s = self.settings
+        # Each client holds up to max_connections: streams on one, the other calls on the other.
+        self._http1 = Http1Client(s.max_connections, s.connect_timeout_s,
+                                  s.first_byte_timeout_s, s.total_timeout_s, self._tls)
         connector = aiohttp.TCPConnector(
             limit=self.settings.max_connections, keepalive_timeout=30, ttl_dns_cache=300)
         # No cookie jar: a cookie one provider answer sets (Cloudflare's __cf_bm, say) must
@@ -245,6 +263,9 @@ class Upstream:
                                               cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
+        if self._http1 is not None:
+            self._http1.close()
+            self._http1 = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -32,6 +32,7 @@ from gateway.providers.base import (
     UpstreamCall,
     untranslatable,
 )
+from gateway.providers.http1 import Http1Client
 from gateway.providers.openai import OpenAIAdapter
 
 DEFAULT_INPUT_TYPE = "search_document"  # Cohere requires one; what an index stores
@@ -47,6 +48,10 @@ class EndpointUpstream(Upstream):
     @property
     def session(self) -> Any:
         return self._base.session
+
+    @property
+    def http1(self) -> Http1Client:
+        return self._base.http1
 
 
 def embeddings_upstream(upstream: Upstream) -> Upstream:
