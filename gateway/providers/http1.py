@@ -34,6 +34,7 @@ __all__ = ["Http1Client", "Http1Closed", "Http1ConnectError", "Http1Error", "Htt
 
 # aiohttp sent one of its own; some API fronts turn away a request without any.
 USER_AGENT: Final = f"ai-cost-gateway/{__version__}"
+_USER_AGENT_LINE: Final = f"User-Agent: {USER_AGENT}\r\n"
 IDLE_S: Final = 30.0  # a keep-alive connection unused this long is closed (aiohttp's default)
 
 
@@ -226,7 +227,10 @@ class Pool:
     async def request(self, raw: bytes, timeouts: Timeouts) -> Http1Response:
         """Send `raw` and answer the response once its head arrives."""
         if self.slots.locked():  # every connection busy: wait for one, within the total
-            await asyncio.wait_for(self.slots.acquire(), timeouts.deadline - self.loop.time())
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can drop a slot that was
+            # granted just as the time ran out, and the pool would shrink for good.
+            async with asyncio.timeout_at(timeouts.deadline):
+                await self.slots.acquire()
         else:
             await self.slots.acquire()
         try:
@@ -257,10 +261,10 @@ class Pool:
     async def _connect(self, timeouts: Timeouts) -> Connection:
         remaining = timeouts.deadline - self.loop.time()
         try:
-            _, conn = await asyncio.wait_for(self.loop.create_connection(
-                lambda: Connection(self.loop), self.host, self.port, ssl=self.tls,
-                server_hostname=self.host if self.tls is not None else None),
-                min(timeouts.connect, remaining))
+            async with asyncio.timeout(min(timeouts.connect, remaining)):
+                _, conn = await self.loop.create_connection(
+                    lambda: Connection(self.loop), self.host, self.port, ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None)
         except TimeoutError:  # an OSError too, but the call's timeout: the gateway's 504
             raise
         except OSError as exc:  # refused, unreachable, DNS, certificate
@@ -309,7 +313,7 @@ class Pool:
 
 class Origin:
     """What a URL's request needs that does not change call to call: its pool key and the
-    start of its request (request line, Host and User-Agent headers)."""
+    start of its request (request line and Host header)."""
 
     __slots__ = ("head", "key")
 
@@ -324,7 +328,7 @@ class Origin:
         if port != (443 if tls else 80):
             host = f"{host}:{port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.head = f"POST {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"
+        self.head = f"POST {target} HTTP/1.1\r\nHost: {host}\r\n"
 
 
 class Http1Client:
@@ -349,6 +353,8 @@ class Http1Client:
         if pool is None:
             pool = self._pool(origin.key)
         lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        if not any(name.lower() == "user-agent" for name in headers):
+            lines += _USER_AGENT_LINE  # some API fronts refuse a request without one
         if "\n" in lines.replace("\r\n", ""):
             raise ValueError("a header value holds a line break")
         raw = b"".join((f"{origin.head}Content-Length: {len(body)}\r\n{lines}\r\n".encode(),

@@ -109,10 +109,26 @@ async def test_a_request_is_one_write_and_a_content_length_answer_is_read() -> N
         c.close()
     head, sent = seen[0]
     assert head == (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
-                    b"User-Agent: %s\r\nContent-Length: 7\r\nAuthorization: Bearer k\r\n\r\n"
+                    b"Content-Length: 7\r\nAuthorization: Bearer k\r\nUser-Agent: %s\r\n\r\n"
                     % (server.port, http1.USER_AGENT.encode()))
     assert sent == b'{"a":1}'
     assert server.connections == 1  # kept alive
+
+
+async def test_a_user_agent_the_call_sets_is_the_only_one_sent() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await reader.read()
+
+    c = client()
+    async with raw_server(handle) as server:
+        await post(c, server.port, b"{}", {"user-agent": "their-sdk/1.0"})
+        c.close()
+    head = seen[0][0].lower()
+    assert head.count(b"user-agent:") == 1 and b"user-agent: their-sdk/1.0" in head
 
 
 async def test_a_chunked_answer_one_byte_at_a_time() -> None:
@@ -337,6 +353,32 @@ async def test_the_pool_limit_holds_calls_until_a_connection_is_free() -> None:
         c.close()
     assert most == 4
     assert server.connections == 4
+
+
+async def test_waiting_for_a_connection_ends_with_the_total_and_loses_no_slot() -> None:
+    """Every connection busy longer than a call's total: the waiting calls time out, and
+    once the busy ones finish the pool has all its connections again."""
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await release.wait()
+            writer.write(OK)
+
+    async with raw_server(handle) as server:
+        c = client(limit=2, total=0.3)
+        busy = [asyncio.create_task(post(c, server.port)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        waiting = await asyncio.gather(*(post(c, server.port) for _ in range(6)),
+                                       return_exceptions=True)
+        assert all(isinstance(e, TimeoutError) for e in waiting), waiting
+        release.set()
+        await asyncio.gather(*busy, return_exceptions=True)  # over the total too
+        answers = await asyncio.gather(*(post(c, server.port) for _ in range(4)))
+        assert [a[2] for a in answers] == [b"{}"] * 4
+        assert c.slots._value == 2  # every slot back
+        c.close()
 
 
 async def test_a_cancelled_call_frees_its_connection_and_closes_it() -> None:
