@@ -286,7 +286,7 @@ class BudgetBook:
         """Spend was added to this budget behind the leases' back: report ours and return
         the unreserved part of our lease, so the next reservation leases against the new
         spend. Nothing to do without an account here."""
-        period = period or month_start(datetime.now(self._tz), self._tz)
+        period = period or self._month()
         account = self._accounts.get((scope, scope_id, period))
         if account is None:
             return
@@ -349,7 +349,7 @@ class BudgetBook:
     async def flush(self) -> None:
         """Report spend now; give back idle leases; forget finished months."""
         now = time.monotonic()
-        current = month_start(datetime.now(self._tz), self._tz)
+        current = self._month()
         for key, account in list(self._accounts.items()):
             idle = now - account.last_activity > IDLE_RETURN_S and account.reserved == 0
             renew = account.leased and now - account.synced_at > RENEW_AFTER_S

@@ -128,7 +128,7 @@ def _supported(request: web.Request) -> str:
 
 def _render(request: web.Request, status: int, code: str, message: str, openai_type: str,
             details: dict[str, Any], headers: dict[str, str]) -> web.Response:
-    body = error_body(request.path, str(request[REQUEST_ID]), status, code, message,
+    body = error_body(request.path, request[REQUEST_ID_TEXT], status, code, message,
                       openai_type, details)
     return web.Response(status=status, body=body, content_type="application/json",
                         headers=headers)
