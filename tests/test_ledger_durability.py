@@ -77,8 +77,10 @@ def spill_files(directory: Path) -> list[Path]:
 
 
 def spill_lines(directory: Path) -> list[bytes]:
+    """The lines as a reader of the files sees them: an open journal segment is NUL-padded
+    to its reserved size, and readers stop at the padding."""
     return [line for path in spill_files(directory)
-            for line in path.read_bytes().splitlines(keepends=True)]
+            for line in path.read_bytes().rstrip(b"\0").splitlines(keepends=True)]
 
 
 async def test_rollups_equal_raw_sums_with_duplicates_and_two_writers(

@@ -4,7 +4,11 @@ a process killed with rows still in memory loses none of them; the next one repl
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,13 +16,23 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from conftest import FakeUpstream, chat_body
 from test_serve import start_gateway_process
 
 from gateway import db as gwdb
 from gateway import projects
 from gateway.domain import Usage, UsageRecord
-from gateway.ledger import SPILL_GLOB, Journal, Ledger, decode_row, encode_row
+from gateway.ledger import (
+    SEGMENT_BYTES,
+    SPILL_GLOB,
+    Journal,
+    Ledger,
+    SpillFiles,
+    as_row,
+    decode_row,
+    encode_row,
+)
 from gateway.settings import DatabaseSettings, LedgerSettings
 
 
@@ -43,8 +57,9 @@ async def _rows_at_least(db: asyncpg.Connection, count: int, within_s: float) ->
 
 
 def _lines(directory: Path) -> list[bytes]:
+    """The rows in the segments: an open segment is NUL-padded to its reserved size."""
     return [line for path in sorted(directory.glob(SPILL_GLOB))
-            for line in path.read_bytes().splitlines()]
+            for line in path.read_bytes().rstrip(b"\0").splitlines()]
 
 
 def test_segments_go_once_their_rows_have_left_the_queue(tmp_path: Path) -> None:
@@ -61,8 +76,72 @@ def test_segments_go_once_their_rows_have_left_the_queue(tmp_path: Path) -> None
     journal.drop(1)  # the open segment is emptied and kept for the next rows
     assert journal.segments == 1 and _lines(tmp_path) == []
     journal.append(b'{"n": 4}\n')
+    assert _lines(tmp_path) == [b'{"n": 4}']  # the emptied rows were zeroed, not left behind
     journal.close()  # a row still queued: its segment stays for the next start
     assert _lines(tmp_path) == [b'{"n": 4}']
+    (left,) = tmp_path.glob(SPILL_GLOB)
+    assert left.read_bytes() == b'{"n": 4}\n'  # closed: the padding is cut off
+
+
+def test_a_segment_grows_past_its_first_reservation(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    lines = [b'{"n": %d, "pad": "%s"}\n' % (n, b"x" * 300) for n in range(3 * SEGMENT_BYTES // 300)]
+    for line in lines:
+        journal.append(line)
+    assert journal.segments == 1 and journal.failures == 0
+    (segment,) = tmp_path.glob(SPILL_GLOB)
+    assert segment.stat().st_size >= 4 * SEGMENT_BYTES  # reserved ahead, doubling
+    journal.close()
+    assert segment.read_bytes() == b"".join(lines)
+
+
+def test_a_full_disk_fails_the_reservation_not_the_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC comes from fallocate, before anything is mapped: a copy into a mapped page the
+    disk has no room for would kill the process with SIGBUS instead."""
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    journal = Journal(tmp_path)
+    journal.append(b'{"n": 0}\n')
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    big = b'{"pad": "%s"}\n' % (b"x" * SEGMENT_BYTES)  # more than the segment has room for
+    journal.append(big)
+    journal.append(b'{"n": 2}\n')
+    assert journal.failures == 1 and journal.segments == 2
+    journal.seal()
+    journal.append(b'{"n": 3}\n')  # a new segment cannot be reserved either
+    assert journal.failures == 2 and not list(tmp_path.glob(".*.tmp"))
+    journal.drop(4)
+    journal.close()
+    assert _lines(tmp_path) == []
+
+
+def test_a_killed_process_leaves_its_rows_and_readers_stop_at_the_padding(
+        tmp_path: Path) -> None:
+    records = [row() for _ in range(3)]
+    lines = [encode_row(as_row(r)) for r in records]
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from gateway.ledger import Journal\n"
+        "journal = Journal(Path(sys.argv[1]))\n"
+        "for line in sys.stdin.buffer:\n"
+        "    journal.append(line)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)],
+                          input=b"".join(lines), check=False, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    (segment,) = tmp_path.glob(SPILL_GLOB)
+    assert segment.stat().st_size == SEGMENT_BYTES  # left as reserved, NUL-padded
+    files = SpillFiles(tmp_path, max_bytes=10 * SEGMENT_BYTES)
+    assert files.adopt_orphans() == 1
+    (source,) = files.sources()
+    assert source.size == len(b"".join(lines))
+    rows, end, unreadable = files.read(source, max_rows=100)
+    assert [r[0] for r in rows] == [r.request_id for r in records]
+    assert unreadable == [] and end == source.size
+    files.close()
 
 
 def test_a_journal_that_cannot_write_keeps_counting(tmp_path: Path) -> None:
@@ -103,7 +182,6 @@ async def test_a_journal_left_behind_is_replayed_once(
     first.record(committed)
     await first.flush()
     segment = tmp_path / "ledger-00000000000000000001-1-dead-journal.jsonl"
-    from gateway.ledger import as_row
     segment.write_bytes(encode_row(as_row(committed)) + encode_row(as_row(lost)))
     second = Ledger(pool, LedgerSettings(flush_interval_s=0.05), spill_dir=tmp_path)
     await second.start()
