@@ -160,6 +160,8 @@ class AlertHook:
                  clock: Callable[[], datetime] | None = None) -> None:
         self._settings = settings
         self._tz = tz
+        never = datetime.max.replace(tzinfo=UTC)
+        self._last_month = (never, never)  # month_bounds' last answer: none yet
         self._clock = clock or (lambda: datetime.now(UTC))
         self._closed: dict[tuple[int, datetime], Decimal] = {}  # spend in hours < cutoff
         self._closed_cutoff: datetime | None = None
@@ -255,11 +257,16 @@ class AlertHook:
             self._baseline_hour = hour
 
     def month_bounds(self, when: datetime) -> tuple[datetime, datetime]:
-        """The budget month holding `when`: its first and the next month's first midnight."""
+        """The budget month holding `when`: its first and the next month's first midnight.
+        The last answer is kept: a batch's rows are nearly all in one month."""
+        last = self._last_month
+        if last[0] <= when < last[1]:
+            return last
         first: date = when.astimezone(self._tz).date().replace(day=1)
         following = (first + timedelta(days=32)).replace(day=1)
-        return (datetime.combine(first, time(), self._tz),
-                datetime.combine(following, time(), self._tz))
+        self._last_month = (datetime.combine(first, time(), self._tz),
+                            datetime.combine(following, time(), self._tz))
+        return self._last_month
 
     async def baseline(self, conn: asyncpg.Connection, project_ids: list[int],
                        hour: datetime) -> dict[int, Baseline | None]:

@@ -25,7 +25,6 @@ from gateway.http.dashboard import filters
 from gateway.http.dashboard.assets import TEMPLATES_DIR
 from gateway.http.dashboard.session import Signer
 from gateway.http.metrics import metrics_middleware
-from gateway.http.quota import add_rate_headers
 from gateway.idempotency import create_claims
 from gateway.keys import (
     ALERTS,
@@ -57,7 +56,7 @@ from gateway.keys import (
 from gateway.keystore import KeyStore
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
-from gateway.middlewares import add_request_id, error_middleware_factory
+from gateway.middlewares import error_middleware_factory
 from gateway.observed import Observations
 from gateway.pipeline.budget import BudgetGuard
 from gateway.pipeline.idempotency import IdempotencyGuard
@@ -108,7 +107,6 @@ def build_app(settings: Settings) -> web.Application:
     # Autoescaped: whatever a client sent (metadata, model and project names) renders as text.
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
                          undefined=jinja2.StrictUndefined, filters=filters.FILTERS)
-    app.on_response_prepare.extend([add_request_id, add_rate_headers])
     setup_routes(app)
     return app
 

@@ -64,4 +64,4 @@ SYNC: web.AppKey[SyncRunner] = web.AppKey("sync")  # provider usage and cost imp
 REQUEST_ID = web.RequestKey("request_id", uuid.UUID)
 REQUEST_ID_TEXT = web.RequestKey("request_id_text", str)  # str(REQUEST_ID), made once
 # The rate-limit headers of an admitted API call (`http/quota.py`), for its answer.
-RATE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("rate_headers")
+RATE_HEADERS: web.RequestKey[dict[str, str] | None] = web.RequestKey("rate_headers")

@@ -26,6 +26,8 @@ def storable_text(value: str) -> str:
 
 def storable_json(value: Any) -> Any:
     """A JSON value (dicts, lists, strings, ...) whose keys and strings are storable."""
+    if not value:  # {}, [], "", None: nothing to clean, and the usual metadata
+        return value
     try:
         if b"\\u0000" not in orjson.dumps(value):
             return value

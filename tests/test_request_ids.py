@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 
-from gateway.middlewares import request_ids, request_ids_and_texts
+from aiohttp.test_utils import TestClient
+from conftest import chat_body, create_project
+
+from gateway.middlewares import REQUEST_ID_HEADER, request_ids, request_ids_and_texts
 
 
 def test_the_text_of_every_request_id_is_its_uuid_text() -> None:
@@ -16,3 +20,26 @@ def test_the_text_of_every_request_id_is_its_uuid_text() -> None:
 def test_each_process_counter_starts_from_its_own_random_prefix() -> None:
     a, b = next(request_ids()), next(request_ids())
     assert a != b and a.int & (2**64 - 1) == b.int & (2**64 - 1) == 1
+
+
+async def test_every_kind_of_answer_carries_its_own_request_id(gateway: TestClient) -> None:
+    """Set by the error middleware (a streamed answer by its handler): a rendered error, a
+    redirect, a page, a JSON answer and a stream each carry a distinct id."""
+    _, key = await create_project(gateway)
+    auth = {"Authorization": f"Bearer {key}"}
+    answers = [
+        await gateway.get("/no/such/route"),
+        await gateway.get("/dashboard", allow_redirects=False),
+        await gateway.get("/api/health/live"),
+        await gateway.post("/v1/chat/completions", json=chat_body(), headers=auth),
+        await gateway.post("/v1/chat/completions", json=chat_body(stream=True), headers=auth),
+    ]
+    statuses = [resp.status for resp in answers]
+    assert statuses == [404, 303, 200, 200, 200]
+    ids = [resp.headers[REQUEST_ID_HEADER] for resp in answers]
+    assert len({uuid.UUID(text) for text in ids}) == len(ids)
+    assert answers[1].headers["Location"].startswith("/dashboard/login")
+    not_found = await answers[0].json()
+    assert not_found["requestId"] == ids[0]
+    for resp in answers:
+        await resp.read()

@@ -14,6 +14,7 @@ from gateway.entries.base import Entry
 from gateway.errors import GatewayError
 from gateway.http.json import read_limited
 from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS, SHUTDOWN
+from gateway.middlewares import add_headers
 from gateway.pipeline.exchange import CLIENT_CLOSED, Exchange
 from gateway.pricing import format_usd
 
@@ -35,8 +36,9 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
         chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit))
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
-            return web.Response(body=body, content_type="application/json", headers={
-                **ex.response_headers, COST_HEADER: format_usd(ex.cost)})
+            return web.Response(body=body, headers={
+                "Content-Type": "application/json", **ex.response_headers,
+                COST_HEADER: format_usd(ex.cost)})
         return await _relay(request, ex, pipeline.stream(ex, chat))
 
 
@@ -78,6 +80,7 @@ async def _relay(request: web.Request, ex: Exchange,
     except StopAsyncIteration:
         first = b""
     response = web.StreamResponse(headers={**_SSE_HEADERS, **ex.response_headers})
+    add_headers(request, response.headers)  # prepared here, before the middleware sees it
     try:
         await response.prepare(request)
         await response.write(first)

@@ -41,8 +41,3 @@ async def admit(request: web.Request, principal: Principal) -> None:
     if found:
         request[RATE_HEADERS] = min(found, key=lambda h: int(h["X-RateLimit-Remaining"]))
 
-
-async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare`: the admitted call's rate-limit headers on its answer."""
-    for name, value in request.get(RATE_HEADERS, {}).items():
-        response.headers.setdefault(name, value)
