@@ -1,7 +1,7 @@
 """Stage 7, forward: send the call upstream; the one place client errors become ours.
 
-A streamed call goes through the upstream's aiohttp session (the SSE relay reads its stream);
-any other through its lean HTTP/1.1 client, which costs a fraction of the CPU.
+Calls go through the upstream's lean HTTP/1.1 client (`providers/http1.py`), which costs a
+fraction of aiohttp's CPU; a stream's body is read as it arrives (`Http1Response.iter_any`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import aiohttp
 from gateway.errors import BadGateway, UpstreamTimeout
 from gateway.providers.base import Upstream, UpstreamCall
 from gateway.providers.http1 import Http1ConnectError, Http1Error, Http1Response
-
-Response = aiohttp.ClientResponse | Http1Response
 
 
 @contextmanager
@@ -39,20 +37,15 @@ def upstream_errors(upstream: Upstream) -> Iterator[None]:
                          code="upstream_connection_error", details={"provider": name}) from None
 
 
-async def send(upstream: Upstream, call: UpstreamCall, streamed: bool = False) -> Response:
+async def send(upstream: Upstream, call: UpstreamCall) -> Http1Response:
     """Post the call; answer the response once its headers arrive, if its status is a success.
 
     An error status is read and raised as the adapter maps it. Timeouts come from the
-    upstream's settings: connect, read inactivity (the first byte) and total.
+    upstream's settings: connect, read inactivity (the first byte, and every stall of a
+    stream) and total.
     """
     with upstream_errors(upstream):
-        response: Response
-        if streamed:
-            response = await upstream.session.post(
-                call.url, data=call.body, headers=call.headers, allow_redirects=False,
-                timeout=upstream.read_timeout)
-        else:
-            response = await upstream.http1.post(call.url, call.headers, call.body)
+        response = await upstream.http1.post(call.url, call.headers, call.body)
         if response.status < 300:
             return response
         try:
@@ -65,7 +58,7 @@ async def send(upstream: Upstream, call: UpstreamCall, streamed: bool = False) -
     raise upstream.adapter.map_error(response.status, body, dict(response.headers))
 
 
-async def read_body(upstream: Upstream, response: Response) -> bytes:
+async def read_body(upstream: Upstream, response: Http1Response) -> bytes:
     with upstream_errors(upstream):
         try:
             return await response.read()

@@ -20,7 +20,6 @@ from contextlib import aclosing
 from functools import partial
 from typing import Protocol
 
-import aiohttp
 import structlog
 
 from gateway.catalogue import Catalogue
@@ -42,7 +41,7 @@ from gateway.pipeline import translate, validate
 from gateway.pipeline.authenticate import authenticate
 from gateway.pipeline.authorize import authorize, enabled
 from gateway.pipeline.exchange import Exchange
-from gateway.pipeline.forward import Response, read_body, send, upstream_errors
+from gateway.pipeline.forward import read_body, send, upstream_errors
 from gateway.pipeline.meter import (
     StreamMeter,
     completion_from_body,
@@ -57,6 +56,7 @@ from gateway.pipeline.smart_route import route_request
 from gateway.pricing import PriceTable, format_usd
 from gateway.providers.balancer import Balancer
 from gateway.providers.base import Credential, Upstream
+from gateway.providers.http1 import Http1Response
 from gateway.providers.resilience import OPEN, CircuitBreaker, Leg, Plan
 from gateway.routing import Route, Router
 from gateway.settings import RoutingSettings
@@ -200,7 +200,7 @@ class ProxyPipeline:
                                    body={**chat.body, "model": model})
 
     async def _open(self, ex: Exchange, chat: ChatRequest
-                    ) -> tuple[ChatRequest, Upstream, Response]:
+                    ) -> tuple[ChatRequest, Upstream, Http1Response]:
         """Reach the first route that answers, attempt by attempt as the resilience plan
         orders them (routes, credentials by weight, retries, breakers)."""
         assert ex.principal is not None
@@ -218,7 +218,7 @@ class ProxyPipeline:
                 ex.forwarded = True
                 self.balancer.started(*target)
                 try:
-                    response = await send(attempt.leg.upstream, attempt.call, chat.stream)
+                    response = await send(attempt.leg.upstream, attempt.call)
                 except (UpstreamStatusError, BadGateway, UpstreamTimeout) as exc:
                     elapsed = time.perf_counter() - started
                     ex.upstream_s += elapsed
@@ -315,7 +315,6 @@ class ProxyPipeline:
         caller can still answer a clean 502 before any byte is sent.
         """
         chat, upstream, response = await self._open(ex, chat)
-        assert isinstance(response, aiohttp.ClientResponse)  # streamed: aiohttp's session
         adapter = upstream.adapter
         meter: StreamMeter | translate.EventStream
         if adapter.wire == "openai" and chat.entry_wire == "openai":
@@ -327,7 +326,7 @@ class ProxyPipeline:
         started = time.perf_counter()
         try:
             with upstream_errors(upstream):
-                async for chunk in response.content.iter_any():
+                async for chunk in response.iter_any():
                     out = meter.feed(chunk)
                     if out:
                         yield out

@@ -195,7 +195,8 @@ def credential_usable(kind: str, credential: Credential) -> bool:
 
 class Upstream:
     """One provider: its adapter, settings, credentials and two keep-alive clients: the lean
-    `Http1Client` for non-streamed calls, an aiohttp `ClientSession` for the rest.
+    `Http1Client` for the proxied calls, streamed or not, and an aiohttp `ClientSession` for
+    the rest (the stored-response routes).
 
     `tls` replaces the default SSLContext of the lean client (a test's own certificate).
     """
@@ -251,7 +252,7 @@ class Upstream:
 
     async def start(self) -> None:
         s = self.settings
-        # Each client holds up to max_connections: streams on one, the other calls on the other.
+        # Each client holds up to max_connections: the proxied calls on the lean one.
         self._http1 = Http1Client(s.max_connections, s.connect_timeout_s,
                                   s.first_byte_timeout_s, s.total_timeout_s, self._tls)
         connector = aiohttp.TCPConnector(

@@ -1,13 +1,15 @@
-"""A lean HTTP/1.1 client for the non-streamed upstream POSTs.
+"""A lean HTTP/1.1 client for the upstream POSTs, streamed or not.
 
 aiohttp's client costs about 60 us of CPU per proxied call (measured in a bare proxy), most of
 it framework: a request object, a payload writer, a stream reader and several timers. This
 client writes the request as one bytes object and parses the answer in an `asyncio.Protocol`:
-status line, headers, a body framed by Content-Length, chunked coding or the close.
+status line, headers, a body framed by Content-Length, chunked coding or the close. A body is
+read whole (`read`) or as it arrives (`iter_any`, for event streams), with reading paused
+while more than `HIGH_WATER` bytes wait for a slow reader.
 
-Streamed calls stay on aiohttp (the SSE relay wants its stream reader); so do all others.
-Timeouts are the aiohttp session's: connect, read inactivity (first byte and every stall) and
-total. No proxies, no redirects, no compression (the request asks for none).
+The other upstream calls (the stored-response routes) stay on aiohttp. Timeouts are the
+aiohttp session's: connect, read inactivity (first byte and every stall) and total. No
+proxies, no redirects, no compression (the request asks for none).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Final, cast
 from urllib.parse import urlsplit
 
@@ -36,6 +38,7 @@ __all__ = ["Http1Client", "Http1Closed", "Http1ConnectError", "Http1Error", "Htt
 USER_AGENT: Final = f"ai-cost-gateway/{__version__}"
 _USER_AGENT_LINE: Final = f"User-Agent: {USER_AGENT}\r\n"
 IDLE_S: Final = 30.0  # a keep-alive connection unused this long is closed (aiohttp's default)
+HIGH_WATER: Final = 64 * 1024  # a stream's unread bytes past which reading pauses (aiohttp's)
 
 
 class Timeouts:
@@ -63,6 +66,7 @@ class Connection(asyncio.Protocol):
         self.last_read = 0.0
         self.timeouts: Timeouts | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.paused = False  # reading paused: a stream's reader is behind
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not isinstance: uvloop's transports do not derive from asyncio's.
@@ -78,9 +82,14 @@ class Connection(asyncio.Protocol):
         except Http1Error as exc:
             self._fail(exc)
             return
-        if self.parser.done:
+        parser = self.parser
+        if parser.done:
             self._stop_timer()
-        if self.parser.head_done:
+        elif parser.head_done and parser.buffered > HIGH_WATER and not self.paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.paused = True
+        if parser.head_done:
             self._wake()
 
     def eof_received(self) -> bool:
@@ -122,10 +131,31 @@ class Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
 
+    async def more(self) -> None:
+        """Until more of the body is parsed or it is complete; its failure raised once every
+        byte that arrived before it has been taken."""
+        parser = self.parser
+        while self.error is None and not parser.done and not parser.buffered:
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        if self.error is not None and not parser.buffered:
+            raise self.error
+
+    def resume(self) -> None:
+        """A paused stream's reader caught up: read again."""
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
     def finished(self) -> None:
         """The call is over (its answer read, or abandoned): stop its timer."""
         self.timeouts = None
         self._stop_timer()
+        self.resume()
 
     def _stop_timer(self) -> None:
         if self.timer is not None:
@@ -153,6 +183,8 @@ class Connection(asyncio.Protocol):
         if t is None:
             return
         now = self.loop.time()
+        if self.paused:  # not a stall: the stream's reader is the one behind
+            self.last_read = now
         if now < t.deadline and now < self.last_read + t.read:
             self._arm()
             return
@@ -173,7 +205,8 @@ class Connection(asyncio.Protocol):
 
 
 class Http1Response:
-    """An answer whose head has arrived: `status`, `headers`, then `read()` the body.
+    """An answer whose head has arrived: `status`, `headers`, then `read()` the body, or
+    `iter_any()` it as it arrives.
 
     `release()` hands the connection back to its pool once the body is read (else closes
     it); `close()` always closes it. One of the two must be called, as with aiohttp.
@@ -194,6 +227,22 @@ class Http1Response:
         if not conn.parser.done:
             await conn.wait(body=True)
         return conn.parser.body()
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body in pieces as they arrive; after the last, the connection goes back to
+        its pool. A failure mid-body is raised once the bytes before it are out."""
+        conn = self._conn
+        parser = conn.parser
+        while True:
+            data = parser.take()
+            if data:
+                conn.resume()
+                yield data
+            elif parser.done:
+                self.release()
+                return
+            else:
+                await conn.more()
 
     def release(self) -> None:
         if not self._released:

@@ -51,10 +51,12 @@ class ResponseParser:
         "headers",
         "keep_alive",
         "length",
+        "pending",
         "pos",
         "received",
         "start",
         "status",
+        "taken",
     )
 
     def __init__(self) -> None:
@@ -74,6 +76,8 @@ class ResponseParser:
         self.framing = 0
         self.length = 0
         self.chunks: list[bytes] = []
+        self.pending = 0  # chunked: bytes in `chunks`, not yet taken
+        self.taken = 0  # body bytes handed out by take()
 
     def feed(self, data: bytes) -> None:
         """More bytes from the connection; raises `Http1Error` where they cannot be read."""
@@ -85,7 +89,7 @@ class ResponseParser:
             return
         framing = self.framing
         if framing == LENGTH:
-            size = len(self.buf) - self.start
+            size = len(self.buf) - self.start + self.taken
             if size >= self.length:
                 if size > self.length:
                     raise Http1Error("the upstream sent bytes after its answer")
@@ -106,6 +110,31 @@ class ResponseParser:
         if self.framing == CHUNKED:
             return b"".join(self.chunks)
         return bytes(self.buf[self.start:])
+
+    def take(self) -> bytes:
+        """The body bytes parsed since the last take (a stream, read as it arrives)."""
+        if self.framing == CHUNKED:
+            chunks = self.chunks
+            if not chunks:
+                return b""
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self.pending = 0
+            return data
+        buf, start = self.buf, self.start
+        if len(buf) <= start:
+            return b""
+        data = bytes(buf[start:])
+        del buf[start:]
+        self.taken += len(data)
+        return data
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes parsed and not yet taken."""
+        if self.framing == CHUNKED:
+            return self.pending
+        return max(len(self.buf) - self.start, 0) if self.head_done else 0
 
     def _head(self) -> bool:
         """Parse the head once it is all there (skipping 1xx answers); whether it is."""
@@ -194,6 +223,7 @@ class ResponseParser:
             if buf[end:end + 2] != b"\r\n":
                 raise Http1Error("the upstream sent a chunk without its line end")
             chunks.append(bytes(buf[eol + 2:end]))
+            self.pending += size
             pos = end + 2
         # What was taken is dropped, so a long body is not searched again and again.
         del buf[:pos]

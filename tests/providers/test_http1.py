@@ -332,6 +332,134 @@ async def test_the_total_timeout_bounds_a_trickle() -> None:
         c.close()
 
 
+async def stream(c: Http1Client, port: int) -> http1.Http1Response:
+    return await c.post(f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}")
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length", "close"])
+async def test_a_stream_is_read_as_it_arrives(framing: str) -> None:
+    """Each piece reaches the reader before the server sends the next; after the last the
+    connection serves again (unless the close framed the body)."""
+    events = [b"data: {\"n\": %d}\n\n" % n for n in range(3)]
+    head = {"chunked": b"Transfer-Encoding: chunked\r\n",
+            "length": b"Content-Length: %d\r\n" % sum(map(len, events)),
+            "close": b"Connection: close\r\n"}[framing]
+    sent = asyncio.Queue[int]()
+    read = asyncio.Queue[int]()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + head
+                         + b"\r\n")
+            for n, event in enumerate(events):
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event)
+                             if framing == "chunked" else event)
+                await writer.drain()
+                sent.put_nowait(n)
+                assert await read.get() == n  # the reader has it before the next is sent
+            if framing == "chunked":
+                writer.write(b"0\r\n\r\n")
+            if framing == "close":
+                return
+
+    c = client()
+    # A client that buffered would wait for the end while the server waits for it: bounded.
+    async with raw_server(handle) as server, asyncio.timeout(10):
+        for _ in range(2):
+            response = await stream(c, server.port)
+            pieces = []
+            async for piece in response.iter_any():
+                pieces.append(piece)
+                read.put_nowait(await sent.get())
+            assert b"".join(pieces) == b"".join(events) and len(pieces) == 3
+            response.close()  # after the last piece: a no-op, the connection went back
+        c.close()
+    assert server.connections == (2 if framing == "close" else 1)
+
+
+async def test_a_slow_reader_pauses_reading_and_that_is_no_stall() -> None:
+    body = bytes(range(256)) * 16384  # 4 MiB
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(handle) as server:
+        c = client(read=0.1)
+        response = await stream(c, server.port)
+        conn = response._conn
+        pieces = []
+        async for piece in response.iter_any():
+            pieces.append(piece)
+            if len(pieces) == 1:
+                await asyncio.sleep(0.3)  # longer than the read timeout, while paused
+                assert conn.paused
+                # bounded: the mark plus what one read of the socket brings
+                assert conn.parser.buffered <= http1.HIGH_WATER + 512 * 1024
+        assert b"".join(pieces) == body
+        assert not conn.paused and conn.reusable
+        c.close()
+
+
+async def test_a_stream_cut_midway_raises_once_its_bytes_are_out() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"6\r\nfirst!\r\n")
+        await writer.drain()
+
+    async with raw_server(handle) as server:
+        c = client()
+        response = await stream(c, server.port)
+        pieces = []
+        with pytest.raises(Http1Closed, match="in the middle of its answer"):
+            async for piece in response.iter_any():
+                pieces.append(piece)
+        assert pieces == [b"first!"]
+        response.close()
+        assert not c.slots.locked() and c.slots._value == 8  # the slot came back
+        c.close()
+
+
+async def test_a_stall_mid_stream_times_out() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+        await reader.read()
+
+    async with raw_server(handle) as server:
+        c = client(read=0.1)
+        response = await stream(c, server.port)
+        pieces = []
+        with pytest.raises(TimeoutError):
+            async for piece in response.iter_any():
+                pieces.append(piece)
+        assert pieces == [b"ok"]
+        response.close()
+        c.close()
+
+
+async def test_an_abandoned_stream_closes_its_connection() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+        await reader.read()  # never ends the body
+
+    async with raw_server(handle) as server:
+        c = client(limit=1)
+        for _ in range(2):  # one slot: the second call gets it only if the first freed it
+            response = await stream(c, server.port)
+            async for piece in response.iter_any():
+                assert piece == b"ok"
+                break
+            response.close()
+        assert server.connections == 2  # a connection in the middle of a body is not reused
+        c.close()
+
+
 async def test_the_pool_limit_holds_calls_until_a_connection_is_free() -> None:
     busy = 0
     most = 0
@@ -515,6 +643,9 @@ async def test_failures_map_to_the_gateways_errors() -> None:
     test_the_pool_limit_holds_calls_until_a_connection_is_free,
     test_a_cancelled_call_frees_its_connection_and_closes_it,
     test_failures_map_to_the_gateways_errors,
+    test_a_slow_reader_pauses_reading_and_that_is_no_stall,
+    test_a_stream_cut_midway_raises_once_its_bytes_are_out,
+    test_an_abandoned_stream_closes_its_connection,
 ], ids=lambda scenario: scenario.__name__.removeprefix("test_"))
 def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
     """The gateway serves on uvloop, whose transports are not asyncio's classes."""
