@@ -16,7 +16,11 @@ from conftest import (
     wait_for_rows,
 )
 
+from gateway.domain import Usage
 from gateway.keys import BUDGETS, POOL, PRICES, TOKENS
+from gateway.pipeline.budget import BudgetGuard
+from gateway.pricing import PriceTable, compute_cost
+from gateway.settings import PricingSettings
 
 MODEL = "gpt-4o-mini"
 
@@ -226,3 +230,13 @@ async def test_a_lowered_budget_holds_at_the_next_call(gateway: TestClient) -> N
             break
         await asyncio.sleep(0.05)
     assert statuses[-1] == 402 and statuses.count(200) <= 1, statuses
+
+
+def test_the_worst_case_is_compute_cost_of_uncached_input_and_output() -> None:
+    """The guard's shortcut against the one pricing function, for every price in the table."""
+    table = PriceTable.load(PricingSettings())
+    for price in table.models():
+        for tokens_in, tokens_out in ((0, 0), (1, 0), (17, 16), (123_457, 4_096), (0, 10**7)):
+            expected = compute_cost(Usage(input_tokens=tokens_in, output_tokens=tokens_out),
+                                    price)
+            assert BudgetGuard._worst(price, tokens_in, tokens_out) == expected, price.model

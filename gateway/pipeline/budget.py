@@ -108,7 +108,9 @@ class BudgetGuard:
 
     @staticmethod
     def _worst(price: Price, tokens_in: int, tokens_out: int) -> Decimal:
-        return compute_cost(Usage(input_tokens=tokens_in, output_tokens=tokens_out), price)
+        """`compute_cost` of uncached input and output (what a reservation assumes), with no
+        Usage to make: it runs for every call with a budget."""
+        return (tokens_in * price.input + tokens_out * price.output).scaleb(-6)
 
     @staticmethod
     def _fitting_output(price: Price, tokens_in: int, money: Decimal) -> int:

@@ -29,15 +29,21 @@ def _iso(epoch: float) -> str:
 
 def rate_headers(decision: Decision) -> dict[str, str]:
     """Standard and gateway headers, for the request window closest to its limit."""
-    requests = [w for w in decision.windows if w.name != TOKENS_WINDOW] or list(decision.windows)
-    tightest = min(requests, key=lambda w: (w.remaining, -w.reset_at))
-    reset_iso = _iso(tightest.reset_at)
+    tightest = None  # the fewest remaining; of those, the one resetting last
+    for w in decision.windows:
+        if w.name != TOKENS_WINDOW and (
+                tightest is None or w.remaining < tightest.remaining
+                or (w.remaining == tightest.remaining and w.reset_at > tightest.reset_at)):
+            tightest = w
+    if tightest is None:  # only the tokens window
+        tightest = min(decision.windows, key=lambda w: (w.remaining, -w.reset_at))
+    remaining = str(max(tightest.remaining, 0))
     headers = {
         "X-RateLimit-Limit": str(tightest.limit),
-        "X-RateLimit-Remaining": str(max(tightest.remaining, 0)),
+        "X-RateLimit-Remaining": remaining,
         "X-RateLimit-Reset": str(math.ceil(tightest.reset_at)),
-        "X-AI-Cost-Gateway-RateLimit-Remaining": str(max(tightest.remaining, 0)),
-        "X-AI-Cost-Gateway-RateLimit-Reset": reset_iso,
+        "X-AI-Cost-Gateway-RateLimit-Remaining": remaining,
+        "X-AI-Cost-Gateway-RateLimit-Reset": _iso(tightest.reset_at),
         "X-AI-Cost-Gateway-RateLimit-Backend": decision.backend,
     }
     if not decision.allowed:
@@ -99,9 +105,11 @@ class RateLimitGuard:
         assert ex.principal is not None
         limits = self._plans.limits(ex.principal.project)
         windows = plan_windows(limits)
+        tokens = None
         if limits.tokens_per_minute and ex.chat is not None:  # a call with no model: none
             expected = await input_tokens(ex, self._tokens) + (ex.chat.max_output_tokens or 0)
-            windows.append(Window(TOKENS_WINDOW, limits.tokens_per_minute, 60, expected))
+            tokens = Window(TOKENS_WINDOW, limits.tokens_per_minute, 60, expected)
+            windows.append(tokens)
         if not windows:
             return
         decision = await self._limiter.hit(self._key(ex), windows)
@@ -109,7 +117,8 @@ class RateLimitGuard:
         ex.response_headers.update(headers)
         if not decision.allowed:
             refuse(windows, decision, headers)
-        ex.rate_windows = tuple(w for w in windows if w.name == TOKENS_WINDOW)
+        if tokens is not None:
+            ex.rate_windows = (tokens,)
 
     async def settle(self, ex: Exchange) -> None:
         """Replace the tokens-per-minute reservation by the tokens actually used."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+# Window, WindowState and Decision are made for every limited call: named tuples, which a
+# frozen dataclass costs twice as much to make (each field set through object.__setattr__).
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+class Window(NamedTuple):
     """One limit to enforce: `limit` units per `seconds`; this request consumes `cost`."""
 
     name: str  # e.g. "minute", "day", "tokens_minute"
@@ -22,16 +24,14 @@ class Window:
     cost: int
 
 
-@dataclass(frozen=True, slots=True)
-class WindowState:
+class WindowState(NamedTuple):
     name: str
     limit: int
     remaining: int
     reset_at: float  # epoch seconds when this window ends
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     windows: tuple[WindowState, ...]  # in the order given; remaining after this request if allowed
     retry_after: float  # seconds until every blocking window has reset; 0.0 when allowed

@@ -71,13 +71,17 @@ class LeasingLimiter:
 
     async def hit(self, key: str, windows: Sequence[Window], now: float | None = None) -> Decision:
         now = time.time() if now is None else now
-        leases = [self._lease(key, w, now) for w in windows]
+        leases = []
+        covered = True  # every window's lease has the units this request needs
         for w in windows:
+            lease = self._lease(key, w, now)
+            leases.append(lease)
+            covered = covered and lease.leased - lease.used >= w.cost
             rate = self._rates.get((key, w.name))
             if rate is None:
                 rate = self._rates[(key, w.name)] = _Rate()
             rate.units += w.cost
-        if all(lease.available >= w.cost for lease, w in zip(leases, windows, strict=True)):
+        if covered:
             return self._consume(leases, windows, self.name)
         async with self._lock(key):  # one lease in flight per key; the others then use it
             leases = [self._lease(key, w, now) for w in windows]
