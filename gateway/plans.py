@@ -31,6 +31,8 @@ class Plans:
         if missing:
             raise PlanError(f"plans file lacks plan(s): {', '.join(missing)}")
         self._plans = plans
+        # (plan, id of the overrides) -> (those overrides, the limits made of them)
+        self._overridden: dict[tuple[str, int], tuple[dict[str, int], Limits]] = {}
 
     @classmethod
     def load(cls, path: Path) -> Plans:
@@ -58,4 +60,15 @@ class Plans:
         overrides = project.limit_overrides
         if not overrides:
             return base
-        return Limits(*(overrides.get(f, getattr(base, f)) for f in LIMIT_FIELDS))
+        # Made once per project as the key store holds it (its overrides one dict, replaced,
+        # never changed, when the project is): every limited call asks. The entry keeps the
+        # dict itself, so its id cannot be reused while the entry lives.
+        key = (project.plan, id(overrides))
+        found = self._overridden.get(key)
+        if found is not None and found[0] is overrides:
+            return found[1]
+        limits = Limits(*(overrides.get(f, getattr(base, f)) for f in LIMIT_FIELDS))
+        if len(self._overridden) >= 4096:  # projects come and go: bounded
+            self._overridden.clear()
+        self._overridden[key] = (overrides, limits)
+        return limits

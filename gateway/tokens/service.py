@@ -129,7 +129,7 @@ class TokenService:
         ready = getattr(self.counter, "ready", None)  # a counter that loads on first use
         if ready is not None and not ready(encoding):
             await self._load(encoding)
-        chars = sum(len(t) for t in texts)
+        chars = sum(map(len, texts))
         if chars <= self.inline_max_chars:
             return self._count_cpu(texts, encoding)
         if self.gpu is not None:
@@ -160,7 +160,8 @@ class TokenService:
         counts = self.counter.count(texts, encoding)
         usage = self.usage["cpu"]
         usage.documents += len(texts)
-        usage.bytes += utf8_size(texts)
+        joined = "".join(texts)  # inline, so small: one check for all, usually ASCII
+        usage.bytes += len(joined) if joined.isascii() else utf8_size(texts)
         return counts
 
     async def _run_cpu(self, texts: Sequence[str], encoding: str) -> list[int]:
