@@ -66,6 +66,7 @@ class Connection(asyncio.Protocol):
         self.last_read = 0.0
         self.timeouts: Timeouts | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.streaming = False  # the body is taken as it arrives (`iter_any`), not whole
         self.paused = False  # reading paused: a stream's reader is behind
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,7 +86,7 @@ class Connection(asyncio.Protocol):
         parser = self.parser
         if parser.done:
             self._stop_timer()
-        elif parser.head_done and parser.buffered > HIGH_WATER and not self.paused:
+        elif self.streaming and parser.buffered > HIGH_WATER and not self.paused:
             assert self.transport is not None
             self.transport.pause_reading()
             self.paused = True
@@ -114,6 +115,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.parser.reset()
         self.error = None
+        self.streaming = False
         self.timeouts = timeouts
         self.last_read = self.loop.time()
         self._arm()
@@ -233,6 +235,7 @@ class Http1Response:
         its pool. A failure mid-body is raised once the bytes before it are out."""
         conn = self._conn
         parser = conn.parser
+        conn.streaming = True
         while True:
             data = parser.take()
             if data:

@@ -404,6 +404,24 @@ async def test_a_slow_reader_pauses_reading_and_that_is_no_stall() -> None:
         c.close()
 
 
+async def test_a_large_body_read_whole_is_never_paused() -> None:
+    """Only a stream pauses reading: `read()` waits for the whole body, so a pause there
+    would wait for the read timeout (embeddings answers run to megabytes)."""
+    body = bytes(range(256)) * 16384  # 4 MiB, far past the mark
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(handle) as server:
+        c = client(read=1.0)
+        status, _, got = await post(c, server.port)
+        assert (status, got) == (200, body)
+        c.close()
+
+
 async def test_a_stream_cut_midway_raises_once_its_bytes_are_out() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
@@ -644,6 +662,7 @@ async def test_failures_map_to_the_gateways_errors() -> None:
     test_a_cancelled_call_frees_its_connection_and_closes_it,
     test_failures_map_to_the_gateways_errors,
     test_a_slow_reader_pauses_reading_and_that_is_no_stall,
+    test_a_large_body_read_whole_is_never_paused,
     test_a_stream_cut_midway_raises_once_its_bytes_are_out,
     test_an_abandoned_stream_closes_its_connection,
 ], ids=lambda scenario: scenario.__name__.removeprefix("test_"))
