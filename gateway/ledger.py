@@ -310,17 +310,24 @@ class Ledger:
         self._closed = True
 
     async def flush(self) -> int:
-        """Replay spilled rows (a bounded share), then write every queued row; answer how
-        many queued rows were written. On failure the queue is spilled and the error raised."""
+        """Replay spilled rows (a bounded share), then write every row queued when it began;
+        answer how many queued rows were written. On failure the queue is spilled and the
+        error raised.
+
+        Rows queued while it writes wait for the next flush (the batch size wakes it at
+        once): under steady traffic a flush that took them too would never end, writing
+        ever smaller batches, and the journal segment it sealed would never be replaced."""
         async with self._lock:
             if self._journal is not None:
                 self._journal.seal()  # rows queued from now on go to a fresh segment
             try:
                 replay_done = await self._replay(REPLAY_BATCHES_PER_FLUSH)
                 done = 0
-                while self._pending:
+                left = len(self._pending)
+                while left > 0 and self._pending:
                     batch = [self._pending.popleft()
-                             for _ in range(min(self._batch_size, len(self._pending)))]
+                             for _ in range(min(self._batch_size, left, len(self._pending)))]
+                    left -= len(batch)
                     try:
                         await self._write_batch(batch)
                     except BaseException:
@@ -335,8 +342,8 @@ class Ledger:
                             pending=len(self._pending), spill_bytes=self.spill_bytes)
                 await self._spill_pending(force=self._closing)
                 raise
-        if not replay_done:
-            self._wake.set()  # more to replay: come back at once
+        if not replay_done or len(self._pending) >= self._batch_size:
+            self._wake.set()  # more to replay, or a batch queued meanwhile: come back at once
         self.last_flush = time.time()
         return done
 

@@ -62,6 +62,10 @@ def _lines(directory: Path) -> list[bytes]:
             for line in path.read_bytes().rstrip(b"\0").splitlines()]
 
 
+def _segments(directory: Path) -> int:
+    return len(list(directory.glob(SPILL_GLOB)))
+
+
 def test_segments_go_once_their_rows_have_left_the_queue(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     for n in range(3):
@@ -224,3 +228,28 @@ async def test_sigkill_loses_no_answered_call(
         again.process.send_signal(signal.SIGTERM)
         await again.process.wait()
     assert await db.fetchval("SELECT count(DISTINCT request_id) FROM usage_records") == 30
+
+
+async def test_a_flush_writes_what_was_queued_when_it_began(
+        database_url: str, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """Under traffic that never stops, a flush still ends, and the journal moves on to a new
+    segment: rows queued while it writes wait for the next flush. A flush that took them too
+    would never end here (every batch queues one more row) and its segment would only grow."""
+    pool = await gwdb.create_pool(database_url, DatabaseSettings(pool_min_size=1))
+    ledger: Ledger
+
+    async def traffic(conn: asyncpg.Connection, inserted: object) -> None:
+        ledger.record(row())  # one more call answered while each batch is written
+
+    ledger = Ledger(pool, LedgerSettings(flush_interval_s=60, batch_size=2), hooks=[traffic],
+                    spill_dir=tmp_path)
+    for _ in range(5):
+        ledger.record(row())
+    assert await asyncio.wait_for(ledger.flush(), 10) == 5  # in batches of 2, 2 and 1
+    assert ledger.pending == 3
+    assert _segments(tmp_path) == 1 and len(_lines(tmp_path)) == 3
+    assert await asyncio.wait_for(ledger.flush(), 10) == 3
+    assert await db.fetchval("SELECT count(*) FROM usage_records") == 8
+    assert len(_lines(tmp_path)) == ledger.pending == 2  # the segment of the 3 rows is gone
+    await ledger.close(deadline_s=5)
+    await pool.close()
