@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -119,17 +119,6 @@ def _inserted(row: tuple[Any, ...]) -> InsertedRow:
     return InsertedRow(*(row[i] for i in _INSERTED_AT))
 
 
-async def _paced(rows: list[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
-    """A batch for COPY, with the event loop let in every `COPY_PACE_ROWS` rows: given a
-    list, asyncpg encodes the whole batch in one go, and every call in flight waits for it
-    (at one connection the p99 went from about 3.0 to 2.5 ms with this, bench/README.md)."""
-    for start in range(0, len(rows), COPY_PACE_ROWS):
-        if start:
-            await asyncio.sleep(0)
-        for row in rows[start:start + COPY_PACE_ROWS]:
-            yield row
-
-
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     """A batch as one list per column, JSON columns as JSON text."""
     columns = [list(column) for column in zip(*rows, strict=True)]
@@ -157,7 +146,6 @@ _CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError,
                       asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 MAX_BACKOFF_S = 5.0
 REPLAY_BATCHES_PER_FLUSH = 20  # then queued rows get their turn, so memory keeps draining
-COPY_PACE_ROWS = 50  # rows COPY encodes between two turns of the event loop
 RETRY_AFTER_S = "1"
 
 
@@ -401,8 +389,8 @@ class Ledger:
             try:
                 try:
                     async with conn.transaction():
-                        await conn.copy_records_to_table(
-                            "usage_records", records=_paced(rows), columns=COLUMNS)
+                        await conn.copy_records_to_table("usage_records", records=rows,
+                                                         columns=COLUMNS)
                         inserted = [_inserted(row) for row in rows]
                         await self._run_hooks(conn, inserted)
                 except asyncpg.UniqueViolationError:

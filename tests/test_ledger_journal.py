@@ -253,19 +253,3 @@ async def test_a_flush_writes_what_was_queued_when_it_began(
     assert len(_lines(tmp_path)) == ledger.pending == 2  # the segment of the 3 rows is gone
     await ledger.close(deadline_s=5)
     await pool.close()
-
-
-async def test_copy_lets_the_loop_in_between_chunks_of_a_batch() -> None:
-    """A batch is handed to COPY in chunks, other calls' callbacks running in between."""
-    from gateway.ledger import COPY_PACE_ROWS, _paced
-
-    rows = [(n,) for n in range(3 * COPY_PACE_ROWS + 1)]
-    turns: list[int] = []
-    seen: list[tuple[int, ...]] = []
-    loop = asyncio.get_running_loop()
-    async for r in _paced(rows):
-        seen.append(r)
-        if len(seen) % COPY_PACE_ROWS == 1:
-            loop.call_soon(turns.append, len(seen))  # runs at the loop's next turn
-    assert seen == rows
-    assert turns[:3] == [1, COPY_PACE_ROWS + 1, 2 * COPY_PACE_ROWS + 1]
