@@ -294,7 +294,9 @@ class Ledger:
             self._task = None
         elif self._pending:
             with contextlib.suppress(*FLUSH_ERRORS):
-                await asyncio.wait_for(self.flush(), deadline_s)
+                async with asyncio.timeout(deadline_s):
+                    while self._pending:  # the rows queued during a flush too
+                        await self.flush()
         if self._pending and self._spill is not None:
             async with self._lock:
                 await self._spill_pending(force=True)

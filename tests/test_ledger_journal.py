@@ -253,3 +253,27 @@ async def test_a_flush_writes_what_was_queued_when_it_began(
     assert len(_lines(tmp_path)) == ledger.pending == 2  # the segment of the 3 rows is gone
     await ledger.close(deadline_s=5)
     await pool.close()
+
+
+async def test_close_writes_the_rows_queued_during_its_flushes(
+        database_url: str, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """A ledger closed without its writer task flushes until nothing is queued (within the
+    deadline), rows queued while it wrote included."""
+    pool = await gwdb.create_pool(database_url, DatabaseSettings(pool_min_size=1))
+    ledger: Ledger
+    late = 3
+
+    async def traffic(conn: asyncpg.Connection, inserted: object) -> None:
+        nonlocal late
+        if late:
+            late -= 1
+            ledger.record(row())
+
+    ledger = Ledger(pool, LedgerSettings(flush_interval_s=60, batch_size=2), hooks=[traffic],
+                    spill_dir=tmp_path)
+    for _ in range(4):
+        ledger.record(row())
+    await ledger.close(deadline_s=10)
+    await pool.close()
+    assert ledger.pending == 0
+    assert await db.fetchval("SELECT count(*) FROM usage_records") == 7
