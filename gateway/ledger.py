@@ -874,13 +874,13 @@ class _Segment:
         return segment
 
     def write(self, line: bytes) -> None:
+        assert self.memory is not None  # mapped by create(); stand-ins are never written
         end = self.used + len(line)
-        if self.memory is None or end > len(self.memory):
-            size = len(self.memory) if self.memory is not None else SEGMENT_BYTES // 2
+        if end > len(self.memory):
+            size = len(self.memory)
             while size < end:
                 size *= 2
             self.reserve(size)
-        assert self.memory is not None
         self.memory[self.used:end] = line
         self.used = end
 

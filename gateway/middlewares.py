@@ -93,10 +93,7 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
-        if exc.status >= 500:
-            log.warning("request_failed", status=exc.status, code=exc.code, error=exc.message)
-        return _render(request, exc.status, exc.code, exc.message, exc.openai_type,
-                       exc.details, exc.headers)
+        return _render_error(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -126,12 +123,16 @@ def _database_unavailable(request: web.Request, exc: BaseException) -> web.Respo
     database's."""
     log.warning("database_unavailable", path=request.path, error=f"{type(exc).__name__}: "
                 f"{exc}".strip(": "))
-    error = ServiceUnavailable("the database is unavailable; retry shortly",
-                               code="database_unavailable",
-                               headers={"Retry-After": DATABASE_RETRY_AFTER_S})
-    log.warning("request_failed", status=error.status, code=error.code, error=error.message)
-    return _render(request, error.status, error.code, error.message, error.openai_type,
-                   error.details, error.headers)
+    return _render_error(request, ServiceUnavailable(
+        "the database is unavailable; retry shortly", code="database_unavailable",
+        headers={"Retry-After": DATABASE_RETRY_AFTER_S}))
+
+
+def _render_error(request: web.Request, exc: GatewayError) -> web.Response:
+    if exc.status >= 500:
+        log.warning("request_failed", status=exc.status, code=exc.code, error=exc.message)
+    return _render(request, exc.status, exc.code, exc.message, exc.openai_type, exc.details,
+                   exc.headers)
 
 
 def _internal_error(request: web.Request) -> web.Response:

@@ -29,14 +29,10 @@ def _iso(epoch: float) -> str:
 
 def rate_headers(decision: Decision) -> dict[str, str]:
     """Standard and gateway headers, for the request window closest to its limit."""
-    tightest = None  # the fewest remaining; of those, the one resetting last
-    for w in decision.windows:
-        if w.name != TOKENS_WINDOW and (
-                tightest is None or w.remaining < tightest.remaining
-                or (w.remaining == tightest.remaining and w.reset_at > tightest.reset_at)):
-            tightest = w
-    if tightest is None:  # only the tokens window
-        tightest = min(decision.windows, key=lambda w: (w.remaining, -w.reset_at))
+    # A request window before the tokens window; then the fewest remaining; then the one
+    # resetting last.
+    tightest = min(decision.windows,
+                   key=lambda w: (w.name == TOKENS_WINDOW, w.remaining, -w.reset_at))
     remaining = str(max(tightest.remaining, 0))
     headers = {
         "X-RateLimit-Limit": str(tightest.limit),

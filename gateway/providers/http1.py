@@ -18,7 +18,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, cast
 from urllib.parse import urlsplit
 
@@ -124,12 +124,7 @@ class Connection(asyncio.Protocol):
     async def wait(self, body: bool) -> None:
         """Until the head (or with `body`, the whole answer) is parsed; its failure raised."""
         parser = self.parser
-        while self.error is None and not (parser.done if body else parser.head_done):
-            self.waiter = self.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+        await self._until(lambda: parser.done if body else parser.head_done)
         if self.error is not None:
             raise self.error
 
@@ -137,14 +132,18 @@ class Connection(asyncio.Protocol):
         """Until more of the body is parsed or it is complete; its failure raised once every
         byte that arrived before it has been taken."""
         parser = self.parser
-        while self.error is None and not parser.done and not parser.buffered:
+        await self._until(lambda: parser.done or parser.buffered > 0)
+        if self.error is not None and not parser.buffered:
+            raise self.error
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Woken by each arrival (`_wake`) until `ready()` or a failure."""
+        while self.error is None and not ready():
             self.waiter = self.loop.create_future()
             try:
                 await self.waiter
             finally:
                 self.waiter = None
-        if self.error is not None and not parser.buffered:
-            raise self.error
 
     def resume(self) -> None:
         """A paused stream's reader caught up: read again."""

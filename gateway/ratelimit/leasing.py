@@ -76,7 +76,7 @@ class LeasingLimiter:
         for w in windows:
             lease = self._lease(key, w, now)
             leases.append(lease)
-            covered = covered and lease.leased - lease.used >= w.cost
+            covered = covered and lease.available >= w.cost
             rate = self._rates.get((key, w.name))
             if rate is None:
                 rate = self._rates[(key, w.name)] = _Rate()
