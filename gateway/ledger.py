@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import itertools
 import mmap
+import operator
 import os
 import secrets
 import threading
@@ -112,11 +113,25 @@ _MOVE = (f"INSERT INTO usage_records ({_COLS}) SELECT {_SELECT} FROM unnest({_UN
          f"AS batch ({_COLS}) ORDER BY request_id ON CONFLICT (request_id) DO NOTHING "
          f"RETURNING {_RETURNING}")
 
-_INSERTED_AT = tuple(COLUMNS.index(name) for name in InsertedRow._fields)
+_INSERTED_FIELDS = operator.itemgetter(*(COLUMNS.index(name) for name in InsertedRow._fields))
 
 
 def _inserted(row: tuple[Any, ...]) -> InsertedRow:
-    return InsertedRow(*(row[i] for i in _INSERTED_AT))
+    return InsertedRow._make(_INSERTED_FIELDS(row))
+
+
+def _first_of_each(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The batch with a request_id queued twice kept once, as first queued (COPY would refuse
+    the batch, and INSERT ... ON CONFLICT DO NOTHING would keep either)."""
+    if len({row[0] for row in rows}) == len(rows):
+        return rows
+    seen: set[uuid.UUID] = set()
+    unique = []
+    for row in rows:
+        if row[0] not in seen:
+            seen.add(row[0])
+            unique.append(row)
+    return unique
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
@@ -386,6 +401,7 @@ class Ledger:
         the hooks see the batch's own tuples); a batch holding rows already stored (a replay,
         or a retry of a batch whose commit went unanswered) is written instead with
         INSERT ... ON CONFLICT DO NOTHING, the hooks seeing only the rows it inserted."""
+        batch, rows = rows, _first_of_each(rows)
         async with self._connection() as conn:
             rejected = 0
             try:
@@ -406,7 +422,7 @@ class Ledger:
         self._committed()
         self.written += count
         self.rejected += rejected
-        self.duplicates += len(rows) - count - rejected
+        self.duplicates += len(batch) - count - rejected
 
     def _connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
         return bounded_connection(self._pool, self._settings.flush_timeout_s)
@@ -771,11 +787,18 @@ class Journal:
     spilled, and a segment all of whose rows have left is removed. `seal()` starts a new
     segment, so that under steady traffic the old one drains and goes. Blocking I/O, but a
     row is a memory copy; only a new or a full segment makes system calls.
+
+    A drained segment is not removed at once but zeroed and kept as the spare, which the next
+    `seal()` takes under a fresh name: the last close of a removed file frees its blocks,
+    about 0.3 ms of the flush that drained it, and making a new one costs about 0.1 ms of
+    the call that queues its first row. A spare left by a killed process holds no row; it is
+    adopted and removed like any orphan.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._segments: deque[_Segment] = deque()  # oldest first; the last takes appends
+        self._spare: _Segment | None = None  # drained and zeroed, for the next seal()
         self._open_for_append = False
         self.failures = 0  # writes that failed (each row still queued in memory)
 
@@ -788,7 +811,7 @@ class Journal:
         if segment is None or segment.path is not None:
             try:
                 if segment is None:
-                    segment = _Segment.create(self.directory)
+                    segment = self._fresh_segment()
                     self._segments.append(segment)
                     self._open_for_append = True
                 segment.write(line)
@@ -820,10 +843,31 @@ class Journal:
             if len(self._segments) == 1 and self._open_for_append:
                 segment.empty()  # still taking appends: emptied, kept
             else:
-                self._segments.popleft().remove()
+                self._retire(self._segments.popleft())
+
+    def _retire(self, segment: _Segment) -> None:
+        if (self._spare is None and segment.memory is not None
+                and len(segment.memory) <= SPARE_MAX_BYTES):
+            segment.empty()
+            self._spare = segment
+        else:
+            segment.remove()
+
+    def _fresh_segment(self) -> _Segment:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                spare.rename(self.directory)
+                return spare
+            except OSError:
+                spare.remove()
+        return _Segment.create(self.directory)
 
     def close(self) -> None:
         """Release the locks; segments with rows not yet committed or spilled stay."""
+        if self._spare is not None:
+            self._spare.remove()
+            self._spare = None
         while self._segments:
             segment = self._segments.popleft()
             if segment.dropped >= segment.rows:
@@ -835,6 +879,12 @@ class Journal:
 
 # A journal segment's first size on disk; it doubles whenever it is full.
 SEGMENT_BYTES = 1 << 20
+SPARE_MAX_BYTES = 4 * SEGMENT_BYTES  # a segment grown past this is removed, not kept
+
+
+def _segment_name() -> str:
+    """Names sort by creation time, so that orphans replay oldest first."""
+    return f"ledger-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}-journal"
 
 
 @dataclass(eq=False)
@@ -856,7 +906,7 @@ class _Segment:
     @classmethod
     def create(cls, directory: Path) -> _Segment:
         directory.mkdir(parents=True, exist_ok=True)
-        name = f"ledger-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}-journal"
+        name = _segment_name()
         temporary = directory / f".{name}.tmp"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         segment = cls(None, fd)
@@ -891,6 +941,13 @@ class _Segment:
             self.memory = mmap.mmap(self.fd, size)
         else:
             self.memory.resize(size)
+
+    def rename(self, directory: Path) -> None:
+        """A fresh name, for a spare taken again: its next rows are the newest."""
+        assert self.path is not None
+        path = directory / f"{_segment_name()}.jsonl"
+        os.rename(self.path, path)
+        self.path = path
 
     def empty(self) -> None:
         if self.memory is not None:  # zeroed in place: the blocks stay reserved

@@ -183,7 +183,7 @@ class BudgetSettings:
 @dataclass(frozen=True)
 class LedgerSettings:
     batch_size: int = _opt(500, minimum=1)
-    flush_interval_s: float = _opt(0.2, minimum=0.001)
+    flush_interval_s: float = _opt(0.05, minimum=0.001)
     max_pending: int = _opt(100_000, minimum=1)  # queued rows; beyond: 503 ledger_backlog
     flush_timeout_s: float = _opt(10.0, minimum=0.01)  # a slower batch write is an outage
     spill_dir: Path = _opt(Path(""))  # empty: <database.data_dir>/spill

@@ -156,6 +156,53 @@ async def test_a_failing_hook_costs_no_rows(database_url: str, db: asyncpg.Conne
     assert calls == [5]  # the next hook still ran, in the same (still valid) transaction
 
 
+async def test_a_batch_stores_exactly_what_a_single_insert_stores(
+        database_url: str, db: asyncpg.Connection) -> None:
+    """A batch goes in by COPY, a single row as an INSERT's parameters: every column of the
+    two must come out the same."""
+    moment = datetime(2025, 1, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    values = dict(cost_usd=Decimal("0.000000000123456789012345678901"), started_at=moment,
+                  finished_at=moment.astimezone(timezone(timedelta(hours=5, minutes=30))),
+                  metadata={"feature": "ch\u00e4t \U0001f600 \"q\" \\ \n\t", "n": 3,
+                            "ratio": 0.1, "big": 2**62, "nested": {"a": [1, None, True]}},
+                  upstream_ms=None, overhead_ms=0.30000000000000004,
+                  usage=Usage(7, 1, 2, "counted", "estimated", 3), model="m\u00f6del\\x",
+                  attempts=[{"provider": "openai", "status": 500, "ms": 1.5}],
+                  requested_model=None, credential="team-a", route_reason="cheapest")
+    single, batched = row(**values), row(**values)
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(batch_size=10, flush_interval_s=10))
+    assert await ledger.write_now(single)
+    ledger.record(batched)
+    assert await ledger.flush() == 1
+    await pool.close()
+    columns = ", ".join(c for c in COLUMNS if c != "request_id")
+    one, other = [await db.fetchrow(f"SELECT {columns} FROM usage_records WHERE request_id = $1",
+                                    r.request_id) for r in (single, batched)]
+    assert dict(one) == dict(other)
+    assert other["metadata"] == values["metadata"] and other["cost_usd"] == values["cost_usd"]
+    assert other["finished_at"] == values["finished_at"]
+
+
+async def test_a_request_id_queued_twice_in_one_batch_is_stored_as_first_queued(
+        database_url: str, db: asyncpg.Connection) -> None:
+    seen: list[InsertedRow] = []
+
+    async def hook(conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
+        seen.extend(rows)
+
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(batch_size=10, flush_interval_s=10), hooks=[hook])
+    first = row(cost_usd=Decimal("0.5"))
+    ledger.record(first)
+    ledger.record(row(request_id=first.request_id, cost_usd=Decimal("7")))
+    assert await ledger.flush() == 2
+    await pool.close()
+    assert await db.fetchval("SELECT cost_usd FROM usage_records") == Decimal("0.5")
+    assert [(r.request_id, r.cost_usd) for r in seen] == [(first.request_id, Decimal("0.5"))]
+    assert ledger.written == 1 and ledger.duplicates == 1
+
+
 async def test_write_now_answers_whether_the_row_is_new(
         database_url: str, db: asyncpg.Connection) -> None:
     seen: list[uuid.UUID] = []

@@ -25,6 +25,7 @@ from gateway import projects
 from gateway.domain import Usage, UsageRecord
 from gateway.ledger import (
     SEGMENT_BYTES,
+    SPARE_MAX_BYTES,
     SPILL_GLOB,
     Journal,
     Ledger,
@@ -99,6 +100,41 @@ def test_a_segment_grows_past_its_first_reservation(tmp_path: Path) -> None:
     assert segment.read_bytes() == b"".join(lines)
 
 
+def test_a_drained_segment_is_zeroed_and_taken_again_under_a_later_name(
+        tmp_path: Path) -> None:
+    """Removing a drained segment costs its flush about 0.3 ms (the last close frees its
+    blocks), so it is kept as the spare: zeroed at once, renamed when the next seal needs a
+    segment, so that names still sort its rows after the older segments'."""
+    journal = Journal(tmp_path)
+    journal.append(b'{"n": 0}\n')
+    journal.seal()
+    journal.append(b'{"n": 1}\n')
+    (first,) = [p for p in tmp_path.glob(SPILL_GLOB) if b'"n": 0' in p.read_bytes()]
+    inode = first.stat().st_ino
+    journal.drop(1)
+    assert journal.segments == 1 and _segments(tmp_path) == 2  # the open one, and the spare
+    assert first.read_bytes().rstrip(b"\0") == b""  # zeroed: no row replays from it
+    journal.seal()
+    journal.append(b'{"n": 2}\n')
+    assert not first.exists() and _segments(tmp_path) == 2  # no third file was made
+    newest = sorted(tmp_path.glob(SPILL_GLOB))[-1]
+    assert newest.stat().st_ino == inode and newest.read_bytes().rstrip(b"\0") == b'{"n": 2}\n'
+    journal.drop(2)  # both drained: one is the spare, the other is removed
+    assert journal.segments == 1 and _lines(tmp_path) == []
+    journal.close()
+    assert _segments(tmp_path) == 0
+
+
+def test_a_grown_segment_is_not_kept_as_the_spare(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append(b'{"pad": "%s"}\n' % (b"x" * (SPARE_MAX_BYTES + 1)))
+    journal.seal()
+    journal.append(b'{"n": 1}\n')
+    journal.drop(1)
+    assert _segments(tmp_path) == 1 and _lines(tmp_path) == [b'{"n": 1}']
+    journal.close()
+
+
 def test_a_full_disk_fails_the_reservation_not_the_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC comes from fallocate, before anything is mapped: a copy into a mapped page the
@@ -130,21 +166,27 @@ def test_a_killed_process_leaves_its_rows_and_readers_stop_at_the_padding(
         "from pathlib import Path\n"
         "from gateway.ledger import Journal\n"
         "journal = Journal(Path(sys.argv[1]))\n"
+        "journal.append(b'{}\\n')\n"
+        "journal.seal()\n"
         "for line in sys.stdin.buffer:\n"
         "    journal.append(line)\n"
+        "journal.drop(1)  # the first segment drained: now the spare\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)],
                           input=b"".join(lines), check=False, timeout=60)
     assert done.returncode == -signal.SIGKILL
-    (segment,) = tmp_path.glob(SPILL_GLOB)
-    assert segment.stat().st_size == SEGMENT_BYTES  # left as reserved, NUL-padded
+    segments = sorted(tmp_path.glob(SPILL_GLOB))  # the spare, then the rows' segment
+    assert [s.stat().st_size for s in segments] == [SEGMENT_BYTES] * 2  # NUL-padded
     files = SpillFiles(tmp_path, max_bytes=10 * SEGMENT_BYTES)
-    assert files.adopt_orphans() == 1
-    (source,) = files.sources()
+    assert files.adopt_orphans() == 2
+    spare, source = files.sources()
+    assert spare.size == 0  # no row: replayed as nothing, then removed
     assert source.size == len(b"".join(lines))
     rows, end, unreadable = files.read(source, max_rows=100)
     assert [r[0] for r in rows] == [r.request_id for r in records]
     assert unreadable == [] and end == source.size
+    files.finish(spare)
+    assert not segments[0].exists()
     files.close()
 
 
@@ -247,7 +289,7 @@ async def test_a_flush_writes_what_was_queued_when_it_began(
         ledger.record(row())
     assert await asyncio.wait_for(ledger.flush(), 10) == 5  # in batches of 2, 2 and 1
     assert ledger.pending == 3
-    assert _segments(tmp_path) == 1 and len(_lines(tmp_path)) == 3
+    assert _segments(tmp_path) == 2 and len(_lines(tmp_path)) == 3  # and the zeroed spare
     assert await asyncio.wait_for(ledger.flush(), 10) == 3
     assert await db.fetchval("SELECT count(*) FROM usage_records") == 8
     assert len(_lines(tmp_path)) == ledger.pending == 2  # the segment of the 3 rows is gone

@@ -85,7 +85,7 @@ def test_real_gateway_toml_loads() -> None:
     assert settings.pricing.file == Path("config/prices.toml")
     assert settings.pricing.fallback_input == Decimal("15.0")
     assert isinstance(settings.pricing.fallback_input, Decimal)
-    assert settings.ledger.flush_interval_s == pytest.approx(0.2)
+    assert settings.ledger.flush_interval_s == pytest.approx(0.05)
     assert settings.logging.level == "info"
     assert set(settings.providers) == {"openai", "azure", "anthropic", "gemini", "mistral",
                                        "cohere"}
