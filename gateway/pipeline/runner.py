@@ -18,12 +18,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from gateway.catalogue import Catalogue
-from gateway.domain import ChatRequest, Project
+from gateway.domain import ChatRequest, Project, UsageRecord
 from gateway.entries.base import Entry, Limits, OwnEndpoint
 from gateway.entries.openai_chat import DONE
 from gateway.errors import (
@@ -373,15 +373,27 @@ class ProxyPipeline:
         if ex.target is not None:
             self.balancer.ended(*ex.target)
             ex.target = None
-        row = record(ex, self.ledger)
-        if self.metrics is not None and row is not None:
-            self.metrics.observe(row)
-        if row is not None and ex.attempts:
-            self.observed.record_attempts(ex.attempts, row.upstream_ms)
-        if self.log_requests and row is not None:  # never the key, never the prompt
-            log.info("request", status=row.status, project_id=row.project_id,
-                     provider=row.provider, model=row.model, streamed=row.streamed,
-                     input_tokens=row.usage.input_tokens, output_tokens=row.usage.output_tokens,
-                     cost_usd=format_usd(row.cost_usd), overhead_ms=row.overhead_ms,
-                     upstream_ms=row.upstream_ms, error_code=row.error_code)
+        row = record(ex, self.ledger)  # queued (and journaled) before the answer is written
+        if row is not None:
+            # Counted once the answer is on its way: nothing in it depends on these, and a
+            # client at one connection waits for whatever runs before its answer is written.
+            # The callback runs before this process reads another request.
+            asyncio.get_running_loop().call_soon(self._account, row, ex.attempts)
+
+    def _account(self, row: UsageRecord, attempts: list[dict[str, Any]]) -> None:
+        """A call's metrics, routing observations and request log line."""
+        try:
+            if self.metrics is not None:
+                self.metrics.observe(row)
+            if attempts:
+                self.observed.record_attempts(attempts, row.upstream_ms)
+            if self.log_requests:  # never the key, never the prompt
+                log.info("request", status=row.status, project_id=row.project_id,
+                         provider=row.provider, model=row.model, streamed=row.streamed,
+                         input_tokens=row.usage.input_tokens,
+                         output_tokens=row.usage.output_tokens,
+                         cost_usd=format_usd(row.cost_usd), overhead_ms=row.overhead_ms,
+                         upstream_ms=row.upstream_ms, error_code=row.error_code)
+        except Exception:  # a callback's error would only reach the loop's handler
+            log.exception("request_accounting_failed", request_id=str(row.request_id))
 
