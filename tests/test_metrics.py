@@ -23,6 +23,7 @@ from conftest import (
     create_project,
     wait_for_rows,
 )
+from structlog.testing import capture_logs
 
 from gateway import __version__
 from gateway.app import build_app
@@ -327,6 +328,34 @@ async def test_requests_tokens_cost_latency_attempts_and_breakers(
 
 
 FALLBACKS = {"fallbacks": {"gpt-4o": ["claude-sonnet-4-5"]}}
+
+
+async def test_a_call_is_counted_after_its_answer_and_before_the_next_request(
+        make_metrics_gateway: MetricsGateway, fake_upstream: FakeUpstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metrics are counted once the answer is on its way (`call_soon`), yet a scrape sent
+    right after the answer already sees them; a failure counting them costs neither the
+    answer nor the usage row."""
+    client = await make_metrics_gateway()
+    _, key = await create_project(client)
+    for n in range(1, 4):
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=_auth(key))
+        assert resp.status == 200
+        m = await scrape_metrics(client)  # no wait for the ledger, no sleep
+        assert m.value("gateway_requests_total", provider="openai", model=MODEL,
+                       status="200") == n
+
+    def broken(row: UsageRecord) -> None:
+        raise RuntimeError("metrics are broken")
+
+    monkeypatch.setattr(client.app[METRICS], "observe", broken)
+    with capture_logs() as logs:
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=_auth(key))
+        assert resp.status == 200
+        await scrape_metrics(client)
+    assert [e["request_id"] for e in logs if e["event"] == "request_accounting_failed"] == [
+        resp.headers["X-AI-Cost-Gateway-Request-Id"]]
+    assert len(await wait_for_rows(client, 4)) == 4
 
 
 async def test_budget_rejections_and_fallbacks(make_metrics_gateway: MetricsGateway,
