@@ -857,7 +857,7 @@ class Journal:
         spare, self._spare = self._spare, None
         if spare is not None:
             try:
-                spare.rename(self.directory)
+                spare.rename()
                 return spare
             except OSError:
                 spare.remove()
@@ -942,10 +942,10 @@ class _Segment:
         else:
             self.memory.resize(size)
 
-    def rename(self, directory: Path) -> None:
+    def rename(self) -> None:
         """A fresh name, for a spare taken again: its next rows are the newest."""
         assert self.path is not None
-        path = directory / f"{_segment_name()}.jsonl"
+        path = self.path.with_name(f"{_segment_name()}.jsonl")
         os.rename(self.path, path)
         self.path = path
 
