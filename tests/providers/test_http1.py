@@ -25,6 +25,8 @@ from gateway.settings import settings_from_mapping
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+# A streamed answer's head and first chunk, and no more.
+CHUNK_THEN_NOTHING = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -32,6 +34,17 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     found = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
     assert found is not None
     return head, await reader.readexactly(int(found.group(1)))
+
+
+def then_silent(data: bytes = b"") -> Handler:
+    """A handler that reads the request, sends `data` (a head, part of a body, or nothing)
+    and then nothing more, until the client closes the connection."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(data)
+        await reader.read()
+
+    return handle
 
 
 class RawServer:
@@ -288,11 +301,7 @@ async def test_the_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_the_first_byte_timeout() -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        await reader.read()
-
-    async with raw_server(handle) as server:
+    async with raw_server(then_silent()) as server:
         c = client(read=0.1)
         with pytest.raises(TimeoutError):
             await post(c, server.port)
@@ -300,12 +309,8 @@ async def test_the_first_byte_timeout() -> None:
 
 
 async def test_a_stall_in_the_body_times_out() -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{")
-        await reader.read()
-
-    async with raw_server(handle) as server:
+    partial_body = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"
+    async with raw_server(then_silent(partial_body)) as server:
         c = client(read=0.1)
         response = await c.post(f"http://127.0.0.1:{server.port}/", {}, b"")
         with pytest.raises(TimeoutError):
@@ -443,12 +448,7 @@ async def test_a_stream_cut_midway_raises_once_its_bytes_are_out() -> None:
 
 
 async def test_a_stall_mid_stream_times_out() -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
-        await reader.read()
-
-    async with raw_server(handle) as server:
+    async with raw_server(then_silent(CHUNK_THEN_NOTHING)) as server:
         c = client(read=0.1)
         response = await stream(c, server.port)
         pieces = []
@@ -461,12 +461,7 @@ async def test_a_stall_mid_stream_times_out() -> None:
 
 
 async def test_an_abandoned_stream_closes_its_connection() -> None:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
-        await reader.read()  # never ends the body
-
-    async with raw_server(handle) as server:
+    async with raw_server(then_silent(CHUNK_THEN_NOTHING)) as server:  # never ends the body
         c = client(limit=1)
         for _ in range(2):  # one slot: the second call gets it only if the first freed it
             response = await stream(c, server.port)
@@ -626,10 +621,6 @@ async def test_failures_map_to_the_gateways_errors() -> None:
     up = Upstream(create_adapter("openai", settings), settings, ())
     await up.start()
 
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        await reader.read()
-
     def call(port: int) -> UpstreamCall:
         return UpstreamCall(f"http://127.0.0.1:{port}/v1/chat/completions", {}, b"{}")
 
@@ -642,7 +633,7 @@ async def test_failures_map_to_the_gateways_errors() -> None:
             with pytest.raises(BadGateway) as garbage:
                 await send(up, call(server.port))
         assert garbage.value.code == "upstream_connection_error"
-        async with raw_server(silent) as server:
+        async with raw_server(then_silent()) as server:
             with pytest.raises(UpstreamTimeout):
                 await send(up, call(server.port))
     finally:
