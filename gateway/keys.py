@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from gateway.idempotency import ClaimStore
     from gateway.pipeline.runner import ProxyPipeline
     from gateway.providers.base import Upstream
-    from gateway.ratelimit import RateLimiter
+    from gateway.ratelimit import LocalLimiter
     from gateway.sync.scheduler import SyncRunner
     from gateway.tokens.service import TokenService
     from gateway.webhooks import WebhookWorker
@@ -50,7 +50,7 @@ TOKENS: web.AppKey[TokenService] = web.AppKey("tokens")
 TOKENIZERS = web.AppKey("tokenizers", ModelTokenizers)
 PLANS = web.AppKey("plans", Plans)
 BUDGETS = web.AppKey("budgets", BudgetBook)
-LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+LIMITER: web.AppKey[LocalLimiter] = web.AppKey("limiter")
 CLAIMS: web.AppKey[ClaimStore] = web.AppKey("claims")
 CREDENTIALS: web.AppKey[ProjectCredentials] = web.AppKey("credentials")
 METRICS = web.AppKey("metrics", Metrics)

@@ -17,9 +17,11 @@ from conftest import (
 )
 
 from gateway.domain import Usage
-from gateway.keys import BUDGETS, POOL, PRICES, TOKENS
+from gateway.keys import BUDGETS, LIMITER, POOL, PRICES, TOKENS
 from gateway.pipeline.budget import BudgetGuard
+from gateway.pipeline.ratelimit import TOKENS_WINDOW
 from gateway.pricing import PriceTable, compute_cost
+from gateway.ratelimit import Window
 from gateway.settings import PricingSettings
 
 MODEL = "gpt-4o-mini"
@@ -127,6 +129,34 @@ async def test_tokens_per_minute(gateway: TestClient) -> None:
     big = chat_body(max_tokens=10_000)
     resp = await gateway.post("/v1/chat/completions", json=big, headers=auth(key))
     assert resp.status == 429 and "tokens_minute" in (await resp.json())["error"]["message"]
+
+
+async def test_far_from_its_tokens_limit_a_call_reserves_a_ceiling_without_tokenizing(
+        gateway: TestClient) -> None:
+    limit = 10**6
+    project, key = await create_project(gateway, tokens_per_minute=limit)
+    counted = gateway.app[TOKENS].usage["cpu"].documents
+    resp = await gateway.post("/v1/chat/completions", json=chat_body(max_tokens=50),
+                              headers=auth(key))
+    assert resp.status == 200
+    assert gateway.app[TOKENS].usage["cpu"].documents == counted  # nothing was tokenized
+    # settled: the window holds what the call used, not the ceiling it reserved
+    usage = (await resp.json())["usage"]
+    window = Window(TOKENS_WINDOW, limit, 60, 0)
+    used = limit - gateway.app[LIMITER].room(f"project:{project['id']}", window)
+    assert used == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_near_its_tokens_limit_a_call_is_counted_exactly(gateway: TestClient) -> None:
+    body = chat_body(max_tokens=50)
+    tokens = gateway.app[TOKENS]
+    exact = (await tokens.count_chat(body, MODEL)).tokens
+    assert tokens.chat_upper_bound(body, MODEL) > exact
+    _, key = await create_project(gateway, tokens_per_minute=exact + 50)  # no room for more
+    counted = tokens.usage["cpu"].documents
+    resp = await gateway.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert resp.status == 200  # the ceiling would not have fitted: the exact count does
+    assert tokens.usage["cpu"].documents > counted
 
 
 async def test_one_request_id_is_forwarded_once(gateway: TestClient,

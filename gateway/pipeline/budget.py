@@ -11,7 +11,7 @@ from gateway.entries.openai_completions import DEFAULT_MAX_TOKENS
 from gateway.entries.openai_completions import UPSTREAM_PATH as LEGACY_COMPLETIONS
 from gateway.errors import PaymentRequired
 from gateway.pipeline.exchange import Exchange
-from gateway.pipeline.ratelimit import input_tokens
+from gateway.pipeline.ratelimit import input_ceiling, input_tokens
 from gateway.pricing import Price, PriceTable, compute_cost, format_usd
 from gateway.settings import BudgetSettings
 from gateway.tokens.service import TokenService
@@ -51,7 +51,7 @@ class BudgetGuard:
         if ex.input_tokens is not None:
             tokens_in = ex.input_tokens
         else:
-            ceiling = self._tokens.chat_upper_bound(chat.body, chat.model)
+            ceiling = input_ceiling(ex, self._tokens)
             price = max(prices, key=lambda p: self._worst(p, ceiling, max_out))
             ceiling_cost = self._worst(price, ceiling, max_out)
             if all(a.available >= ceiling_cost for a in accounts):

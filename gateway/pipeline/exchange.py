@@ -40,6 +40,7 @@ class Exchange:
     guards_admitted: int = 0
     client_request_id: str | None = None  # X-Request-Id, the idempotency key
     input_tokens: int | None = None  # the request's input tokens, once counted
+    input_ceiling: int | None = None  # a bound on them that needs no tokenizing, once made
     response_headers: dict[str, str] = field(default_factory=dict)  # from the guards
     forwarded: bool = False  # the call reached the upstream
     rate_windows: tuple[Any, ...] = ()  # token windows reserved by the rate limiter

@@ -15,7 +15,7 @@ from typing import NoReturn
 from gateway.errors import PaymentRequired, TooManyRequests
 from gateway.pipeline.exchange import Exchange
 from gateway.plans import Limits, Plans
-from gateway.ratelimit import Decision, RateLimiter, Window
+from gateway.ratelimit import Decision, LocalLimiter, Window
 from gateway.tokens.service import TokenService
 
 TOKENS_WINDOW = "tokens_minute"
@@ -55,6 +55,14 @@ async def input_tokens(ex: Exchange, tokens: TokenService) -> int:
     return ex.input_tokens
 
 
+def input_ceiling(ex: Exchange, tokens: TokenService) -> int:
+    """A ceiling on `input_tokens` that needs no tokenizing (its text's bytes), made once."""
+    if ex.input_ceiling is None:
+        assert ex.chat is not None
+        ex.input_ceiling = tokens.chat_upper_bound(ex.chat.body, ex.chat.model)
+    return ex.input_ceiling
+
+
 def plan_windows(limits: Limits) -> list[Window]:
     """The plan's request windows (the tokens window needs a request's model: the guard's)."""
     return list(_request_windows(limits))
@@ -88,7 +96,7 @@ def refuse(windows: Sequence[Window], decision: Decision, headers: dict[str, str
 
 
 class RateLimitGuard:
-    def __init__(self, limiter: RateLimiter, plans: Plans, tokens: TokenService) -> None:
+    def __init__(self, limiter: LocalLimiter, plans: Plans, tokens: TokenService) -> None:
         self._limiter = limiter
         self._plans = plans
         self._tokens = tokens
@@ -101,20 +109,36 @@ class RateLimitGuard:
         assert ex.principal is not None
         limits = self._plans.limits(ex.principal.project)
         windows = plan_windows(limits)
+        key = self._key(ex)
         tokens = None
         if limits.tokens_per_minute and ex.chat is not None:  # a call with no model: none
-            expected = await input_tokens(ex, self._tokens) + (ex.chat.max_output_tokens or 0)
-            tokens = Window(TOKENS_WINDOW, limits.tokens_per_minute, 60, expected)
+            tokens = await self._tokens_window(ex, key, limits.tokens_per_minute)
             windows.append(tokens)
         if not windows:
             return
-        decision = await self._limiter.hit(self._key(ex), windows)
+        decision = await self._limiter.hit(key, windows)
         headers = rate_headers(decision)
         ex.response_headers.update(headers)
         if not decision.allowed:
             refuse(windows, decision, headers)
         if tokens is not None:
             ex.rate_windows = (tokens,)
+
+    async def _tokens_window(self, ex: Exchange, key: str, limit: int) -> Window:
+        """The call's reservation in the tokens window: its input and its output limit.
+
+        Far from the limit a ceiling on the input will do, as for budgets: while the window
+        surely has room for it, no request is refused that exact counts would let through,
+        and `settle` puts back what the call did not use. Near the limit the input is
+        counted exactly. Meanwhile the ceiling holds more of the window than the call may
+        use: another call can then be refused that would have fitted a moment later."""
+        assert ex.chat is not None
+        output = ex.chat.max_output_tokens or 0
+        if ex.input_tokens is None:
+            ceiling = Window(TOKENS_WINDOW, limit, 60, input_ceiling(ex, self._tokens) + output)
+            if self._limiter.room(key, ceiling) >= ceiling.cost:
+                return ceiling
+        return Window(TOKENS_WINDOW, limit, 60, await input_tokens(ex, self._tokens) + output)
 
     async def settle(self, ex: Exchange) -> None:
         """Replace the tokens-per-minute reservation by the tokens actually used."""

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from gateway.ratelimit.base import Decision, RateLimiter, Window, WindowState
+from gateway.ratelimit.base import Decision, LocalLimiter, RateLimiter, Window, WindowState
 from gateway.ratelimit.errors import BackendAuthError, BackendUnavailable
 from gateway.ratelimit.leasing import LeasingLimiter
 from gateway.ratelimit.memory import MemoryLimiter
@@ -23,6 +23,7 @@ __all__ = [
     "BackendUnavailable",
     "Decision",
     "LeasingLimiter",
+    "LocalLimiter",
     "MemoryLimiter",
     "PostgresLimiter",
     "RateLimiter",
@@ -58,7 +59,7 @@ def require_upstash(settings: RateLimitSettings) -> None:
             "(or UPSTASH_REDIS_REST_URL / UPSTASH_REDIS_REST_TOKEN)")
 
 
-def create_limiter(settings: RateLimitSettings, pool: asyncpg.Pool) -> RateLimiter:
+def create_limiter(settings: RateLimitSettings, pool: asyncpg.Pool) -> LocalLimiter:
     """The configured backend; all but memory wrapped in the configured failure policy."""
     primary: RateLimiter
     if settings.backend == "memory":

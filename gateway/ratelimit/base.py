@@ -52,6 +52,16 @@ class RateLimiter(Protocol):
     async def close(self) -> None: ...
 
 
+class LocalLimiter(RateLimiter, Protocol):
+    """The limiter the pipeline holds (memory, or a shared backend behind leases): one that
+    can also say, without asking anyone, how much of a window is surely left to it."""
+
+    def room(self, key: str, window: Window, now: float | None = None) -> int:
+        """Units of `window` that a `hit` now would find for this process without asking a
+        backend: a request costing no more is refused only by its other windows."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Slot:
     """Where one window of one request lands: its aligned start and end."""

@@ -123,6 +123,14 @@ class LeasingLimiter:
             return decision
         return self._consume(leases, windows, decision.backend)
 
+    def room(self, key: str, window: Window, now: float | None = None) -> int:
+        """What this process holds of the window's current lease and has not used."""
+        lease = self._leases.get((key, window.name))
+        now = time.time() if now is None else now
+        if lease is None or lease.start != window_start(window, now):
+            return 0
+        return lease.available
+
     async def adjust(self, key: str, window: Window, delta: int, now: float | None = None) -> None:
         """Settle locally against the lease of the window the units were taken from."""
         now = time.time() if now is None else now

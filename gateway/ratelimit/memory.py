@@ -44,6 +44,11 @@ class MemoryLimiter:
             self._store(counter, used[i], slot.window.seconds)
         return decide(slots, used, True, now, self.name)
 
+    def room(self, key: str, window: Window, now: float | None = None) -> int:
+        now = self._clock() if now is None else now
+        used = self._counts.get((key, window.name, window_start(window, now)), 0)
+        return max(window.limit - used, 0)
+
     async def adjust(self, key: str, window: Window, delta: int, now: float | None = None) -> None:
         now = self._clock() if now is None else now
         counter = (key, window.name, window_start(window, now))

@@ -103,3 +103,33 @@ async def test_a_spent_window_refuses_without_asking_the_backend() -> None:
     assert not any(d.allowed for d in refused) and shared.calls == calls
     assert refused[0].retry_after == pytest.approx(59 - (NOW % 60), abs=1)
     assert (await limiter.hit("k", minute, NOW + 60)).allowed  # the next window asks again
+
+
+async def test_room_is_what_the_process_holds_of_the_current_window() -> None:
+    shared = MemoryLimiter()
+    limiter = LeasingLimiter(shared)
+    tokens = Window("tokens_minute", 10_000, 60, 100)
+    assert limiter.room("k", tokens, NOW) == 0  # nothing leased yet: the backend must say
+    for _ in range(2):  # the first lease takes what one call needs; then chunks double
+        assert (await limiter.hit("k", [tokens], NOW)).allowed
+    held = limiter.room("k", tokens, NOW)
+    assert held == 100  # leased 100, then 200; used 2 x 100
+    # what it holds is surely there: a hit costing that much asks no backend
+    calls = limiter.backend_calls
+    assert (await limiter.hit("k", [tokens._replace(cost=held)], NOW)).allowed
+    assert limiter.backend_calls == calls and limiter.room("k", tokens, NOW) == 0
+    assert limiter.room("k", tokens, NOW + 60) == 0  # a new window: the old lease lapsed
+
+
+async def test_memory_room_is_what_is_left_of_the_window() -> None:
+    limiter = MemoryLimiter()
+    tokens = Window("tokens_minute", 100, 60, 30)
+    assert limiter.room("k", tokens, NOW) == 100
+    assert (await limiter.hit("k", [tokens], NOW)).allowed
+    assert limiter.room("k", tokens, NOW) == 70
+    await limiter.adjust("k", tokens, -10, NOW)  # the call used 20 of its 30
+    assert limiter.room("k", tokens, NOW) == 80
+    await limiter.adjust("k", tokens, 500, NOW)  # a call that used far more than it said
+    assert limiter.room("k", tokens, NOW) == 0
+    assert limiter.room("k", tokens, NOW + 60) == 100
+    assert limiter.room("other", tokens, NOW) == 100
