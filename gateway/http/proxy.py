@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.entries.base import Entry
 from gateway.errors import GatewayError
+from gateway.http.answer import Answer
 from gateway.http.json import read_limited
 from gateway.keys import PIPELINE, REQUEST_ID, SETTINGS, SHUTDOWN
 from gateway.middlewares import add_headers
@@ -36,7 +37,7 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
         chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit))
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
-            return web.Response(body=body, headers={
+            return Answer(body=body, headers={
                 "Content-Type": "application/json", **ex.response_headers,
                 COST_HEADER: format_usd(ex.cost)})
         return await _relay(request, ex, pipeline.stream(ex, chat))
