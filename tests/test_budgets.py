@@ -217,3 +217,30 @@ async def test_a_partitioned_store_answers_503_quickly_to_every_waiting_call(
         await proxy.restore()
         own.terminate()
         await proxy.cut()
+
+
+async def test_a_held_lease_reserves_without_waiting_and_anything_else_waits(
+        pool: asyncpg.Pool) -> None:
+    """`reserve_held` (the hot path) takes only what the leases in hand surely cover; for
+    all else it answers None and reserves nothing, and `reserve` goes to the database."""
+    book = BudgetBook(pool, UTC_ZONE)
+    team = book.account("team", 7, Decimal("1"))
+    project = book.account("project", 70, Decimal("1"))
+    assert book.reserve_held([team, project], Decimal("0.1")) is None  # nothing leased yet
+    first = await book.reserve([team, project], Decimal("0.1"))  # leases for both
+    assert isinstance(first, Reservation)
+    held = min(team.available, project.available)
+    assert held > 0
+    taken = book.reserve_held([team, project], held)
+    assert isinstance(taken, Reservation) and taken.parts == [(team, held), (project, held)]
+    # more than the leases hold: None, and nothing is reserved on either
+    reserved = (team.reserved, project.reserved)
+    assert book.reserve_held([team, project], held + Decimal("0.5")) is None
+    assert (team.reserved, project.reserved) == reserved
+    # a lease past its trust, or under a lowered limit, must be confirmed first
+    book.settle(taken, Decimal(0))
+    project.trusted_until = 0.0
+    assert book.reserve_held([team, project], Decimal("0.01")) is None
+    assert isinstance(await book.reserve([team, project], Decimal("0.01")), Reservation)
+    book.account("project", 70, Decimal("0.5"))  # an admin lowered it
+    assert project.lowered and book.reserve_held([project], Decimal("0.01")) is None

@@ -44,27 +44,23 @@ class BudgetGuard:
             return
         # A fallback may serve the call: reserve for the dearest model of the chain.
         prices = [self._prices.resolve(chat.provider, chat.model)[0]]
-        prices += [self._prices.resolve(r.provider, r.upstream_model)[0] for r in ex.chain[1:]]
+        if len(ex.chain) > 1:
+            prices += [self._prices.resolve(r.provider, r.upstream_model)[0]
+                       for r in ex.chain[1:]]
         max_out = self._max_output(chat, prices[0])
         # Far from the limit a cheap ceiling on the input will do; near it, count exactly
         # (and when the rate limiter has counted already, its count is the one to use).
-        if ex.input_tokens is not None:
-            tokens_in = ex.input_tokens
-        else:
-            ceiling = input_ceiling(ex, self._tokens)
-            price = max(prices, key=lambda p: self._worst(p, ceiling, max_out))
-            ceiling_cost = self._worst(price, ceiling, max_out)
-            if all(a.available >= ceiling_cost for a in accounts):
-                tokens_in = ceiling
-            else:
-                tokens_in = await input_tokens(ex, self._tokens)
-        price = prices[0] if len(prices) == 1 else max(
-            prices, key=lambda p: self._worst(p, tokens_in, max_out))
-        worst = self._worst(price, tokens_in, max_out)
+        exact = ex.input_tokens
+        tokens_in = exact if exact is not None else input_ceiling(ex, self._tokens)
+        price, worst = self._dearest(prices, tokens_in, max_out)
+        if exact is None and any(a.available < worst for a in accounts):
+            tokens_in = await input_tokens(ex, self._tokens)
+            price, worst = self._dearest(prices, tokens_in, max_out)
         if worst <= 0:  # a model priced at zero (moderations)
             await self._not_spent(accounts)
             return
-        result = await self._book.reserve(accounts, worst)
+        result = self._book.reserve_held(accounts, worst) or await self._book.reserve(
+            accounts, worst)
         if (isinstance(result, Shortfall) and self._settings.policy == "clamp"
                 and _clampable(chat)):
             fitting = self._fitting_output(price, tokens_in, result.can_reserve)
@@ -105,6 +101,14 @@ class BudgetGuard:
         if chat.max_output_tokens is not None:  # 0: an answer without output (embeddings)
             return chat.max_output_tokens
         return price.max_output_tokens or self._settings.default_max_output_tokens
+
+    def _dearest(self, prices: list[Price], tokens_in: int,
+                 tokens_out: int) -> tuple[Price, Decimal]:
+        """The price whose worst case is the highest, and that worst case."""
+        if len(prices) == 1:
+            return prices[0], self._worst(prices[0], tokens_in, tokens_out)
+        return max(((p, self._worst(p, tokens_in, tokens_out)) for p in prices),
+                   key=lambda pair: pair[1])
 
     @staticmethod
     def _worst(price: Price, tokens_in: int, tokens_out: int) -> Decimal:
