@@ -33,7 +33,8 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
     pipeline = request.app[PIPELINE]
     limit = request.app[SETTINGS].server.max_body_bytes
     ex = Exchange(request[REQUEST_ID], request.path, entry)
-    async with settled(request, ex):
+    # `settled`, written out: its generator and context manager cost about 3 us a call.
+    try:
         chat = await pipeline.admit(ex, request.headers, partial(read_limited, request, limit))
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
@@ -41,26 +42,36 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
                 "Content-Type": "application/json", **ex.response_headers,
                 COST_HEADER: format_usd(ex.cost)})
         return await _relay(request, ex, pipeline.stream(ex, chat))
+    except BaseException as exc:
+        ended_by(request, ex, exc)
+        raise
+    finally:
+        await pipeline.finish(ex)
 
 
 @contextlib.asynccontextmanager
 async def settled(request: web.Request, ex: Exchange) -> AsyncIterator[None]:
-    """Around a metered call: its outcome marked whatever ends it (the error's status, a cut
-    call, an internal error), then its guards settled and its usage row queued, once."""
+    """Around a metered call: its outcome marked whatever ends it, then its guards settled
+    and its usage row queued, once."""
     try:
         yield
-    except GatewayError as exc:
-        ex.fail(exc.status, exc.code)
-        exc.headers = {**ex.response_headers, **exc.headers}
-        raise
-    except asyncio.CancelledError:
-        cancelled(request, ex)
-        raise
-    except Exception:
-        ex.fail(500, "internal_error")
+    except BaseException as exc:
+        ended_by(request, ex, exc)
         raise
     finally:
         await request.app[PIPELINE].finish(ex)
+
+
+def ended_by(request: web.Request, ex: Exchange, exc: BaseException) -> None:
+    """Mark a call's outcome by what cut it short: the error's status (its answer gets the
+    guards' headers), a cancelled call, or an internal error."""
+    if isinstance(exc, GatewayError):
+        ex.fail(exc.status, exc.code)
+        exc.headers = {**ex.response_headers, **exc.headers}
+    elif isinstance(exc, asyncio.CancelledError):
+        cancelled(request, ex)
+    elif isinstance(exc, Exception):
+        ex.fail(500, "internal_error")
 
 
 def cancelled(request: web.Request, ex: Exchange) -> None:
