@@ -29,20 +29,6 @@ MIN_RATE_SPAN_S = 0.05
 
 
 @dataclass(slots=True)
-class _Lease:
-    start: int
-    leased: int = 0
-    used: int = 0
-    remaining: int = 0  # the shared window's remaining units, as the backend last said
-    reset_at: float = 0.0
-    last_chunk: int = 0  # chunks at least double within a window, up to the caps
-
-    @property
-    def available(self) -> int:
-        return self.leased - self.used
-
-
-@dataclass(slots=True)
 class _Rate:
     """Units asked for since the last lease: counted on the hot path, turned into a rate
     only when a lease is due."""
@@ -60,12 +46,26 @@ class _Rate:
         return self.per_second
 
 
+@dataclass(slots=True)
+class _Lease:
+    start: int
+    rate: _Rate = field(default_factory=_Rate)  # carried from one window to the next
+    leased: int = 0
+    used: int = 0
+    remaining: int = 0  # the shared window's remaining units, as the backend last said
+    reset_at: float = 0.0
+    last_chunk: int = 0  # chunks at least double within a window, up to the caps
+
+    @property
+    def available(self) -> int:
+        return self.leased - self.used
+
+
 class LeasingLimiter:
     def __init__(self, backend: RateLimiter) -> None:
         self._backend = backend
         self.name = backend.name
         self._leases: dict[tuple[str, str], _Lease] = {}
-        self._rates: dict[tuple[str, str], _Rate] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.backend_calls = 0
 
@@ -77,10 +77,7 @@ class LeasingLimiter:
             lease = self._lease(key, w, now)
             leases.append(lease)
             covered = covered and lease.available >= w.cost
-            rate = self._rates.get((key, w.name))
-            if rate is None:
-                rate = self._rates[(key, w.name)] = _Rate()
-            rate.units += w.cost
+            lease.rate.units += w.cost
         if covered:
             return self._consume(leases, windows, self.name)
         async with self._lock(key):  # one lease in flight per key; the others then use it
@@ -148,14 +145,15 @@ class LeasingLimiter:
         lease = self._leases.get((key, window.name))
         if lease is None or lease.start != start:  # a new window: old units lapse
             lease = self._leases[(key, window.name)] = _Lease(
-                start, remaining=window.limit, reset_at=float(start + window.seconds))
+                start, lease.rate if lease is not None else _Rate(), remaining=window.limit,
+                reset_at=float(start + window.seconds))
             if len(self._leases) > 100_000:
                 self._leases = {k: v for k, v in self._leases.items() if v.start >= start}
         return lease
 
     def _chunk(self, key: str, window: Window, lease: _Lease) -> int:
         need = max(window.cost - lease.available, 0)
-        rate = self._rates[(key, window.name)].update()
+        rate = lease.rate.update()
         wanted = max(math.ceil(rate * CHUNK_SECONDS), 2 * lease.last_chunk)
         cap = min(window.limit // MAX_CHUNK_SHARE, lease.remaining // 8)
         lease.last_chunk = max(need, min(wanted, cap))

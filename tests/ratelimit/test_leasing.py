@@ -133,3 +133,18 @@ async def test_memory_room_is_what_is_left_of_the_window() -> None:
     assert limiter.room("k", tokens, NOW) == 0
     assert limiter.room("k", tokens, NOW + 60) == 100
     assert limiter.room("other", tokens, NOW) == 100
+
+
+async def test_the_request_rate_carries_over_into_the_next_window() -> None:
+    """The first lease of a new window is sized by the rate the last one saw (the rate
+    lives with the lease, and is forgotten with it), not started from one call's need."""
+    limiter = LeasingLimiter(MemoryLimiter())
+    window = Window("minute", 10**6, 60, 1)
+    for _ in range(50):
+        assert (await limiter.hit("k", [window], NOW)).allowed
+    await asyncio.sleep(0.06)  # long enough for a rate to be worked out (MIN_RATE_SPAN_S)
+    assert (await limiter.hit("k", [window], NOW + 60)).allowed
+    assert limiter.room("k", window, NOW + 60) > 0  # 0.25 s of the last window's rate, less one
+    fresh = LeasingLimiter(MemoryLimiter())
+    assert (await fresh.hit("k", [window], NOW + 60)).allowed
+    assert fresh.room("k", window, NOW + 60) == 0  # no history: only what the call needed
