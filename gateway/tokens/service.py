@@ -52,7 +52,7 @@ class Count:
 
 def upper_bound(texts: Sequence[str]) -> int:
     """A safe ceiling without tokenizing: a BPE token is never shorter than one byte."""
-    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+    return utf8_size(texts)
 
 
 def scale(tokens: int, factor: Decimal | None) -> int:
