@@ -65,16 +65,16 @@ def input_ceiling(ex: Exchange, tokens: TokenService) -> int:
 
 def plan_windows(limits: Limits) -> list[Window]:
     """The plan's request windows (the tokens window needs a request's model: the guard's)."""
-    return list(_request_windows(limits))
+    return list(_request_windows(limits.requests_per_minute, limits.requests_per_day))
 
 
-@functools.lru_cache(maxsize=1024)
-def _request_windows(limits: Limits) -> tuple[Window, ...]:
+@functools.lru_cache(maxsize=1024)  # by the numbers: hashing a `Limits` runs Python code
+def _request_windows(per_minute: int, per_day: int) -> tuple[Window, ...]:
     windows = []
-    if limits.requests_per_minute:
-        windows.append(Window("minute", limits.requests_per_minute, 60, 1))
-    if limits.requests_per_day:
-        windows.append(Window(DAY_WINDOW, limits.requests_per_day, 86_400, 1))
+    if per_minute:
+        windows.append(Window("minute", per_minute, 60, 1))
+    if per_day:
+        windows.append(Window(DAY_WINDOW, per_day, 86_400, 1))
     return tuple(windows)
 
 
