@@ -186,6 +186,12 @@ class AlertHook:
         # Read the cache before awaiting: a concurrent call (write_now beside a flush) may
         # roll it meanwhile.
         cached = {k: self._closed.get(k) for k in keys}
+        # PostgreSQL plans this statement afresh at every batch (its custom plans look
+        # cheaper than the generic one), which was most of what the hook cost it: about
+        # 0.3 ms of its CPU a batch, against 0.05 ms to run it. The generic plan is as good
+        # here (index lookups per project); SET LOCAL ends with the batch's transaction.
+        if conn.get_server_version() >= (12, 0):  # the setting is PostgreSQL 12's
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         records = await conn.fetch(
             _PROJECTS, [k[0] for k in keys], [batch.months[k].period_start for k in keys],
             [batch.months[k].period_end for k in keys], [cached[k] is None for k in keys],

@@ -310,3 +310,18 @@ async def test_thresholds_and_budgets_are_validated_and_stored(pool: asyncpg.Poo
         assert raised == {"limit": 50, "alert_at": [60]}
         state = await alerts.alert_state(conn, project)
     assert state["thresholds"] == [60] and state["fired"] == []
+
+
+async def test_the_hooks_plan_setting_ends_with_its_batch(pool: asyncpg.Pool) -> None:
+    """The hook's statement runs on a generic plan (planned afresh at every batch it cost
+    PostgreSQL more than running it), set for the batch's transaction only: the pooled
+    connection's other statements keep PostgreSQL's own choice."""
+    project = await new_project(pool, budget="10")
+    hook = make_hook()
+    async with pool.acquire() as conn:
+        before = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
+        async with conn.transaction():
+            await hook(conn, [await insert(conn, project, "1")])
+            during = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
+        after = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
+    assert (before, during, after) == ("auto", "force_generic_plan", "auto")
