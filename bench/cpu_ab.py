@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,13 +39,7 @@ def cpu_ticks(pid: int) -> int:
 def start_gateway(name: str, repo: Path, port: int, work: Path, pin: str | None,
                   env: dict[str, str]) -> o.Server:
     cmd = [sys.executable, "-m", "gateway", "serve", "--host", o.HOST, "--port", str(port)]
-    if pin is not None:
-        cmd = ["taskset", "-c", pin, *cmd]
-    log = work / f"{name}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    return o.Server(name, port, proc, log)
+    return o.start(name, cmd, port, work, pin, env, cwd=repo)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -78,11 +71,13 @@ def run(args: argparse.Namespace) -> None:
         limited = {"GATEWAY_RATELIMIT_BACKEND": "redis", "GATEWAY_REDIS_URL": args.redis_url,
                    **follower}
         procs: dict[str, o.Server] = {}
-        procs["bare"] = o.start("bare", [sys.executable, str(o.BENCH / "bare_proxy.py"),
-                                         "--host", o.HOST, "--port", str(ports["bare"]),
-                                         "--upstream", base], ports["bare"], work, pins["proxy"])
-        servers.append(procs["bare"])
-        o.wait_ready(procs["bare"], None, 30)
+        if "bare" in targets:
+            procs["bare"] = o.start("bare", [sys.executable, str(o.BENCH / "bare_proxy.py"),
+                                             "--host", o.HOST, "--port", str(ports["bare"]),
+                                             "--upstream", base],
+                                    ports["bare"], work, pins["proxy"])
+            servers.append(procs["bare"])
+            o.wait_ready(procs["bare"], None, 30)
         # This checkout's gateway first: it migrates the database the others share.
         for name, repo, extra in (("gateway", o.REPO, {}), ("limits", o.REPO, limited),
                                   ("gateway_alt", args.alt, follower),

@@ -190,12 +190,13 @@ class Server:
 
 
 def start(name: str, cmd: list[str], port: int, logdir: Path, pin: str | None,
-          env: dict[str, str] | None = None) -> Server:
+          env: dict[str, str] | None = None, cwd: Path = REPO) -> Server:
+    """Start `cmd` in `cwd` (this checkout, unless another one is compared with it)."""
     if pin is not None:
         cmd = ["taskset", "-c", pin, *cmd]
     log = logdir / f"{name}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return Server(name, port, proc, log)
 
