@@ -81,6 +81,11 @@ class Account:
     def available(self) -> Decimal:
         return self.leased - self.used - self.reserved
 
+    def covers(self, amount: Decimal, now: float) -> bool:
+        """The lease holds `amount` and may be spent from at monotonic time `now`, with
+        nothing to confirm with the database first."""
+        return self.available >= amount and now < self.trusted_until and not self.lowered
+
 
 @dataclass(frozen=True, slots=True)
 class Shortfall:
@@ -179,10 +184,8 @@ class BudgetBook:
         """`reserve` when every account's lease holds `amount` and may be spent from, with
         nothing to wait for (the common case); None when any would need the database."""
         now = time.monotonic()
-        for account in accounts:
-            if (account.available < amount or now >= account.trusted_until
-                    or account.lowered):
-                return None
+        if not all(account.covers(amount, now) for account in accounts):
+            return None
         for account in accounts:
             account.reserved += amount
         return Reservation([(account, amount) for account in accounts])
@@ -248,8 +251,7 @@ class BudgetBook:
             account.last_activity = now
 
     async def _reserve_one(self, account: Account, amount: Decimal) -> bool:
-        if (account.available >= amount and time.monotonic() < account.trusted_until
-                and not account.lowered):
+        if account.covers(amount, time.monotonic()):
             account.reserved += amount
             return True
         async with account.lock:  # one lease request at a time per budget
