@@ -224,6 +224,11 @@ class ProjectCredentials:
     def listening(self) -> bool:
         return self._cache.listening
 
+    @property
+    def cache(self) -> DbCache[int, _Entry]:
+        """For `dbcache.caught_up`."""
+        return self._cache
+
     async def start(self, pool: asyncpg.Pool, dsn: str) -> None:
         """Serve from `pool`; LISTEN on a connection of its own to `dsn`."""
         self._cache.start(pool, dsn, CHANNEL, on_notify=self.invalidate,

@@ -21,15 +21,20 @@ each with its own reader, NOTIFY channel and error.
   listener comes back after being lost, every entry must be read again before it is trusted,
   so a change made while this process could not hear counts from its next request; before
   it is back, unlistened entries are read again within a second, as soon as reads succeed.
+  A read in flight when an invalidation arrives is not joined by later requests: they read
+  anew.
+- Read your own writes: `caught_up` after a write returns once the caches have handled its
+  NOTIFY (a mark sent after it has come back), so the replica that took an admin's write
+  answers by it at once; other replicas hear it within a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import structlog
@@ -44,6 +49,7 @@ V = TypeVar("V")
 
 UNLISTENED_TTL_S = 1.0
 RETRY_AFTER_S = 0.5
+CATCH_UP_S = 1.0  # caught_up: past this, a cache rereads everything instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,19 +152,38 @@ class DbCache(Generic[K, V]):
 
     def drop(self, key: K) -> None:
         """Forget one entry: its next request reads the database."""
-        self._generation += 1
+        self._invalidated()
         self._entries.pop(key, None)
 
     def drop_where(self, doomed: Callable[[V], bool]) -> None:
-        self._generation += 1
+        self._invalidated()
         for key in [k for k, e in self._entries.items() if doomed(e.value)]:
             del self._entries[key]
 
     def expire_all(self) -> None:
         """Every entry is read again before it is trusted (kept, for when the read fails)."""
-        self._generation += 1
+        self._invalidated()
         for entry in self._entries.values():
             entry.must_read = True
+
+    def mark(self) -> tuple[str, str, asyncio.Future[None]] | None:
+        """(channel, payload, arrived) to NOTIFY after a write: `arrived` is done once the
+        payload came back, so every earlier NOTIFY has been handled. None while not
+        listening. `unmark(payload)` when no longer waiting."""
+        listener = self._listener
+        if listener is None or not listener.listening:
+            return None
+        return (listener.channel, *listener.expect())
+
+    def unmark(self, payload: str) -> None:
+        if self._listener is not None:
+            self._listener.forget(payload)
+
+    def _invalidated(self) -> None:
+        """Reads in flight may have seen the database before the change: what they answer is
+        not kept (the generation), and requests from now on do not wait for them."""
+        self._generation += 1
+        self._reads.clear()  # each task still ends by itself (`_read_done`)
 
     def _reading(self, key: K) -> asyncio.Task[V | None] | None:
         """The read in flight for `key`, else a new one; None while reads wait out a failure."""
@@ -216,3 +241,32 @@ class DbCache(Generic[K, V]):
             entry.fresh_until = min(entry.fresh_until, fresh_until)
             entry.stale_until = min(entry.stale_until, entry.fresh_until + fresh.stale_serve_s)
 
+
+
+async def caught_up(pool: asyncpg.Pool, caches: Sequence[DbCache[Any, Any]],
+                    wait_s: float = CATCH_UP_S) -> None:
+    """Call after a write has committed: returns once each cache has handled every NOTIFY the
+    write sent, by sending a mark on each listening channel and waiting for it to come back.
+    A cache that cannot show that within `wait_s` (not listening, the database gone, slow)
+    has every entry read again before it is trusted instead. Never raises for the database:
+    the write has been made."""
+    marks = {cache: cache.mark() for cache in caches}
+    sent = {cache: mark for cache, mark in marks.items() if mark is not None}
+    waiting = set(caches)
+    try:
+        if sent:
+            async with bounded_connection(pool, wait_s) as conn:
+                await conn.execute(
+                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS m(c, p)",
+                    [channel for channel, _, _ in sent.values()],
+                    [payload for _, payload, _ in sent.values()])
+            await asyncio.wait([arrived for _, _, arrived in sent.values()], timeout=wait_s)
+            waiting = {cache for cache in caches
+                       if cache not in sent or not sent[cache][2].done()}
+    except DB_ERRORS as exc:
+        log.warning("caches_catch_up_failed", error=f"{type(exc).__name__}: {exc}")
+    finally:
+        for cache, (_, payload, _) in sent.items():
+            cache.unmark(payload)
+    for cache in waiting:
+        cache.expire_all()

@@ -57,6 +57,11 @@ class KeyStore:
     def listening(self) -> bool:
         return self._cache.listening
 
+    @property
+    def cache(self) -> DbCache[str, _Key]:
+        """For `dbcache.caught_up`."""
+        return self._cache
+
     async def start(self) -> None:
         self._cache.start(self._pool, self._dsn, CHANNEL, on_notify=self.invalidate,
                           connect_timeout_s=self._connect_timeout)

@@ -5,12 +5,17 @@ triggers. A listener that has lost its connection cannot know what it missed, so
 is told (`on_state(False)`) and told again when listening resumes (`on_state(True)`);
 owners shorten their cache lifetimes in between. The connection is re-made with backoff,
 and a ping every few seconds catches a connection that died silently.
+
+Marks: a payload starting with `MARK_PREFIX` is never passed to the owner. `expect()` gives
+one to NOTIFY after a write; PostgreSQL delivers notifications in commit order, so once it has
+come back every NOTIFY committed before it was sent has been handled (`dbcache.caught_up`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable
 
 import asyncpg
@@ -21,6 +26,7 @@ log = structlog.get_logger(__name__)
 PING_INTERVAL_S = 5.0
 MAX_BACKOFF_S = 5.0
 DB_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+MARK_PREFIX = "mark:"  # followed by a random token; other processes' marks are ignored
 
 
 class NotifyListener:
@@ -36,7 +42,22 @@ class NotifyListener:
         self._settings = {"application_name": application_name} if application_name else None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._marks: dict[str, asyncio.Future[None]] = {}  # payload -> done when it came back
         self.listening = False
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    def expect(self) -> tuple[str, asyncio.Future[None]]:
+        """A payload to NOTIFY on `channel`, and a future done once it has come back here.
+        `forget(payload)` when no longer waiting."""
+        payload = MARK_PREFIX + secrets.token_hex(8)
+        arrived = self._marks[payload] = asyncio.get_running_loop().create_future()
+        return payload, arrived
+
+    def forget(self, payload: str) -> None:
+        self._marks.pop(payload, None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self._name}-listener")
@@ -75,6 +96,11 @@ class NotifyListener:
             delay = min(delay * 2, MAX_BACKOFF_S)
 
     def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload.startswith(MARK_PREFIX):
+            arrived = self._marks.pop(payload, None)
+            if arrived is not None and not arrived.done():
+                arrived.set_result(None)
+            return
         self._on_notify(payload)
 
     def _terminated(self, _conn: object) -> None:

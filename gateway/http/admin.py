@@ -38,7 +38,7 @@ async def get_project(request: web.Request) -> web.Response:
 async def update_project(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     fields = projects.parse_project_fields(await read_json(request), partial=True)
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         row = await projects.update_project(conn, int_param(request, "id"), fields)
     return json_response(projects.render_project(row))
 
@@ -56,7 +56,7 @@ async def _budget_body(request: web.Request) -> Decimal | None:
 async def set_budget(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     fields = {"monthly_budget_usd": await _budget_body(request)}
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         row = await projects.update_project(conn, int_param(request, "id"), fields)
     return json_response(projects.render_project(row))
 
@@ -81,7 +81,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         row = await projects.revoke_key(conn, int_param(request, "id"))
     return json_response(dict(row))
 
@@ -89,6 +89,6 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def set_team_budget(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     amount = await _budget_body(request)
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         row = await projects.set_team_budget(conn, int_param(request, "id"), amount)
     return json_response(dict(row))

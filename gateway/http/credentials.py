@@ -83,7 +83,7 @@ async def put_provider_credential(request: web.Request) -> web.Response:
                          details={"setting": "GATEWAY_SECRET_KEY"})
     fields = parse_credential_body(await read_json(request), provider,
                                    request.app[SETTINGS].providers)
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         view = await credentials.put_credential(conn, box, project_id, provider, **fields)
     return json_response(view)
 
@@ -103,7 +103,7 @@ async def delete_provider_credential(request: web.Request) -> web.Response:
     name = checks.text_param(checks.read_query(request.query, ("name",)), "name") or "default"
     if "\x00" in provider:
         raise NotFound(f"project {project_id} has no credential for that provider")
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         if not await credentials.delete_credential(conn, project_id, provider, name):
             await projects.get_project(conn, project_id)  # 404 naming the project first
             raise NotFound(f"project {project_id} has no {provider} credential named {name!r}")

@@ -85,7 +85,7 @@ async def update_team(request: web.Request) -> web.Response:
     await caller(request, allow=Access.ADMIN)
     team_id = int_param(request, "id")
     fields = parse_team_fields(await read_json(request), partial=True)
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         if fields:
             names = list(fields)
             assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
@@ -106,7 +106,7 @@ async def delete_team(request: web.Request) -> web.Response:
     team_id = int_param(request, "id")
     query = checks.read_query(request.query, ("detach",))
     detach = checks.choice(query, "detach", ("true", "false"), "false")
-    async with connection(request) as conn, conn.transaction():
+    async with connection(request, writes_cached=True) as conn, conn.transaction():
         team = await conn.fetchrow("SELECT id, name FROM teams WHERE id = $1 FOR UPDATE",
                                    team_id)
         if team is None:
@@ -128,7 +128,7 @@ async def add_project(request: web.Request) -> web.Response:
     """Put a project in this team (moving it out of any other)."""
     await caller(request, allow=Access.ADMIN)
     team_id, project_id = int_param(request, "id"), int_param(request, "project_id")
-    async with connection(request) as conn, conn.transaction():
+    async with connection(request, writes_cached=True) as conn, conn.transaction():
         if await conn.fetchval("SELECT id FROM teams WHERE id = $1 FOR KEY SHARE",
                                team_id) is None:
             raise NotFound(f"team {team_id} does not exist")
@@ -144,7 +144,7 @@ async def remove_project(request: web.Request) -> web.Response:
     """Take a project out of this team (404 unless it is a member)."""
     await caller(request, allow=Access.ADMIN)
     team_id, project_id = int_param(request, "id"), int_param(request, "project_id")
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         left = await conn.fetchval(
             "UPDATE projects SET team_id = NULL, updated_at = now() "
             "WHERE id = $1 AND team_id = $2 RETURNING id", project_id, team_id)

@@ -109,7 +109,7 @@ async def issue_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     await form_viewer(request)
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         row = await projects.revoke_key(conn, int_param(request, "id"))
     raise _back(row["project_id"], f"Key {row['prefix']} revoked.")
 
@@ -123,7 +123,7 @@ async def set_budget(request: web.Request) -> web.Response:
     async def save() -> str:
         fields = projects.parse_project_fields(
             {"monthly_budget_usd": raw or None}, partial=True)  # a numeric string, as JSON may
-        async with connection(request) as conn:
+        async with connection(request, writes_cached=True) as conn:
             row = await projects.update_project(conn, project_id, fields)
         budget = row["monthly_budget_usd"]
         return "Budget removed." if budget is None else f"Budget set to ${budget} a month."
@@ -157,7 +157,7 @@ async def set_allow_lists(request: web.Request) -> web.Response:
         fields = projects.parse_project_fields(
             {"allowed_providers": _names(form.get("allowed_providers")),
              "allowed_models": _names(form.get("allowed_models"))}, partial=True)
-        async with connection(request) as conn:
+        async with connection(request, writes_cached=True) as conn:
             await projects.update_project(conn, project_id, fields)
         return "Allow-lists saved."
 

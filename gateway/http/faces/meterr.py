@@ -79,7 +79,7 @@ async def connect_provider(request: web.Request) -> web.Response:
         raise BadRequest("storing provider keys needs GATEWAY_SECRET_KEY to encrypt them",
                          code="secret_key_missing", details={"setting": "GATEWAY_SECRET_KEY"})
     fields = parse_credential_body(body, provider, request.app[SETTINGS].providers)
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         view = await credentials.put_credential(conn, box, project_id, provider, **fields)
     return json_response({**view, "status": "connected"}, status=201)
 
@@ -94,7 +94,7 @@ async def disconnect_provider(request: web.Request) -> web.Response:
     name = checks.text_param(query, "name") or "default"
     if "\x00" in provider:
         raise NotFound(f"project {project_id} has no key for that provider")
-    async with connection(request) as conn:
+    async with connection(request, writes_cached=True) as conn:
         if not await credentials.delete_credential(conn, project_id, provider, name):
             await projects.get_project(conn, project_id)  # 404 naming the project first
             raise NotFound(f"project {project_id} has no {provider} key named {name!r}")
