@@ -4,6 +4,7 @@ the replica that took an admin's write at once."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,23 @@ async def _wait_listening(*clients: TestClient) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("key store listener did not connect")
+
+
+async def _stop_listening(client: TestClient, db: asyncpg.Connection) -> None:
+    """Kill the database's LISTEN connections (they come back by themselves)."""
+    await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE query LIKE 'LISTEN%' AND datname = current_database()")
+    for _ in range(100):
+        if not client.app[KEYSTORE].listening:
+            break
+        await asyncio.sleep(0.01)
+
+
+async def _until_listening(cache: Any) -> None:
+    for _ in range(250):  # bounded: a listener that never connects fails the caller's asserts
+        if cache.listening:
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _first_status_change(client: TestClient, key: str, expected: int,
@@ -68,12 +86,7 @@ async def test_revocation_while_the_listener_is_down_still_lands_within_a_second
     _, key = await create_project(gateway)
     # Kill the listening connection and revoke in the same transaction-free breath: the
     # notification is lost, so only the short unlistened TTL can save us.
-    await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE query LIKE 'LISTEN%' AND datname = current_database()")
-    for _ in range(100):
-        if not gateway.app[KEYSTORE].listening:
-            break
-        await asyncio.sleep(0.01)
+    await _stop_listening(gateway, db)
     assert await _status(gateway, key) == 200  # cached while not listening: short TTL
     await db.execute("UPDATE api_keys SET revoked_at = now()")
     assert await _first_status_change(gateway, key, 401, within=1.2) <= 1.2
@@ -119,10 +132,7 @@ async def test_a_stored_provider_key_is_used_at_once_by_the_replica_that_took_it
         secrets={"key": "k" * 40},
         providers={"anthropic": {"base_url": "https://api.anthropic.com", "api_key": ""}})
     await _wait_listening(client)
-    for _ in range(100):
-        if client.app[CREDENTIALS].listening:
-            break
-        await asyncio.sleep(0.02)
+    await _until_listening(client.app[CREDENTIALS])
     project, key = await create_project(client)
     auth = {"Authorization": f"Bearer {key}"}
 
@@ -143,17 +153,25 @@ async def test_a_write_while_not_listening_still_holds_at_once(
         gateway: TestClient, db: asyncpg.Connection) -> None:
     await _wait_listening(gateway)
     project, key = await create_project(gateway)
-    await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE query LIKE 'LISTEN%' AND datname = current_database()")
-    for _ in range(100):
-        if not gateway.app[KEYSTORE].listening:
-            break
-        await asyncio.sleep(0.01)
+    await _stop_listening(gateway, db)
     assert await _status(gateway, key) == 200  # cached for a second: nothing would tell us
     resp = await gateway.patch(f"/api/admin/projects/{project['id']}",
                                headers=admin_headers(), json={"enabled": False})
     assert resp.status == 200, await resp.text()
     assert await _status(gateway, key) != 200
+
+
+async def _listening_cache(pool: asyncpg.Pool, dsn: str,
+                           read: Callable[[asyncpg.Connection, str], Awaitable[str]]
+                           ) -> DbCache[str, str]:
+    """A cache of `read`, listening (a listener's return would have every entry read again)."""
+    cache: DbCache[str, str] = DbCache(read, name="test", freshness=Freshness(60.0),
+                                       unavailable=RuntimeError, max_entries=10)
+    cache.start(pool, dsn, "test_dbcache_channel", on_notify=lambda _: None,
+                connect_timeout_s=5.0)
+    await _until_listening(cache)
+    assert cache.listening
+    return cache
 
 
 async def test_a_read_in_flight_when_an_invalidation_arrives_is_not_joined(
@@ -169,15 +187,8 @@ async def test_a_read_in_flight_when_an_invalidation_arrives_is_not_joined(
             started.set()
             await gate.wait()  # the first read saw the database before the change
         return value
-    cache: DbCache[str, str] = DbCache(read, name="test", freshness=Freshness(60.0),
-                                       unavailable=RuntimeError, max_entries=10)
-    cache.start(pool, database_url, "test_dbcache_channel", on_notify=lambda _: None,
-                connect_timeout_s=5.0)
+    cache = await _listening_cache(pool, database_url, read)
     try:
-        for _ in range(250):  # its return would have every entry read again
-            if cache.listening:
-                break
-            await asyncio.sleep(0.02)
         first = asyncio.create_task(cache.get("k"))
         await asyncio.wait_for(started.wait(), 5.0)
         version[0] = "new"
@@ -201,16 +212,8 @@ async def test_catching_up_without_the_database_rereads_everything_and_does_not_
     async def read(_conn: asyncpg.Connection, key: str) -> str:
         reads.append(key)
         return key
-    cache: DbCache[str, str] = DbCache(read, name="test", freshness=Freshness(60.0),
-                                       unavailable=RuntimeError, max_entries=10)
-    cache.start(pool, database_url, "test_dbcache_channel", on_notify=lambda _: None,
-                connect_timeout_s=5.0)
+    cache = await _listening_cache(pool, database_url, read)
     try:
-        for _ in range(250):
-            if cache.listening:
-                break
-            await asyncio.sleep(0.02)
-        assert cache.listening
         assert await cache.get("k") == "k" and await cache.get("k") == "k"
         assert reads == ["k"]  # cached
         await caught_up(pool, [cache])  # a mark that comes back: nothing reread
