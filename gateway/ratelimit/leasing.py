@@ -48,7 +48,8 @@ class _Rate:
 
 @dataclass(slots=True)
 class _Lease:
-    start: int
+    start: int  # the window's: the lease is the current one while start <= now < end
+    end: int
     rate: _Rate = field(default_factory=_Rate)  # carried from one window to the next
     leased: int = 0
     used: int = 0
@@ -124,7 +125,7 @@ class LeasingLimiter:
         """What this process holds of the window's current lease and has not used."""
         lease = self._leases.get((key, window.name))
         now = time.time() if now is None else now
-        if lease is None or lease.start != window_start(window, now):
+        if lease is None or not lease.start <= now < lease.end:
             return 0
         return lease.available
 
@@ -132,7 +133,7 @@ class LeasingLimiter:
         """Settle locally against the lease of the window the units were taken from."""
         now = time.time() if now is None else now
         lease = self._leases.get((key, window.name))
-        if lease is not None and lease.start == window_start(window, now):
+        if lease is not None and lease.start <= now < lease.end:
             lease.used = max(lease.used + delta, 0)
         elif delta > 0:
             await self._backend.adjust(key, window, delta, now)
@@ -141,12 +142,13 @@ class LeasingLimiter:
         await self._backend.close()
 
     def _lease(self, key: str, window: Window, now: float) -> _Lease:
-        start = window_start(window, now)
         lease = self._leases.get((key, window.name))
-        if lease is None or lease.start != start:  # a new window: old units lapse
+        if lease is None or not lease.start <= now < lease.end:  # a new window: old units lapse
+            start = window_start(window, now)
+            end = start + window.seconds
             lease = self._leases[(key, window.name)] = _Lease(
-                start, lease.rate if lease is not None else _Rate(), remaining=window.limit,
-                reset_at=float(start + window.seconds))
+                start, end, lease.rate if lease is not None else _Rate(),
+                remaining=window.limit, reset_at=float(end))
             if len(self._leases) > 100_000:
                 self._leases = {k: v for k, v in self._leases.items() if v.start >= start}
         return lease
