@@ -52,14 +52,10 @@ class _Lease:
     end: int
     rate: _Rate = field(default_factory=_Rate)  # carried from one window to the next
     leased: int = 0
-    used: int = 0
+    available: int = 0  # leased and not used (below 0 when a settle used more than it had)
     remaining: int = 0  # the shared window's remaining units, as the backend last said
     reset_at: float = 0.0
     last_chunk: int = 0  # chunks at least double within a window, up to the caps
-
-    @property
-    def available(self) -> int:
-        return self.leased - self.used
 
 
 class LeasingLimiter:
@@ -134,7 +130,7 @@ class LeasingLimiter:
         now = time.time() if now is None else now
         lease = self._leases.get((key, window.name))
         if lease is not None and lease.start <= now < lease.end:
-            lease.used = max(lease.used + delta, 0)
+            lease.available = min(lease.available - delta, lease.leased)  # at most all of it back
         elif delta > 0:
             await self._backend.adjust(key, window, delta, now)
 
@@ -169,13 +165,14 @@ class LeasingLimiter:
             lease.remaining, lease.reset_at = state.remaining, state.reset_at
             if decision.allowed:
                 lease.leased += w.cost
+                lease.available += w.cost
         return decision
 
     @staticmethod
     def _consume(leases: list[_Lease], windows: Sequence[Window], backend: str) -> Decision:
         states = []
         for lease, w in zip(leases, windows, strict=True):
-            lease.used += w.cost
+            lease.available -= w.cost
             states.append(WindowState(w.name, w.limit, lease.remaining + lease.available,
                                       lease.reset_at))
         return Decision(True, tuple(states), 0.0, backend)
