@@ -242,7 +242,6 @@ class DbCache(Generic[K, V]):
             entry.stale_until = min(entry.stale_until, entry.fresh_until + fresh.stale_serve_s)
 
 
-
 async def caught_up(pool: asyncpg.Pool, caches: Sequence[DbCache[Any, Any]],
                     wait_s: float = CATCH_UP_S) -> None:
     """Call after a write has committed: returns once each cache has handled every NOTIFY the

@@ -123,7 +123,7 @@ class LeasingLimiter:
         now = time.time() if now is None else now
         if lease is None or not lease.start <= now < lease.end:
             return 0
-        return lease.available
+        return max(lease.available, 0)  # below 0: a settle used more than the lease held
 
     async def adjust(self, key: str, window: Window, delta: int, now: float | None = None) -> None:
         """Settle locally against the lease of the window the units were taken from."""

@@ -44,6 +44,24 @@ async def test_unused_tokens_go_back_to_the_lease_locally() -> None:
     assert (await limiter.hit("project:3", [tokens], NOW)).allowed
 
 
+async def test_settling_against_a_lease_gives_back_at_most_what_was_leased() -> None:
+    limiter = LeasingLimiter(MemoryLimiter())
+    tokens = Window("tokens_minute", 10_000, 60, 300)
+    assert (await limiter.hit("k", [tokens], NOW)).allowed  # leased 300, all of it used
+    assert limiter.room("k", tokens, NOW) == 0
+    await limiter.adjust("k", tokens, -1000, NOW)  # "gives back" more than the call took
+    assert limiter.room("k", tokens, NOW) == 300  # no more than was leased
+    await limiter.adjust("k", tokens, 700, NOW)  # a call that used far more than it said
+    assert limiter.room("k", tokens, NOW) == 0  # 400 owed, not -400
+    await limiter.adjust("k", tokens, -300, NOW)
+    assert limiter.room("k", tokens, NOW) == 0  # what is owed comes first: 100 still
+    await limiter.adjust("k", tokens, -200, NOW)
+    assert limiter.room("k", tokens, NOW) == 100
+    calls = limiter.backend_calls
+    await limiter.adjust("k", tokens, -50, NOW + 60)  # a window gone: nothing to settle
+    assert limiter.backend_calls == calls and limiter.room("k", tokens, NOW) == 100
+
+
 async def test_a_new_window_starts_fresh() -> None:
     limiter = LeasingLimiter(MemoryLimiter())
     window = [Window("minute", 2, 60, 1)]
