@@ -26,6 +26,10 @@ from gateway.ratelimit.base import Decision, RateLimiter, Window, WindowState, w
 CHUNK_SECONDS = 0.25  # lease about this much of the recent rate at a time
 MAX_CHUNK_SHARE = 50  # never lease more than limit / this in one go
 MIN_RATE_SPAN_S = 0.05
+# Every covered hit makes a state for each window and a decision: named tuples made as
+# plain tuples are, since their generated `__new__` is a Python function that costs as much
+# again (tuple.__new__ takes the fields in order, as the generated one passes them).
+_new = tuple.__new__
 
 
 @dataclass(slots=True)
@@ -48,8 +52,11 @@ class _Rate:
 
 @dataclass(slots=True)
 class _Lease:
-    start: int  # the window's: the lease is the current one while start <= now < end
-    end: int
+    # The window's bounds, as floats: the lease is the current one while start <= now < end,
+    # asked at every hit, room and adjust, and a float compares with `now` (a float) at
+    # half the cost of an int as large as an epoch second.
+    start: float
+    end: float
     rate: _Rate = field(default_factory=_Rate)  # carried from one window to the next
     leased: int = 0
     available: int = 0  # leased and not used (below 0 when a settle used more than it had)
@@ -71,9 +78,12 @@ class LeasingLimiter:
         leases = []
         covered = True  # every window's lease has the units this request needs
         for w in windows:
-            lease = self._lease(key, w, now)
+            lease = self._leases.get((key, w.name))  # `_lease`, its usual case inlined
+            if lease is None or not lease.start <= now < lease.end:
+                lease = self._lease(key, w, now)
             leases.append(lease)
-            covered = covered and lease.available >= w.cost
+            if lease.available < w.cost:
+                covered = False
             lease.rate.units += w.cost
         if covered:
             return self._consume(leases, windows, self.name)
@@ -123,14 +133,17 @@ class LeasingLimiter:
         now = time.time() if now is None else now
         if lease is None or not lease.start <= now < lease.end:
             return 0
-        return max(lease.available, 0)  # below 0: a settle used more than the lease held
+        # Below 0: a settle used more than the lease held. (A conditional, not max(): every
+        # call with a tokens window asks, and a builtin's call costs more than the test.)
+        return lease.available if lease.available > 0 else 0
 
     async def adjust(self, key: str, window: Window, delta: int, now: float | None = None) -> None:
         """Settle locally against the lease of the window the units were taken from."""
         now = time.time() if now is None else now
         lease = self._leases.get((key, window.name))
         if lease is not None and lease.start <= now < lease.end:
-            lease.available = min(lease.available - delta, lease.leased)  # at most all of it back
+            available = lease.available - delta  # at most all of it back (as `room`, no min())
+            lease.available = available if available < lease.leased else lease.leased
         elif delta > 0:
             await self._backend.adjust(key, window, delta, now)
 
@@ -140,11 +153,11 @@ class LeasingLimiter:
     def _lease(self, key: str, window: Window, now: float) -> _Lease:
         lease = self._leases.get((key, window.name))
         if lease is None or not lease.start <= now < lease.end:  # a new window: old units lapse
-            start = window_start(window, now)
+            start = float(window_start(window, now))
             end = start + window.seconds
             lease = self._leases[(key, window.name)] = _Lease(
                 start, end, lease.rate if lease is not None else _Rate(),
-                remaining=window.limit, reset_at=float(end))
+                remaining=window.limit, reset_at=end)
             if len(self._leases) > 100_000:
                 self._leases = {k: v for k, v in self._leases.items() if v.start >= start}
         return lease
@@ -173,6 +186,6 @@ class LeasingLimiter:
         states = []
         for lease, w in zip(leases, windows, strict=True):
             lease.available -= w.cost
-            states.append(WindowState(w.name, w.limit, lease.remaining + lease.available,
-                                      lease.reset_at))
-        return Decision(True, tuple(states), 0.0, backend)
+            states.append(_new(WindowState, (w.name, w.limit, lease.remaining + lease.available,
+                                             lease.reset_at)))
+        return _new(Decision, (True, tuple(states), 0.0, backend))
