@@ -12,6 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from multidict import istr
 
 from gateway.db import CONNECTION_ERRORS
 from gateway.entries import error_shape
@@ -23,7 +24,7 @@ from gateway.logging import REQUEST_ID_VAR
 
 log = structlog.get_logger(__name__)
 
-REQUEST_ID_HEADER = "X-AI-Cost-Gateway-Request-Id"
+REQUEST_ID_HEADER = istr("X-AI-Cost-Gateway-Request-Id")  # as the header multidict keeps it
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 DATABASE_RETRY_AFTER_S = "2"
 

@@ -7,8 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from multidict import istr
 
 from gateway.entries.base import Entry
 from gateway.errors import GatewayError
@@ -19,7 +20,7 @@ from gateway.middlewares import add_headers
 from gateway.pipeline.exchange import CLIENT_CLOSED, Exchange
 from gateway.pricing import format_usd
 
-COST_HEADER = "X-AI-Cost-Gateway-Cost"
+COST_HEADER = istr("X-AI-Cost-Gateway-Cost")  # istr: taken as it is by the header multidict
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -39,7 +40,7 @@ async def _proxy(request: web.Request, entry: Entry) -> web.StreamResponse:
         if not chat.stream:
             body = await pipeline.complete(ex, chat)
             return Answer(body=body, headers={
-                "Content-Type": "application/json", **ex.response_headers,
+                hdrs.CONTENT_TYPE: "application/json", **ex.response_headers,
                 COST_HEADER: format_usd(ex.cost)})
         return await _relay(request, ex, pipeline.stream(ex, chat))
     except BaseException as exc:

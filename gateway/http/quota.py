@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway.domain import Principal
 from gateway.http.faces import FACE_LIMITS, face_of
 from gateway.keys import LIMITER, PLANS, RATE_HEADERS
-from gateway.pipeline.ratelimit import plan_windows, rate_headers, refuse
+from gateway.pipeline.ratelimit import REMAINING, plan_windows, rate_headers, refuse
 from gateway.ratelimit import Window
 
 
@@ -39,5 +39,5 @@ async def admit(request: web.Request, principal: Principal) -> None:
         if not decision.allowed:
             refuse(windows, decision, found[-1])
     if found:
-        request[RATE_HEADERS] = min(found, key=lambda h: int(h["X-RateLimit-Remaining"]))
+        request[RATE_HEADERS] = min(found, key=lambda h: int(h[REMAINING]))
 

@@ -43,7 +43,7 @@ class Exchange:
     input_ceiling: int | None = None  # a bound on them that needs no tokenizing, once made
     response_headers: dict[str, str] = field(default_factory=dict)  # from the guards
     forwarded: bool = False  # the call reached the upstream
-    rate_windows: tuple[Any, ...] = ()  # token windows reserved by the rate limiter
+    rate_windows: tuple[tuple[str, Any], ...] = ()  # token windows reserved: (key, window)
     reservation: Any = None  # the budget reservation, settled in finish
     stream_meter: StreamMeter | EventStream | None = None
     chain: list[Route] = field(default_factory=list)  # the routed model, then its fallbacks

@@ -8,43 +8,63 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NoReturn
 
+from aiohttp import hdrs
+from multidict import istr
+
+from gateway.domain import Project
 from gateway.errors import PaymentRequired, TooManyRequests
 from gateway.pipeline.exchange import Exchange
 from gateway.plans import Limits, Plans
-from gateway.ratelimit import Decision, LocalLimiter, Window
+from gateway.ratelimit import Decision, LocalLimiter, Window, WindowState
 from gateway.tokens.service import TokenService
 
 TOKENS_WINDOW = "tokens_minute"
 DAY_WINDOW = "day"
-
-
-@functools.lru_cache(maxsize=256)
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+# Names as `istr`: the answer's header multidict takes one as it is, and case-folds a plain
+# str first, for each of these headers of every limited call.
+LIMIT = istr("X-RateLimit-Limit")
+REMAINING = istr("X-RateLimit-Remaining")
+RESET = istr("X-RateLimit-Reset")
+GATEWAY_REMAINING = istr("X-AI-Cost-Gateway-RateLimit-Remaining")
+GATEWAY_RESET = istr("X-AI-Cost-Gateway-RateLimit-Reset")
+GATEWAY_BACKEND = istr("X-AI-Cost-Gateway-RateLimit-Backend")
 
 
 def rate_headers(decision: Decision) -> dict[str, str]:
     """Standard and gateway headers, for the request window closest to its limit."""
-    # A request window before the tokens window; then the fewest remaining; then the one
-    # resetting last.
-    tightest = min(decision.windows,
-                   key=lambda w: (w.name == TOKENS_WINDOW, w.remaining, -w.reset_at))
-    remaining = str(max(tightest.remaining, 0))
-    headers = {
-        "X-RateLimit-Limit": str(tightest.limit),
-        "X-RateLimit-Remaining": remaining,
-        "X-RateLimit-Reset": str(math.ceil(tightest.reset_at)),
-        "X-AI-Cost-Gateway-RateLimit-Remaining": remaining,
-        "X-AI-Cost-Gateway-RateLimit-Reset": _iso(tightest.reset_at),
-        "X-AI-Cost-Gateway-RateLimit-Backend": decision.backend,
-    }
+    tightest = _tightest(decision.windows)
+    remaining = str(tightest.remaining) if tightest.remaining > 0 else "0"
+    headers = {REMAINING: remaining, GATEWAY_REMAINING: remaining,
+               **_fixed_headers(tightest.limit, tightest.reset_at, decision.backend)}
     if not decision.allowed:
-        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+        headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(decision.retry_after)))
     return headers
+
+
+def _tightest(windows: Sequence[WindowState]) -> WindowState:
+    """A request window before the tokens window; then the fewest remaining; then the one
+    resetting last. (A loop: `min` with a key function costs half as much again, and every
+    limited call asks.)"""
+    tightest, rank = windows[0], None
+    for w in windows:
+        mine = (w.name == TOKENS_WINDOW, w.remaining, -w.reset_at)
+        if rank is None or mine < rank:
+            tightest, rank = w, mine
+    return tightest
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_headers(limit: int, reset_at: float, backend: str) -> dict[str, str]:
+    """The headers that stay the same for a window until it resets, made once."""
+    return {LIMIT: str(limit), RESET: str(math.ceil(reset_at)),
+            GATEWAY_RESET: datetime.fromtimestamp(reset_at, UTC).isoformat().replace("+00:00", "Z"),
+            GATEWAY_BACKEND: backend}
 
 
 async def input_tokens(ex: Exchange, tokens: TokenService) -> int:
@@ -95,36 +115,56 @@ def refuse(windows: Sequence[Window], decision: Decision, headers: dict[str, str
         headers=headers, details=details)
 
 
+@dataclass(frozen=True, slots=True)
+class _Quota:
+    """A project's limits as the guard applies them: its key and request windows."""
+
+    project: Project  # made for this object: a changed project is a new one in the key store
+    key: str
+    windows: tuple[Window, ...]  # the request windows
+    tokens_per_minute: int
+
+
 class RateLimitGuard:
     def __init__(self, limiter: LocalLimiter, plans: Plans, tokens: TokenService) -> None:
         self._limiter = limiter
         self._plans = plans
         self._tokens = tokens
+        self._quotas: dict[int, _Quota] = {}  # by id() of the project, as the key store holds it
 
-    def _key(self, ex: Exchange) -> str:
-        assert ex.principal is not None
-        return f"project:{ex.principal.project.id}"
+    def _quota(self, project: Project) -> _Quota:
+        """The project's limits, made once per project (every call asks)."""
+        quota = self._quotas.get(id(project))
+        if quota is None or quota.project is not project:
+            limits = self._plans.limits(project)
+            quota = _Quota(project, f"project:{project.id}",
+                           _request_windows(limits.requests_per_minute, limits.requests_per_day),
+                           limits.tokens_per_minute)
+            if len(self._quotas) >= 4096:  # projects come and go: bounded
+                self._quotas.clear()
+            self._quotas[id(project)] = quota
+        return quota
 
     async def admit(self, ex: Exchange) -> None:
         assert ex.principal is not None
-        limits = self._plans.limits(ex.principal.project)
-        windows = plan_windows(limits)
-        key = self._key(ex)
+        quota = self._quota(ex.principal.project)
+        windows = quota.windows
+        now = time.time()
         tokens = None
-        if limits.tokens_per_minute and ex.chat is not None:  # a call with no model: none
-            tokens = await self._tokens_window(ex, key, limits.tokens_per_minute)
-            windows.append(tokens)
+        if quota.tokens_per_minute and ex.chat is not None:  # a call with no model: none
+            tokens = await self._tokens_window(ex, quota.key, quota.tokens_per_minute, now)
+            windows += (tokens,)
         if not windows:
             return
-        decision = await self._limiter.hit(key, windows)
+        decision = await self._limiter.hit(quota.key, windows, now)
         headers = rate_headers(decision)
         ex.response_headers.update(headers)
         if not decision.allowed:
             refuse(windows, decision, headers)
         if tokens is not None:
-            ex.rate_windows = (tokens,)
+            ex.rate_windows = ((quota.key, tokens),)
 
-    async def _tokens_window(self, ex: Exchange, key: str, limit: int) -> Window:
+    async def _tokens_window(self, ex: Exchange, key: str, limit: int, now: float) -> Window:
         """The call's reservation in the tokens window: its input and its output limit.
 
         Far from the limit a ceiling on the input will do, as for budgets: while the window
@@ -136,13 +176,13 @@ class RateLimitGuard:
         output = ex.chat.max_output_tokens or 0
         if ex.input_tokens is None:
             ceiling = Window(TOKENS_WINDOW, limit, 60, input_ceiling(ex, self._tokens) + output)
-            if self._limiter.room(key, ceiling) >= ceiling.cost:
+            if self._limiter.room(key, ceiling, now) >= ceiling.cost:
                 return ceiling
         return Window(TOKENS_WINDOW, limit, 60, await input_tokens(ex, self._tokens) + output)
 
     async def settle(self, ex: Exchange) -> None:
         """Replace the tokens-per-minute reservation by the tokens actually used."""
-        for window in ex.rate_windows:
+        for key, window in ex.rate_windows:
             used = ex.usage.input_tokens + ex.usage.output_tokens if ex.forwarded else 0
             if used != window.cost:
-                await self._limiter.adjust(self._key(ex), window, used - window.cost)
+                await self._limiter.adjust(key, window, used - window.cost)
