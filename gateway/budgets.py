@@ -184,8 +184,9 @@ class BudgetBook:
         """`reserve` when every account's lease holds `amount` and may be spent from, with
         nothing to wait for (the common case); None when any would need the database."""
         now = time.monotonic()
-        if not all(account.covers(amount, now) for account in accounts):
-            return None
+        for account in accounts:
+            if not account.covers(amount, now):
+                return None
         for account in accounts:
             account.reserved += amount
         return Reservation([(account, amount) for account in accounts])

@@ -159,6 +159,36 @@ async def test_near_its_tokens_limit_a_call_is_counted_exactly(gateway: TestClie
     assert tokens.usage["cpu"].documents > counted
 
 
+async def test_far_from_its_budget_a_call_reserves_a_ceiling_without_tokenizing(
+        gateway: TestClient) -> None:
+    _, key = await create_project(gateway, monthly_budget_usd="100")
+    body = chat_body(max_tokens=50)
+    first = await gateway.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert first.status == 200  # the first call leases (counting exactly, as it must wait)
+    tokens = gateway.app[TOKENS]
+    counted = tokens.usage["cpu"].documents
+    for _ in range(3):
+        resp = await gateway.post("/v1/chat/completions", json=body, headers=auth(key))
+        assert resp.status == 200
+    assert tokens.usage["cpu"].documents == counted  # the lease held the ceiling's worst case
+
+
+async def test_near_its_budget_a_call_is_counted_exactly(gateway: TestClient) -> None:
+    body = chat_body(max_tokens=50)
+    tokens = gateway.app[TOKENS]
+    price = gateway.app[PRICES].get(MODEL)
+    assert price is not None
+    exact = await worst_case(gateway, body, 50)
+    ceiling = (tokens.chat_upper_bound(body, MODEL) * price.input
+               + 50 * price.output) / 10**6
+    assert ceiling > exact
+    _, key = await create_project(gateway, monthly_budget_usd=str((exact + ceiling) / 2))
+    counted = tokens.usage["cpu"].documents
+    resp = await gateway.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert resp.status == 200  # the ceiling's worst case would not have fitted: the exact one does
+    assert tokens.usage["cpu"].documents > counted
+
+
 async def test_one_request_id_is_forwarded_once(gateway: TestClient,
                                                 fake_upstream: FakeUpstream) -> None:
     _, key = await create_project(gateway)

@@ -53,14 +53,18 @@ class BudgetGuard:
         exact = ex.input_tokens
         tokens_in = exact if exact is not None else input_ceiling(ex, self._tokens)
         price, worst = self._dearest(prices, tokens_in, max_out)
-        if exact is None and any(a.available < worst for a in accounts):
-            tokens_in = await input_tokens(ex, self._tokens)
-            price, worst = self._dearest(prices, tokens_in, max_out)
+        result: Reservation | Shortfall | None = None
+        if worst > 0:
+            result = self._book.reserve_held(accounts, worst)
+            if result is None and exact is None:  # near the limit, or a lease to confirm
+                tokens_in = await input_tokens(ex, self._tokens)
+                price, worst = self._dearest(prices, tokens_in, max_out)
         if worst <= 0:  # a model priced at zero (moderations)
             await self._not_spent(accounts)
             return
-        result = self._book.reserve_held(accounts, worst) or await self._book.reserve(
-            accounts, worst)
+        if result is None:
+            result = self._book.reserve_held(accounts, worst) or await self._book.reserve(
+                accounts, worst)
         if (isinstance(result, Shortfall) and self._settings.policy == "clamp"
                 and _clampable(chat)):
             fitting = self._fitting_output(price, tokens_in, result.can_reserve)
