@@ -36,7 +36,7 @@ TOOL_COSTS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class ChatPieces:
     texts: list[str] = field(default_factory=list)
     constant: int = 0
@@ -56,12 +56,12 @@ def chat_pieces(body: dict[str, Any], encoding: str) -> ChatPieces:
             out.exact = False
             continue
         for key, value in message.items():
-            if key == "content" and isinstance(value, list):
-                _content_parts(value, out)
-            elif isinstance(value, str):
+            if isinstance(value, str):
                 out.texts.append(value)
                 if key == "name":
                     out.constant += TOKENS_PER_NAME
+            elif key == "content" and isinstance(value, list):
+                _content_parts(value, out)
             elif value is not None:
                 out.texts.append(orjson.dumps(value).decode())
                 out.exact = False
