@@ -14,15 +14,16 @@ bench's own request (`overhead.request_body`) with one project key per profile:
     tokens    only the tokens-per-minute window
 
     .venv/bin/python bench/instructions.py [--requests 300] [--rounds 3]
-        [--profiles plain,limits] [--alt PATH] [--top 20]
+        [--profiles plain,limits] [--alt PATH] [--bare] [--top 20]
 
 Rounds alternate the profiles; each round's count is the instructions executed between
 switching instrumentation on before the first of its requests and dumping after the last,
 divided by the requests. `--alt PATH` serves a second gateway from another checkout (a git
-worktree, say) under the same conditions, its profiles shown with an `_alt` suffix: a
-change's own cost, to within a few hundred instructions a request. `--top N` lists the C
-functions whose own instructions differ most between the last round of the first two
-profiles (`callgrind_annotate`).
+worktree, say) under the same conditions, its profiles shown with an `_alt` suffix, and the
+differences paired round by round. `--bare` counts `bare_proxy.py` the same way, and the
+ratio of the two counts is the one behind overhead.py's gateway / bare target. `--top N`
+lists the C functions whose own instructions differ most between the last round of the
+first two profiles (`callgrind_annotate`).
 
 A request is slower under valgrind (about 50 times), so what runs on a timer (the ledger's
 flush, lease renewals, the budget sync) falls on fewer requests than at full speed. The
@@ -117,13 +118,12 @@ class Client:
         self._conn.close()
 
 
-def start_gateway(name: str, repo: Path, port: int, work: Path, env: dict[str, str],
-                  settle_s: float) -> Callgrind:
+def under_callgrind(name: str, cmd: list[str], port: int, work: Path, env: dict[str, str],
+                    settle_s: float, cwd: Path = o.REPO) -> Callgrind:
     out = work / f"{name}.callgrind"
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
-           f"--callgrind-out-file={out}", sys.executable, "-m", "gateway", "serve",
-           "--host", o.HOST, "--port", str(port)]
-    return Callgrind(o.start(name, cmd, port, work, None, env, cwd=repo), out, settle_s)
+           f"--callgrind-out-file={out}", *cmd]
+    return Callgrind(o.start(name, cmd, port, work, None, env, cwd=cwd), out, settle_s)
 
 
 def top_differences(first: Path, second: Path, top: int) -> list[tuple[int, str]]:
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> None:
     servers: list[o.Server] = []
     clients: list[Client] = []
     try:
-        ports = o.free_ports(1 + len(repos))
+        ports = o.free_ports(2 + len(repos))
         upstream = o.start("fake upstream", [sys.executable, "-m", "gateway.testing.fake_upstream",
                                              "--host", o.HOST, "--port", str(ports[0])],
                            ports[0], work, None)
@@ -174,10 +174,12 @@ def run(args: argparse.Namespace) -> None:
                "GATEWAY_RATELIMIT_BACKEND": "redis", "GATEWAY_REDIS_URL": args.redis_url,
                "GATEWAY_LEDGER_FLUSH_INTERVAL_S": str(args.flush_interval)}
         gateways: dict[str, Callgrind] = {}
-        for (suffix, repo), port in zip(repos.items(), ports[1:], strict=True):
+        for (suffix, repo), port in zip(repos.items(), ports[1:-1], strict=True):
             migrated = {"GATEWAY_DATABASE_MIGRATE_ON_START": "false"} if gateways else {}
-            gateways[suffix] = start_gateway(f"gateway{suffix}", repo, port, work,
-                                             {**env, **migrated}, 1.5 * args.flush_interval)
+            gateways[suffix] = under_callgrind(
+                f"gateway{suffix}", [sys.executable, "-m", "gateway", "serve", "--host", o.HOST,
+                                     "--port", str(port)],
+                port, work, {**env, **migrated}, 1.5 * args.flush_interval, repo)
             servers.append(gateways[suffix].server)
             o.wait_ready(gateways[suffix].server, "/api/health/ready", 300)
             if not migrated:  # ids of their own: Redis counters outlive the database
@@ -196,6 +198,17 @@ def run(args: argparse.Namespace) -> None:
                         **PROFILES[profile]})
                 client.send(keys[profile], WARM_REQUESTS)
                 targets.append((profile + suffix, gateway, client, keys[profile]))
+        if args.bare:  # the reference overhead.py holds the gateway to, counted the same way
+            bare = under_callgrind("bare", [sys.executable, str(o.BENCH / "bare_proxy.py"),
+                                            "--host", o.HOST, "--port", str(ports[-1]),
+                                            "--upstream", f"{upstream.url}/v1"],
+                                   ports[-1], work, dict(os.environ), 0.2)
+            servers.append(bare.server)
+            o.wait_ready(bare.server, None, 300)
+            client = Client(bare.server.port, body)
+            clients.append(client)
+            client.send("sk-bare", WARM_REQUESTS)
+            targets.append(("bare", bare, client, "sk-bare"))
         time.sleep(1.5 * args.flush_interval)  # the warm-up's rows written before round one
         counts: dict[str, list[float]] = {name: [] for name, *_ in targets}
         dumps: dict[str, Path] = {}
@@ -223,7 +236,7 @@ def run(args: argparse.Namespace) -> None:
 
 def report(counts: dict[str, list[float]], args: argparse.Namespace,
            dumps: dict[str, Path]) -> None:
-    print(f"instructions a request in the gateway process ({args.requests} requests a round, "
+    print(f"instructions a request in the proxy process ({args.requests} requests a round, "
           f"{args.rounds} rounds; median, min-max):")
     first = next(iter(counts))
     base = statistics.median(counts[first])
@@ -232,6 +245,9 @@ def report(counts: dict[str, list[float]], args: argparse.Namespace,
         added = "" if name == first else f"   {mid - base:+9,.0f} vs {first}"
         print(f"  {name:14} {mid:11,.0f}  ({min(values):,.0f}-{max(values):,.0f}){added}")
     names = list(counts)
+    if "bare" in counts and "plain" in counts:
+        ratio = statistics.median(counts["bare"]) / statistics.median(counts["plain"])
+        print(f"  bare / plain: {ratio:.3f} (overhead.py's gateway / bare req/s target: >= 0.70)")
     if args.alt:
         for name in names:
             if not name.endswith("_alt") and f"{name}_alt" in counts:
@@ -253,6 +269,8 @@ def main() -> int:
     parser.add_argument("--profiles", default="plain,limits",
                         help=f"comma-separated, from {', '.join(PROFILES)}")
     parser.add_argument("--alt", help="another checkout to serve a second gateway from")
+    parser.add_argument("--bare", action="store_true",
+                        help="count bench/bare_proxy.py too, and the plain gateway against it")
     parser.add_argument("--top", type=int, default=0,
                         help="list the C functions that differ most between two profiles")
     parser.add_argument("--flush-interval", type=float, default=1.0,
