@@ -26,7 +26,7 @@ async def admit(request: web.Request, principal: Principal) -> None:
     face = face_of(request.path)
     per_minute = FACE_LIMITS.get(face or "", {}).get(request.method)
     if face is not None and per_minute:
-        windows = [Window("minute", per_minute, 60, 1)]
+        windows: tuple[Window, ...] = (Window("minute", per_minute, 60, 1),)
         decision = await limiter.hit(f"face:{face}:{request.method}:project:{project.id}",
                                      windows)
         found.append(rate_headers(decision))

@@ -62,9 +62,8 @@ class BudgetGuard:
         if worst <= 0:  # a model priced at zero (moderations)
             await self._not_spent(accounts)
             return
-        if result is None:
-            result = self._book.reserve_held(accounts, worst) or await self._book.reserve(
-                accounts, worst)
+        if result is None:  # `reserve` takes from a held lease too, as `reserve_held` would
+            result = await self._book.reserve(accounts, worst)
         if (isinstance(result, Shortfall) and self._settings.policy == "clamp"
                 and _clampable(chat)):
             fitting = self._fitting_output(price, tokens_in, result.can_reserve)

@@ -83,9 +83,9 @@ def input_ceiling(ex: Exchange, tokens: TokenService) -> int:
     return ex.input_ceiling
 
 
-def plan_windows(limits: Limits) -> list[Window]:
+def plan_windows(limits: Limits) -> tuple[Window, ...]:
     """The plan's request windows (the tokens window needs a request's model: the guard's)."""
-    return list(_request_windows(limits.requests_per_minute, limits.requests_per_day))
+    return _request_windows(limits.requests_per_minute, limits.requests_per_day)
 
 
 @functools.lru_cache(maxsize=1024)  # by the numbers: hashing a `Limits` runs Python code
@@ -137,8 +137,7 @@ class RateLimitGuard:
         quota = self._quotas.get(id(project))
         if quota is None or quota.project is not project:
             limits = self._plans.limits(project)
-            quota = _Quota(project, f"project:{project.id}",
-                           _request_windows(limits.requests_per_minute, limits.requests_per_day),
+            quota = _Quota(project, f"project:{project.id}", plan_windows(limits),
                            limits.tokens_per_minute)
             if len(self._quotas) >= 4096:  # projects come and go: bounded
                 self._quotas.clear()
