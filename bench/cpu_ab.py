@@ -149,12 +149,7 @@ def main() -> int:
                         help="the limited project (JSON, as the admin API takes it)")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    try:
-        run(parser.parse_args())
-    except o.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return o.exit_status(run, parser.parse_args())
 
 
 if __name__ == "__main__":

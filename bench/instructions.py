@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import http.client
 import os
 import re
@@ -54,11 +55,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import overhead as o
 
-PROFILES = {
+PROFILES: dict[str, dict[str, Any]] = {
     "plain": {"plan": "enterprise"},
     "limits": o.LIMITED_PROJECT,
     "budget": {"plan": "enterprise", "monthly_budget_usd": 1_000_000},
@@ -83,10 +86,10 @@ class Callgrind:
             raise o.BenchError(f"callgrind_control {' '.join(args)} failed: "
                                f"{done.stdout}{done.stderr}")
 
-    def count(self, send: object, requests: int, tag: str) -> tuple[int, Path]:
+    def count(self, send: Callable[[], None], tag: str) -> tuple[int, Path]:
         """Instructions executed while `send()` runs, and the dump that holds them."""
         self._control("--instr=on")
-        send()  # type: ignore[operator]
+        send()
         time.sleep(self.settle_s)  # the ledger writes the round's rows within the round
         self._control(f"--dump={tag}")
         self._control("--instr=off")
@@ -95,7 +98,15 @@ class Callgrind:
         text = dump.read_text(errors="replace")
         if f"Trigger: dump {tag}" not in text:
             raise o.BenchError(f"{dump} is not the dump of {tag}")
-        return int(re.search(r"^totals: (\d+)", text, re.M)[1]), dump  # type: ignore[index]
+        return _totals(text), dump
+
+
+def _totals(dump: str) -> int:
+    """A callgrind dump's instruction count (its `totals:` line)."""
+    found = re.search(r"^totals: (\d+)", dump, re.M)
+    if found is None:
+        raise o.BenchError("a callgrind dump without a totals line")
+    return int(found[1])
 
 
 class Client:
@@ -129,10 +140,10 @@ def under_callgrind(name: str, cmd: list[str], port: int, work: Path, env: dict[
 def top_differences(first: Path, second: Path, top: int) -> list[tuple[int, str]]:
     """The C functions whose own instructions differ most between two dumps."""
     def own(dump: Path) -> dict[str, int]:
-        total = re.search(r"^totals: (\d+)", dump.read_text(errors="replace"), re.M)
+        text = dump.read_text(errors="replace")
         fixed = dump.with_suffix(".fixed")  # a dump's summary line holds garbage after a zero
-        fixed.write_text(re.sub(r"^summary: .*$", f"summary: {total[1]}",  # type: ignore[index]
-                                dump.read_text(errors="replace"), flags=re.M))
+        fixed.write_text(re.sub(r"^summary: .*$", f"summary: {_totals(text)}", text,
+                                flags=re.M))
         text = subprocess.run(["callgrind_annotate", "--threshold=100", str(fixed)],
                               capture_output=True, text=True, check=True).stdout
         counts: dict[str, int] = {}
@@ -216,8 +227,7 @@ def run(args: argparse.Namespace) -> None:
         for r in range(args.rounds):
             for name, gateway, client, key in targets:
                 total, dumps[name] = gateway.count(
-                    lambda c=client, k=key: c.send(k, args.requests), args.requests,
-                    f"{name}-{r}")
+                    functools.partial(client.send, key, args.requests), f"{name}-{r}")
                 counts[name].append(total / args.requests)
             print(f"  round {r + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)",
                   file=sys.stderr)
@@ -283,12 +293,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.requests < 1 or args.rounds < 1:
         parser.error("--requests and --rounds must be positive")
-    try:
-        run(args)
-    except o.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return o.exit_status(run, args)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,17 @@ end
 
 class BenchError(Exception):
     pass
+
+
+def exit_status(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
+    """A bench's exit status: 0, or 1 with the error on stderr when it fails as a bench can
+    (the tools beside this one share it)."""
+    try:
+        run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --- small helpers -------------------------------------------------------------------------
