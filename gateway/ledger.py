@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import asyncpg
 import orjson
@@ -56,6 +56,7 @@ from gateway.storable import storable_json, storable_text
 
 log = structlog.get_logger(__name__)
 
+# New columns go at the end: a journal line (`journal_line`) holds its values by position.
 COLUMNS = (
     "request_id", "project_id", "api_key_id", "provider", "model", "endpoint", "status",
     "streamed", "input_tokens", "cached_input_tokens", "output_tokens", "usage_source",
@@ -65,6 +66,7 @@ COLUMNS = (
     "cache_write_tokens", "requested_model", "credential", "attempts", "origin",
     "route_reason",
 )
+_COST = COLUMNS.index("cost_usd")
 
 
 class InsertedRow(NamedTuple):
@@ -167,16 +169,30 @@ RETRY_AFTER_S = "1"
 def as_row(r: UsageRecord) -> tuple[Any, ...]:
     """The record as a row PostgreSQL can store: client-supplied text (model, endpoint,
     metadata, ...) has NUL and lone surrogates replaced (`gateway.storable`)."""
-    u, text = r.usage, storable_text
-    return (r.request_id, r.project_id, r.api_key_id, text(r.provider), text(r.model),
-            text(r.endpoint), r.status,
-            r.streamed, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.source,
-            u.input_source, u.output_source,
-            r.cost_usd, r.priced_by_fallback, _optional(r.price_model), r.overhead_ms,
-            r.upstream_ms, _optional(r.error_code), storable_json(r.metadata), r.started_at,
-            r.finished_at, u.cache_write_tokens, _optional(r.requested_model),
-            _optional(r.credential), storable_json(r.attempts), r.origin,
-            _optional(r.route_reason))
+    return row_and_line(r)[0]
+
+
+def row_and_line(r: UsageRecord) -> tuple[tuple[Any, ...], bytes]:
+    """The record's storable row and its journal line, the row encoded once.
+
+    Checking each text value and JSON value of a row for what PostgreSQL refuses (NUL, lone
+    surrogates) cost more than encoding the whole row, so the line is the check: orjson
+    refuses lone surrogates and writes a NUL as `\\u0000`, so a row whose line it wrote
+    without one is storable as it is. Only any other row is cleaned (`storable_row`) and
+    encoded again (a text holding a backslash before `u0000` is cleaned needlessly: rare,
+    and harmless)."""
+    u = r.usage
+    row = (r.request_id, r.project_id, r.api_key_id, r.provider, r.model, r.endpoint,
+           r.status, r.streamed, u.input_tokens, u.cached_input_tokens, u.output_tokens,
+           u.source, u.input_source, u.output_source, r.cost_usd, r.priced_by_fallback,
+           r.price_model, r.overhead_ms, r.upstream_ms, r.error_code, r.metadata,
+           r.started_at, r.finished_at, u.cache_write_tokens, r.requested_model,
+           r.credential, r.attempts, r.origin, r.route_reason)
+    line = journal_line(row)
+    if line is None:
+        row = storable_row(row)
+        line = journal_line(row, strict=False)
+    return row, line
 
 
 def _optional(value: str | None) -> str | None:
@@ -239,12 +255,12 @@ class Ledger:
 
     def record(self, record: UsageRecord) -> None:
         """Queue one row; never blocks, never raises, never drops it."""
+        row, line = row_and_line(record)
         if self._closed:
-            self._record_after_close(as_row(record))
+            self._record_after_close(row)
             return
-        row = as_row(record)
         if self._journal is not None:  # on disk before the answer completes
-            self._journal.append(encode_row(row))
+            self._journal.append(line)
         self._pending.append(row)
         queued = len(self._pending)
         if queued % self._batch_size == 0:
@@ -616,10 +632,35 @@ def encode_row(row: tuple[Any, ...]) -> bytes:
         return orjson.dumps(clean, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
+@overload
+def journal_line(row: tuple[Any, ...]) -> bytes | None: ...
+@overload
+def journal_line(row: tuple[Any, ...], strict: Literal[False]) -> bytes: ...
+def journal_line(row: tuple[Any, ...], strict: bool = True) -> bytes | None:
+    """The row as one JSON array in `COLUMNS` order: a journal line, cheaper to write than
+    `encode_row`'s object (no key, no dict to build). `strict`: None when the row is not
+    storable as it is (see `row_and_line`); else written in any case, what JSON cannot carry
+    as text."""
+    values = list(row)
+    values[_COST] = str(values[_COST])
+    try:
+        line = orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        if strict:
+            return None
+        return orjson.dumps(values, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    return None if strict and b"\\u0000" in line else line
+
+
 def decode_row(line: bytes) -> tuple[Any, ...]:
     data = orjson.loads(line)
+    if isinstance(data, list):  # a journal line (`journal_line`): the values by position
+        if len(data) > len(COLUMNS):
+            raise ValueError(f"a journal line holds {len(data)} values; the ledger has "
+                             f"{len(COLUMNS)} columns (written by a newer release?)")
+        data = dict(zip(COLUMNS, data, strict=False))  # fewer: an older release's line
     if not isinstance(data, dict):
-        raise ValueError("a spill line must be a JSON object")
+        raise ValueError("a spill line must be a JSON object or a journal line's array")
     return tuple(_DECODERS[c](data[c]) if c in _DECODERS and data.get(c) is not None
                  else data.get(c, _DEFAULTS.get(c)) for c in COLUMNS)
 

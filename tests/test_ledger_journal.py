@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 from conftest import FakeUpstream, chat_body
 from test_serve import start_gateway_process
@@ -24,6 +26,7 @@ from gateway import db as gwdb
 from gateway import projects
 from gateway.domain import Usage, UsageRecord
 from gateway.ledger import (
+    COLUMNS,
     SEGMENT_BYTES,
     SPARE_MAX_BYTES,
     SPILL_GLOB,
@@ -33,6 +36,8 @@ from gateway.ledger import (
     as_row,
     decode_row,
     encode_row,
+    row_and_line,
+    storable_row,
 )
 from gateway.settings import DatabaseSettings, LedgerSettings
 
@@ -45,6 +50,74 @@ def row() -> UsageRecord:
                        priced_by_fallback=False, price_model="gpt-4o-mini", overhead_ms=0.3,
                        upstream_ms=10.0, error_code=None, metadata={}, started_at=now,
                        finished_at=now)
+
+
+def test_a_journal_line_is_an_array_that_decodes_to_its_row() -> None:
+    record = row()
+    record.metadata = {"feature": "chat", "n": 3, "nested": {"a": [1, None]}}
+    record.attempts = [{"provider": "openai", "status": 200, "ms": 1.5}]
+    record.cost_usd = Decimal("0.000000000123456789012345678901")
+    stored, line = row_and_line(record)
+    values = orjson.loads(line)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert isinstance(values, list) and len(values) == len(COLUMNS)
+    assert decode_row(line) == stored
+    assert [type(v) for v in decode_row(line)] == [type(v) for v in stored]
+    # A storable row is the record's own values, not a cleaned copy.
+    assert stored[COLUMNS.index("metadata")] is record.metadata
+    assert stored[COLUMNS.index("attempts")] is record.attempts
+
+
+@pytest.mark.parametrize("field", ["model", "provider", "credential", "metadata", "attempts",
+                                   "key"])
+@pytest.mark.parametrize("bad", ["\x00", "\ud800"])
+def test_a_row_with_unstorable_text_is_cleaned_wherever_it_is(field: str, bad: str) -> None:
+    record = row()
+    text = f"a{bad}b"
+    if field == "metadata":
+        record.metadata = {"k": text}
+    elif field == "attempts":
+        record.attempts = [{"provider": "openai", "error_code": text}]
+    elif field == "key":
+        record.metadata = {text: "v"}
+    else:
+        setattr(record, field, text)
+    stored, line = row_and_line(record)
+    texts = list(_texts(stored))
+    assert not any(bad in t for t in texts) and any(t == "a\ufffdb" for t in texts)
+    assert stored == storable_row(stored)  # nothing left to clean
+    assert decode_row(line) == stored
+    assert b"\\u0000" not in line
+
+
+def _texts(value: object) -> Iterator[str]:
+    """Every string in a row, dictionary keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _texts(k)
+            yield from _texts(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _texts(v)
+
+
+def test_a_text_holding_a_backslash_u0000_is_kept_as_it_is() -> None:
+    record = row()
+    record.model = "a\\u0000b"  # six characters, no NUL: the line shows \\u0000
+    stored, line = row_and_line(record)
+    assert stored[COLUMNS.index("model")] == "a\\u0000b"
+    assert decode_row(line) == stored
+
+
+def test_journal_arrays_of_older_and_newer_releases() -> None:
+    stored, line = row_and_line(row())
+    values = orjson.loads(line)
+    older = decode_row(orjson.dumps(values[:-2]))  # before "origin" and "route_reason"
+    assert older[:-2] == stored[:-2] and older[-2:] == ("proxy", None)
+    with pytest.raises(ValueError, match="newer release"):
+        decode_row(orjson.dumps([*values, "a column this release lacks"]))
 
 
 async def _rows_at_least(db: asyncpg.Connection, count: int, within_s: float) -> int:
@@ -228,7 +301,8 @@ async def test_a_journal_left_behind_is_replayed_once(
     first.record(committed)
     await first.flush()
     segment = tmp_path / "ledger-00000000000000000001-1-dead-journal.jsonl"
-    segment.write_bytes(encode_row(as_row(committed)) + encode_row(as_row(lost)))
+    # An older release's line (an object) and this one's (an array) replay alike.
+    segment.write_bytes(encode_row(as_row(committed)) + row_and_line(lost)[1])
     second = Ledger(pool, LedgerSettings(flush_interval_s=0.05), spill_dir=tmp_path)
     await second.start()
     assert await _rows_at_least(db, 2, within_s=5) == 2
