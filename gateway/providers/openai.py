@@ -8,7 +8,6 @@ on streams), and answers need no translation for the OpenAI entry shapes.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -20,6 +19,7 @@ from gateway.providers.base import (
     body_message,
     require_key,
     upstream_error,
+    url_host,
 )
 from gateway.providers.openai_responses import RESPONSES_WIRE, OpenAIResponsesAdapter
 from gateway.settings import ProviderSettings
@@ -49,8 +49,8 @@ class OpenAIAdapter:
         return None
 
     def require_key(self, credential: Credential) -> None:
-        host = urlsplit(credential.base_url).hostname or ""
-        require_key(self.name, credential, _KEYED_HOSTS, _KEYED_HOSTS.get(host, self.key_env))
+        env = _KEYED_HOSTS.get(url_host(credential.base_url), self.key_env)
+        require_key(self.name, credential, _KEYED_HOSTS, env)
 
     def url(self, credential: Credential, chat: ChatRequest) -> str:
         return credential.base_url.rstrip("/") + (chat.upstream_path or "/chat/completions")
