@@ -106,17 +106,25 @@ class Counter(Family):
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...],
                  max_label_sets: int = MAX_LABEL_SETS) -> None:
         super().__init__(name, help_text, labels, max_label_sets)
-        self.values: dict[LabelKey, int | Decimal] = {}
+        # Each value in a one-element list: a cell that `Metrics.observe` keeps and adds to.
+        self.values: dict[LabelKey, list[int | Decimal]] = {}
 
     def inc(self, key: LabelKey, amount: int | Decimal = 1) -> None:
         try:
-            self.values[key] += amount
+            self.values[key][0] += amount
         except KeyError:
-            key = self._admit(key)
-            self.values[key] = self.values.get(key, 0) + amount
+            self.cell(key)[0] += amount
+
+    def cell(self, key: LabelKey) -> list[int | Decimal]:
+        """The cell of a label set (of its fold, once the family is full)."""
+        key = self._admit(key)
+        cell = self.values.get(key)
+        if cell is None:
+            cell = self.values[key] = [0]
+        return cell
 
     def samples(self) -> Iterable[str]:
-        for key, value in self.values.items():
+        for key, (value,) in self.values.items():
             yield f"{self.name}{self._rendered[key]} {format_value(value)}\n"
 
 
@@ -138,10 +146,15 @@ class Histogram(Family):
         try:
             cells = self.values[key]
         except KeyError:
-            key = self._admit(key)
-            cells = self.values.setdefault(key, [0.0] * (len(self.bounds) + 2))
+            cells = self.cells(key)
         cells[bisect_left(self.bounds, value)] += 1  # the first bucket with value <= le
         cells[-1] += value
+
+    def cells(self, key: LabelKey) -> list[float]:
+        """The cells of a label set (of its fold, once the family is full): a count per
+        bucket, then the sum."""
+        key = self._admit(key)
+        return self.values.setdefault(key, [0.0] * (len(self.bounds) + 2))
 
     def samples(self) -> Iterable[str]:
         for key, cells in self.values.items():
@@ -174,6 +187,39 @@ class HasState(Protocol):
     def state(self) -> str: ...
 
 
+class _Series:
+    """The cells a usage row of one (provider, model, status) adds to. Those of the upstream
+    time, the token kinds and the cost are taken when first needed: a label set shows once
+    it has counted something."""
+
+    __slots__ = ("cache_write", "cached_input", "cost", "input", "metrics", "model", "output",
+                 "overhead", "provider", "requests", "upstream")
+
+    def __init__(self, metrics: Metrics, provider: str, model: str, status: int) -> None:
+        self.metrics, self.provider, self.model = metrics, provider, model
+        self.requests = metrics.requests.cell((provider, model, str(status)))
+        self.overhead = metrics.overhead.cells((provider,))
+        self.upstream: list[float] | None = None
+        self.input: list[int | Decimal] | None = None
+        self.cached_input: list[int | Decimal] | None = None
+        self.cache_write: list[int | Decimal] | None = None
+        self.output: list[int | Decimal] | None = None
+        self.cost: list[int | Decimal] | None = None
+
+    def tokens(self, kind: str) -> list[int | Decimal]:
+        cell = self.metrics.tokens.cell((self.provider, self.model, kind))
+        setattr(self, kind, cell)
+        return cell
+
+    def add_upstream(self) -> list[float]:
+        self.upstream = self.metrics.upstream.cells((self.provider, self.model))
+        return self.upstream
+
+    def add_cost(self) -> list[int | Decimal]:
+        self.cost = self.metrics.cost.cell((self.provider, self.model))
+        return self.cost
+
+
 class Metrics:
     """The gateway's metrics; `observe` per usage row, `render` per scrape."""
 
@@ -184,6 +230,10 @@ class Metrics:
         self._ledger: object | None = None
         self._breakers: Mapping[str, HasState] = {}
         self._token_usage: Mapping[str, object] = {}
+        # What a row of a (provider, model, status) adds to, and an attempt's counter by
+        # (provider, status, error code): found once (at most `max_label_sets` of each kept).
+        self._series: dict[tuple[str, str, int], _Series] = {}
+        self._attempt_cells: dict[tuple[object, object, object], list[int | Decimal]] = {}
         cap = max_label_sets
         by_model = ("provider", "model")
         self.requests = Counter("gateway_requests_total", "Proxied requests of known projects, "
@@ -245,39 +295,57 @@ class Metrics:
 
     def observe(self, row: UsageRecord) -> None:
         """Count one usage row (called once per row, after it is queued to the ledger)."""
-        provider, model, status = row.provider or "none", row.model or "none", row.status
-        self.requests.inc((provider, model, str(status)))
-        self.overhead.observe((provider,), row.overhead_ms / 1000)
+        series = self._series.get((row.provider, row.model, row.status))
+        if series is None:
+            series = self._series_of(row.provider, row.model, row.status)
+        series.requests[0] += 1
+        cells, value = series.overhead, row.overhead_ms / 1000
+        cells[bisect_left(OVERHEAD_BUCKETS, value)] += 1  # as `Histogram.observe`
+        cells[-1] += value
         if row.upstream_ms is not None:
-            self.upstream.observe((provider, model), row.upstream_ms / 1000)
+            cells, value = series.upstream or series.add_upstream(), row.upstream_ms / 1000
+            cells[bisect_left(UPSTREAM_BUCKETS, value)] += 1
+            cells[-1] += value
         usage = row.usage
         if usage.input_tokens:
-            self.tokens.inc((provider, model, "input"), usage.input_tokens)
+            (series.input or series.tokens("input"))[0] += usage.input_tokens
         if usage.cached_input_tokens:
-            self.tokens.inc((provider, model, "cached_input"), usage.cached_input_tokens)
+            (series.cached_input or series.tokens("cached_input"))[0] += (
+                usage.cached_input_tokens)
         if usage.cache_write_tokens:
-            self.tokens.inc((provider, model, "cache_write"), usage.cache_write_tokens)
+            (series.cache_write or series.tokens("cache_write"))[0] += usage.cache_write_tokens
         if usage.output_tokens:
-            self.tokens.inc((provider, model, "output"), usage.output_tokens)
+            (series.output or series.tokens("output"))[0] += usage.output_tokens
         if row.cost_usd:
-            self.cost.inc((provider, model), row.cost_usd)
+            (series.cost or series.add_cost())[0] += row.cost_usd
         if row.attempts:
             self._observe_attempts(row.attempts)
-        elif status in REJECTION_STATUSES or row.error_code in REJECTION_CODES:
-            self.rejections.inc((str(status), row.error_code or ""))
+        elif row.status in REJECTION_STATUSES or row.error_code in REJECTION_CODES:
+            self.rejections.inc((str(row.status), row.error_code or ""))
+
+    def _series_of(self, provider: str, model: str, status: int) -> _Series:
+        series = _Series(self, provider or "none", model or "none", status)
+        if len(self._series) < self.requests.max_label_sets:  # model names come from clients
+            self._series[(provider, model, status)] = series
+        return series
 
     def _observe_attempts(self, attempts: list[dict[str, object]]) -> None:
         previous: tuple[object, object] | None = None
         for attempt in attempts:
-            provider = str(attempt.get("provider") or "none")
-            self.attempts.inc((provider, str(attempt.get("status")),
-                               str(attempt.get("error_code") or "")))
+            provider = attempt.get("provider") or "none"
+            key = (provider, attempt.get("status"), attempt.get("error_code"))
+            cell = self._attempt_cells.get(key)
+            if cell is None:
+                cell = self.attempts.cell((str(provider), str(key[1]), str(key[2] or "")))
+                if len(self._attempt_cells) < self.attempts.max_label_sets:
+                    self._attempt_cells[key] = cell
+            cell[0] += 1
             route = (provider, attempt.get("model"))
             if previous is not None:
                 if route == previous:
-                    self.retries.inc((provider,))
+                    self.retries.inc((str(provider),))
                 else:
-                    self.fallbacks.inc((str(previous[0]), provider))
+                    self.fallbacks.inc((str(previous[0]), str(provider)))
             previous = route
 
     def render(self) -> bytes:

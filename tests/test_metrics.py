@@ -444,6 +444,41 @@ def test_label_sets_past_the_cap_fold_into_model_other() -> None:
     assert len(m.series("gateway_tokens_total")) <= 3 + 4  # the cap, then the folds by kind
 
 
+def test_a_series_adds_up_and_shows_only_what_it_counted() -> None:
+    """`observe` keeps the cells of each (provider, model, status) it has seen: the cells of
+    the upstream time, tokens and cost only once a row needs them, and past the cap (where
+    it keeps no more) rows are folded and counted all the same."""
+    metrics = Metrics(max_label_sets=3)
+    refused = usage_row("m", status=429, upstream_ms=None, error_code="rate_limit_exceeded")
+    refused.usage, refused.cost_usd = Usage(0, 0, 0), Decimal(0)
+    for _ in range(3):
+        metrics.observe(refused)
+    m = parse(metrics.render().decode())
+    assert m.value("gateway_requests_total", provider="openai", model="m", status="429") == 3
+    assert m.get("gateway_upstream_seconds_count", provider="openai", model="m") is None
+    assert m.series("gateway_tokens_total") == {} and m.series("gateway_cost_usd_total") == {}
+    assert m.value("gateway_overhead_seconds_count", provider="openai") == 3
+    served = usage_row("m", status=429)  # the same series, now with a call, tokens and cost
+    for _ in range(2):
+        metrics.observe(served)
+    for n in range(6):  # two new label sets reach the cap; the other four fold
+        for _ in range(2):
+            metrics.observe(usage_row(f"late-{n}"))
+    m = parse(metrics.render().decode())
+    assert m.value("gateway_requests_total", provider="openai", model="m", status="429") == 5
+    assert m.value("gateway_upstream_seconds_count", provider="openai", model="m") == 2
+    assert m.value("gateway_tokens_total", provider="openai", model="m", kind="input") == 20
+    # The cap holds three label sets of tokens too ("m"'s first three kinds): the rest fold.
+    assert sum(m.series("gateway_tokens_total").values()) == 14 * (10 + 4 + 2 + 5)
+    assert m.value("gateway_cost_usd_total", provider="openai", model="m") == Decimal("0.000003")
+    assert m.value("gateway_requests_total", provider="openai", model="late-1",
+                   status="200") == 2
+    assert m.value("gateway_requests_total", provider="openai", model="other",
+                   status="200") == 8
+    assert sum(m.series("gateway_requests_total").values()) == 17
+    assert m.value("gateway_overhead_seconds_count", provider="openai") == 17
+
+
 def test_retries_and_fallbacks_come_from_the_attempts() -> None:
     metrics = Metrics()
     attempts = [
