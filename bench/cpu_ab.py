@@ -31,9 +31,10 @@ import overhead as o
 TARGETS = ("bare", "gateway", "limits", "gateway_alt", "limits_alt")
 
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) CPU ticks of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return int(fields[11]), int(fields[12])  # utime, stime
 
 
 def start_gateway(name: str, repo: Path, port: int, work: Path, pin: str | None,
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> None:
         for t in targets:  # warm up
             loadgen[t].run(t, ports[t], args.connections, 2, -1)
         cpu: dict[str, list[float]] = {t: [] for t in targets}
+        system: dict[str, list[float]] = {t: [] for t in targets}  # of which in the kernel
         rps: dict[str, list[float]] = {t: [] for t in targets}
         for r in range(args.rounds):
             for t in targets:
@@ -111,20 +113,22 @@ def run(args: argparse.Namespace) -> None:
                 pid = procs[t].proc.pid
                 before = cpu_ticks(pid)
                 m = loadgen[t].run(t, ports[t], args.connections, args.seconds, r)
-                used = (cpu_ticks(pid) - before) / hz
+                after = cpu_ticks(pid)
                 procs[t].check_alive()
                 if m.non200 or m.error_count:
                     raise o.BenchError(f"{t}: non-200 {m.statuses}, errors {m.errors}")
+                used, kernel = (sum(after) - sum(before)) / hz, (after[1] - before[1]) / hz
                 cpu[t].append(used / m.requests * 1e6)
+                system[t].append(kernel / m.requests * 1e6)
                 rps[t].append(m.rps)
-                print(f"round {r + 1:>2} {t:<12} {m.rps:>7.0f} req/s {cpu[t][-1]:>7.1f} us/req",
-                      file=sys.stderr, flush=True)
+                print(f"round {r + 1:>2} {t:<12} {m.rps:>7.0f} req/s {cpu[t][-1]:>7.1f} us/req "
+                      f"(system {system[t][-1]:.1f})", file=sys.stderr, flush=True)
         print(f"\nCPU per request at {args.connections} connections, {args.rounds} rounds of "
               f"{args.seconds}s (pinned: {pins['proxy'] is not None})")
         for t in targets:
             print(f"  {t:<12} median {statistics.median(cpu[t]):7.1f} us "
-                  f"(range {min(cpu[t]):.1f}-{max(cpu[t]):.1f})   "
-                  f"{statistics.median(rps[t]):7.0f} req/s")
+                  f"(range {min(cpu[t]):.1f}-{max(cpu[t]):.1f}; in the kernel "
+                  f"{statistics.median(system[t]):.1f})   {statistics.median(rps[t]):7.0f} req/s")
         for a, b in (("gateway", "gateway_alt"), ("limits", "limits_alt"),
                      ("limits", "gateway"), ("gateway", "bare")):
             if a in targets and b in targets:
