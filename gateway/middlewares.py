@@ -45,14 +45,20 @@ def request_ids() -> Iterator[uuid.UUID]:
 
 def request_ids_and_texts() -> Iterator[tuple[uuid.UUID, str]]:
     """`request_ids`, each with its text (str(uuid)) made from the prefix's text and the
-    counter's hex: the uuid module's own formatting costs several times more."""
+    counter's hex: the uuid module's own formatting costs several times more. Each UUID is
+    made as `UUID.__init__` ends up making it (its two slots set), without the argument
+    checks that cost as much again."""
     prefix = secrets.randbits(64)
     head = f"{prefix:016x}"
     head = f"{head[:8]}-{head[8:12]}-{head[12:]}-"
     high = prefix << 64
+    new, set_slot, unknown = object.__new__, object.__setattr__, uuid.SafeUUID.unknown
     for n in itertools.count(1):
-        low = f"{n:016x}"
-        yield uuid.UUID(int=high | n), f"{head}{low[:4]}-{low[4:]}"
+        request_id = new(uuid.UUID)
+        set_slot(request_id, "int", high | n)
+        set_slot(request_id, "is_safe", unknown)
+        # %-formatting: a third cheaper than the same f-string here.
+        yield request_id, "%s%04x-%012x" % (head, n >> 48, n & 0xFFFF_FFFF_FFFF)  # noqa: UP031
 
 
 def error_middleware_factory() -> Middleware:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import pickle
 import uuid
 
+import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 from conftest import chat_body, create_project
 
@@ -15,6 +19,18 @@ def test_the_text_of_every_request_id_is_its_uuid_text() -> None:
     pairs = list(itertools.islice(request_ids_and_texts(), 70_000))  # past 0xffff
     assert all(str(request_id) == text for request_id, text in pairs)
     assert len({request_id for request_id, _ in pairs}) == len(pairs)
+
+
+def test_a_request_id_is_the_uuid_the_uuid_module_makes() -> None:
+    request_id, _ = next(request_ids_and_texts())
+    made = uuid.UUID(int=request_id.int)
+    assert type(request_id) is uuid.UUID and request_id == made and hash(request_id) == hash(made)
+    assert (str(request_id), repr(request_id), request_id.bytes, request_id.is_safe) == (
+        str(made), repr(made), made.bytes, made.is_safe)
+    assert pickle.loads(pickle.dumps(request_id)) == made and copy.copy(request_id) == made
+    assert orjson.dumps(request_id) == orjson.dumps(made)
+    with pytest.raises(TypeError):
+        request_id.int = 0  # type: ignore[misc]  # immutable, as any UUID
 
 
 def test_each_process_counter_starts_from_its_own_random_prefix() -> None:
