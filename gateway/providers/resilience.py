@@ -179,7 +179,10 @@ def retry_wait(error: GatewayError, retry: int, settings: ProviderSettings,
     return max(asked, backoff)
 
 
-@dataclass(frozen=True, slots=True)
+# Leg and Attempt are not frozen, though nothing changes them: a frozen dataclass's
+# __init__ sets each field through object.__setattr__, about three times the cost, and a
+# request makes one of each at least.
+@dataclass(slots=True)
 class Leg:
     """One route of a request's chain: the request as sent there, to which provider."""
 
@@ -188,7 +191,7 @@ class Leg:
     model: str  # the name the provider knows the model by
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     """One call to make: a leg, with one of its provider's credentials."""
 
