@@ -29,11 +29,15 @@ class _Key:
     key_hash: bytes
     revoked: bool
     project: Project
+    principal: Principal  # what authenticating with it answers: made once, shared (frozen)
 
 
 async def _read(conn: asyncpg.Connection, prefix: str) -> _Key | None:
     found = await projects.find_key(conn, prefix)
-    return _Key(*found) if found is not None else None
+    if found is None:
+        return None
+    key_id, key_hash, revoked, project = found
+    return _Key(key_id, key_hash, revoked, project, Principal(key_id, prefix, project))
 
 
 def _unavailable(_prefix: str) -> ServiceUnavailable:
@@ -78,7 +82,7 @@ class KeyStore:
             raise Unauthorized("invalid API key")
         if entry.revoked:
             raise Unauthorized("this API key has been revoked", code="revoked_api_key")
-        return Principal(entry.key_id, prefix, entry.project)
+        return entry.principal
 
     def invalidate(self, payload: str) -> None:
         """`key:<prefix>` or `project:<id>` drop those entries; anything else (a team, a

@@ -21,6 +21,8 @@ from fnmatch import fnmatchcase
 from gateway.pricing import PriceTable
 from gateway.settings import ProviderSettings, RoutingSettings
 
+MAX_CHAINS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -39,6 +41,7 @@ class Router:
         self._providers = providers
         self._settings = settings or RoutingSettings()
         self._globs = [(name, pattern) for name, p in providers.items() for pattern in p.models]
+        self._chains: dict[tuple[str, str | None], tuple[Route, ...]] = {}
 
     def route(self, model: str, provider: str | None = None) -> Route:
         """Where `model` goes; `provider` pins it (the native entry shape names one)."""
@@ -61,7 +64,19 @@ class Router:
         return Route(self._settings.default_provider, model)
 
     def chain(self, model: str, provider: str | None = None) -> list[Route]:
-        """The route for `model` and then its configured fallbacks, without repeats."""
+        """The route for `model` and then its configured fallbacks, without repeats (a list
+        of its own: the caller may add to it). Routing reads only the settings and the price
+        table, neither of which changes, so a chain is worked out once per model and
+        provider (for at most `MAX_CHAINS` of them: model names come from clients)."""
+        key = (model, provider)
+        known = self._chains.get(key)
+        if known is None:
+            known = tuple(self._chain(model, provider))
+            if len(self._chains) < MAX_CHAINS:
+                self._chains[key] = known
+        return list(known)
+
+    def _chain(self, model: str, provider: str | None) -> list[Route]:
         first = self.route(model, provider)
         fallbacks = (self._settings.fallbacks.get(model)
                      or self._settings.fallbacks.get(first.upstream_model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiohttp.test_utils import TestClient
 from conftest import FakeUpstream, GatewayFactory, admin_headers, chat_body, create_project
 
@@ -90,6 +91,26 @@ def test_aliases_globs_and_fallback_chains(gateway: TestClient) -> None:
                                              Route("openai", "gpt-4o-mini")]
     assert router.chain("gpt-4o-mini") == [Route("openai", "gpt-4o-mini")]
     assert ("fast", "gemini") in set(router.catalogue())
+
+
+def test_a_chain_is_worked_out_once_and_each_caller_gets_its_own_list(
+        gateway: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    router = Router(gateway.app[PRICES], gateway.app[SETTINGS].providers)
+    first = router.chain("gpt-4o-mini")
+    first.append(Route("anthropic", "claude-sonnet-4-5"))  # the caller's own list
+    assert router.chain("gpt-4o-mini") == [Route("openai", "gpt-4o-mini")]
+    routed: list[str] = []
+    route = router.route
+    monkeypatch.setattr(router, "route", lambda model, provider=None: (
+        routed.append(model), route(model, provider))[1])
+    for _ in range(3):
+        assert router.chain("gpt-4o-mini") == [Route("openai", "gpt-4o-mini")]
+    assert routed == []  # known: not routed again
+    monkeypatch.setattr("gateway.routing.MAX_CHAINS", 2)
+    for n in range(5):  # past the bound, chains are still right, only not kept
+        assert router.chain(f"m-{n}", "mistral") == [Route("mistral", f"m-{n}")]
+        assert router.chain(f"m-{n}", "mistral") == [Route("mistral", f"m-{n}")]
+    assert routed.count("m-4") == 2 and routed.count("m-0") == 1
 
 
 async def test_models_lists_only_providers_the_project_can_reach(
