@@ -414,6 +414,11 @@ class TrackedSpendHook:
     def __init__(self, tz: ZoneInfo) -> None:
         self._tz = tz
 
+    @staticmethod
+    def wants(rows: Sequence[InsertedRow]) -> bool:
+        """Whether the batch holds a tracked row to count (most hold only proxied ones)."""
+        return any(row.origin == "track" and row.cost_usd > 0 for row in rows)
+
     async def __call__(self, conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
         spend: dict[tuple[int, date], Decimal] = {}
         for row in rows:

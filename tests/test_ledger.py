@@ -156,6 +156,76 @@ async def test_a_failing_hook_costs_no_rows(database_url: str, db: asyncpg.Conne
     assert calls == [5]  # the next hook still ran, in the same (still valid) transaction
 
 
+async def test_a_hook_that_wants_nothing_of_a_batch_is_not_run(
+        database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wants(rows)` False: no call and no savepoint (the tracked-spend hook with a batch of
+    proxied rows only); True: called as any hook."""
+    calls: list[list[str]] = []
+
+    class Picky:
+        @staticmethod
+        def wants(rows: Sequence[InsertedRow]) -> bool:
+            return any(r.origin == "track" for r in rows)
+
+        async def __call__(self, conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
+            calls.append([r.origin for r in rows])
+
+    pool = await _ledger_pool(database_url)
+    ledger = Ledger(pool, LedgerSettings(flush_interval_s=10), hooks=[Picky()])
+    transactions: list[bool] = []  # each one started: whether it is a savepoint
+    start = asyncpg.transaction.Transaction.start
+
+    async def counted(self: asyncpg.transaction.Transaction) -> None:
+        transactions.append(self._connection.is_in_transaction())
+        await start(self)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "start", counted)
+    for _ in range(3):
+        ledger.record(row())
+    await ledger.flush()
+    assert calls == [] and transactions == [False]  # the batch's own, no savepoint
+    ledger.record(row(origin="track"))
+    ledger.record(row())
+    await ledger.flush()
+    await pool.close()
+    assert calls == [["track", "proxy"]] and transactions == [False, False, True]
+    assert await db.fetchval("SELECT count(*) FROM usage_records") == 5
+
+
+def test_tracked_spend_wants_only_batches_with_tracked_costs() -> None:
+    from gateway.budgets import TrackedSpendHook
+    from gateway.ledger import _inserted
+
+    proxied = _inserted(as_row(row()))
+    tracked = _inserted(as_row(row(origin="track")))
+    free = _inserted(as_row(row(origin="track", cost_usd=Decimal(0))))
+    assert not TrackedSpendHook.wants([proxied, free])
+    assert TrackedSpendHook.wants([proxied, tracked])
+
+
+async def test_copy_rows_are_encoded_a_few_at_a_time() -> None:
+    """Between every `PACE_ROWS` rows the event loop turns: a call due meanwhile runs then,
+    not after the whole batch."""
+    from gateway.ledger import PACE_ROWS, _paced
+
+    taken: list[int] = []
+    turns: list[int] = []
+
+    async def other_work() -> None:
+        while True:
+            turns.append(len(taken))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    rows = [(n,) for n in range(3 * PACE_ROWS + 1)]
+    async for r in _paced(rows):
+        taken.append(r[0])
+    task.cancel()
+    assert taken == list(range(len(rows)))
+    assert {PACE_ROWS, 2 * PACE_ROWS, 3 * PACE_ROWS} <= set(turns)
+
+
 async def test_a_batch_stores_exactly_what_a_single_insert_stores(
         database_url: str, db: asyncpg.Connection) -> None:
     """A batch goes in by COPY, a single row as an INSERT's parameters: every column of the
