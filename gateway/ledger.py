@@ -213,10 +213,6 @@ def row_and_line(r: UsageRecord) -> tuple[tuple[Any, ...], bytes]:
     return row, line
 
 
-def _optional(value: str | None) -> str | None:
-    return None if value is None else storable_text(value)
-
-
 def storable_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A row (from a spill file or the dead letters) with every text value made storable."""
     return tuple(storable_text(v) if isinstance(v, str) else
