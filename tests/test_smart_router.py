@@ -353,11 +353,22 @@ async def test_a_failing_credential_is_skipped_until_its_breaker_closes(
                                                            fake_upstream.url))
     _, key = await create_project(client)
     slow_upstream.script(*[{"status": 503}] * 50)
-    for _ in range(12):
+    # The default (weighted) order puts the failing credential first in half the calls, at
+    # random: call until it has failed twice. (A fixed 12 calls fell short in about one run
+    # of 300; 200 calls, in about one of 2**190.)
+    sent = 0
+    for _ in range(200):
         resp = await client.post("/v1/chat/completions", json=chat_body(), headers=_auth(key))
         assert resp.status == 200, await resp.text()
+        sent += 1
+        if slow_upstream.state.received == 2:
+            break
     assert slow_upstream.state.received == 2  # its breaker opened at the second failure
-    assert fake_upstream.state.received == 12
+    for _ in range(10):
+        resp = await client.post("/v1/chat/completions", json=chat_body(), headers=_auth(key))
+        assert resp.status == 200, await resp.text()
+    assert slow_upstream.state.received == 2  # skipped while its breaker is open
+    assert fake_upstream.state.received == sent + 10
 
 
 async def test_latency_aware_balancing_sends_the_traffic_to_the_faster_deployment(
