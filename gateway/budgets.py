@@ -415,14 +415,19 @@ class TrackedSpendHook:
         self._tz = tz
 
     @staticmethod
-    def wants(rows: Sequence[InsertedRow]) -> bool:
-        """Whether the batch holds a tracked row to count (most hold only proxied ones)."""
-        return any(row.origin == "track" and row.cost_usd > 0 for row in rows)
+    def counts(row: InsertedRow) -> bool:
+        """A tracked row with a cost: what this hook adds to the budgets."""
+        return row.origin == "track" and row.cost_usd > 0
+
+    @classmethod
+    def wants(cls, rows: Sequence[InsertedRow]) -> bool:
+        """Whether the batch holds a row to count (most hold only proxied ones)."""
+        return any(map(cls.counts, rows))
 
     async def __call__(self, conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
         spend: dict[tuple[int, date], Decimal] = {}
         for row in rows:
-            if row.origin == "track" and row.cost_usd > 0:
+            if self.counts(row):
                 key = (row.project_id, month_start(row.started_at, self._tz))
                 spend[key] = spend.get(key, ZERO) + row.cost_usd
         if not spend:
