@@ -300,11 +300,11 @@ class Metrics:
             series = self._series_of(row.provider, row.model, row.status)
         series.requests[0] += 1
         cells, value = series.overhead, row.overhead_ms / 1000
-        cells[bisect_left(OVERHEAD_BUCKETS, value)] += 1  # as `Histogram.observe`
+        cells[bisect_left(self.overhead.bounds, value)] += 1  # as `Histogram.observe`
         cells[-1] += value
         if row.upstream_ms is not None:
             cells, value = series.upstream or series.add_upstream(), row.upstream_ms / 1000
-            cells[bisect_left(UPSTREAM_BUCKETS, value)] += 1
+            cells[bisect_left(self.upstream.bounds, value)] += 1
             cells[-1] += value
         usage = row.usage
         if usage.input_tokens:
