@@ -40,7 +40,7 @@ class Price:
     source_date: date | None = None  # when it was last checked there
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one a call (see providers.base.UpstreamCall)
 class Quote:
     cost: Decimal
     price: Price

@@ -31,7 +31,9 @@ OFFICIAL_HOSTS = frozenset(
 WIRES = ("openai", "anthropic", "gemini", "cohere", "openai_responses")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like resilience.Leg: one is made for every attempt, and a frozen dataclass's
+# __init__ sets each field through object.__setattr__, about three times the cost.
+@dataclass(slots=True)
 class UpstreamCall:
     url: str
     headers: dict[str, str]
