@@ -67,10 +67,10 @@ def validate_openai(body: dict[str, Any], limits: Limits, provider: str = "opena
             max_key_chars=MAX_METADATA_KEY, max_value_chars=MAX_METADATA_VALUE, nul_ok=True)
     errors.raise_if_any()
     max_out = body.get("max_completion_tokens") or body.get("max_tokens")
-    return ChatRequest(
-        entry=OPENAI_CHAT.name, provider=provider, model=model, body=body, stream=stream,
-        include_usage=include_usage, max_output_tokens=max_out,
-        metadata=metadata or {})
+    # Positional (entry, provider, model, body, stream, include_usage, max_output_tokens,
+    # metadata): every chat call makes one, and keywords cost several thousand instructions.
+    return ChatRequest(OPENAI_CHAT.name, provider, model, body, stream, include_usage, max_out,
+                       metadata or {})
 
 
 class OpenAIChunkEncoder:

@@ -101,9 +101,9 @@ class OpenAIAdapter:
             return None
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-        return Usage(input_tokens=_count(usage.get("prompt_tokens")),
-                     cached_input_tokens=_count(cached),
-                     output_tokens=_count(usage.get("completion_tokens")))
+        # Positional (input, cached input, output tokens): every OpenAI answer makes one.
+        return Usage(_count(usage.get("prompt_tokens")), _count(cached),
+                     _count(usage.get("completion_tokens")))
 
     def map_error(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamStatusError:
         error: Any = None
