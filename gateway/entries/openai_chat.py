@@ -52,9 +52,10 @@ def validate_openai(body: dict[str, Any], limits: Limits, provider: str = "opena
     errors = Problems()
     model = checks.model_name(body.get("model"), "model", errors)
     chat_messages(body.get("messages"), "messages", limits, ROLES, errors, strict=False)
-    for name, check in _PARAMS.items():
-        if name in body and body[name] is not None:
-            check(body[name], name, errors)
+    for name, value in body.items():  # a body holds a few of the checked fields, not all 18
+        check = _PARAMS.get(name)
+        if check is not None and value is not None:
+            check(value, name, errors)
     stream = body.get("stream") is True
     options = body.get("stream_options")
     if options is not None and not stream:
@@ -100,17 +101,22 @@ def chat_messages(value: Any, field: str, limits: Limits, roles: frozenset[str],
     if not 1 <= len(value) <= limits.max_messages:
         errors.add(field, f"must hold 1 to {limits.max_messages} messages, not {len(value)}")
         return
+    # Every call checks every message: the common one (a string content within the limit)
+    # is checked here, with no field name formatted and no call made; any other goes
+    # through `_content`.
+    max_chars = limits.max_content_chars
     for i, message in enumerate(value):
-        where = f"{field}[{i}]"
         if not isinstance(message, dict):
-            errors.add(where, f"must be an object, not {kind(message)}")
+            errors.add(f"{field}[{i}]", f"must be an object, not {kind(message)}")
             continue
         role = message.get("role")
         if not isinstance(role, str) or role not in roles:
-            errors.add(f"{where}.role", f"must be one of {', '.join(sorted(roles))}")
-        _content(message, where, limits, errors, strict=strict)
+            errors.add(f"{field}[{i}].role", f"must be one of {', '.join(sorted(roles))}")
+        content = message.get("content")
+        if not (type(content) is str and len(content) <= max_chars and (content or not strict)):
+            _content(message, f"{field}[{i}]", limits, errors, strict=strict)
         if role == "tool" and not isinstance(message.get("tool_call_id"), str):
-            errors.add(f"{where}.tool_call_id", "is required for tool messages")
+            errors.add(f"{field}[{i}].tool_call_id", "is required for tool messages")
 
 
 def _content(message: dict[str, Any], where: str, limits: Limits, errors: Problems,
