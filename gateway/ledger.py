@@ -122,7 +122,7 @@ _INSERTED_FIELDS = operator.itemgetter(*(COLUMNS.index(name) for name in Inserte
 
 
 def _inserted(row: tuple[Any, ...]) -> InsertedRow:
-    return InsertedRow._make(_INSERTED_FIELDS(row))
+    return tuple.__new__(InsertedRow, _INSERTED_FIELDS(row))  # `_make` is a classmethod call more
 
 
 # Rows COPY encodes between two turns of the event loop. asyncpg encodes a batch given as a
@@ -143,8 +143,11 @@ async def _paced(rows: list[tuple[Any, ...]]) -> AsyncIterator[tuple[Any, ...]]:
 def _first_of_each(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The batch with a request_id queued twice kept once, as first queued (COPY would refuse
     the batch, and INSERT ... ON CONFLICT DO NOTHING would keep either)."""
-    if len({row[0] for row in rows}) == len(rows):
-        return rows
+    try:  # by the ids' ints: `UUID.__hash__` is Python code, run for each row of each batch
+        if len({row[0].int for row in rows}) == len(rows):
+            return rows
+    except AttributeError:  # not a UUID (a damaged spill line): PostgreSQL will say
+        pass
     seen: set[uuid.UUID] = set()
     unique = []
     for row in rows:
@@ -401,8 +404,10 @@ class Ledger:
         probe_at = 0.0  # while PostgreSQL is down: when to try it again
         while True:
             if not self._closing:
+                # A timeout scope, not `wait_for`: in Python 3.11 that makes a task a wait.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), interval)
+                    async with asyncio.timeout(interval):
+                        await self._wake.wait()
             self._wake.clear()
             if not self._closing and loop.time() < probe_at:
                 if self._pending and self._spill is not None and self._spill.has_room():
