@@ -214,6 +214,7 @@ class Upstream:
                  credentials: tuple[Credential, ...] = (),
                  tls: ssl.SSLContext | None = None) -> None:
         self.adapter = adapter
+        self.name = adapter.name  # read about 7 times a call: an attribute, not a property
         self.settings = settings
         self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None
@@ -223,10 +224,6 @@ class Upstream:
         self.read_timeout = aiohttp.ClientTimeout(
             total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s,
             sock_read=settings.first_byte_timeout_s)
-
-    @property
-    def name(self) -> str:
-        return self.adapter.name
 
     def speaking(self, wire: str) -> Upstream:
         """This provider as it serves `wire`: itself, or a view (same session, credentials
@@ -241,7 +238,7 @@ class Upstream:
         if adapter is None:
             return self
         view = copy.copy(self)
-        view.adapter = adapter
+        view.adapter, view.name = adapter, adapter.name
         return view
 
     @property
