@@ -38,6 +38,7 @@ the month it starts in.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -76,6 +77,12 @@ class _Batch:
     months: dict[tuple[int, datetime], _Touched] = field(default_factory=dict)
     rate_limited: dict[int, tuple[int, datetime]] = field(default_factory=dict)  # count, hour
     late: set[int] = field(default_factory=set)  # projects with rows in closed hours
+
+
+_STARTED_AT = operator.attrgetter("started_at")
+_STATUS = operator.attrgetter("status")
+_PROJECT_ID = operator.attrgetter("project_id")
+_ODD_STATUSES = frozenset((402, 429))  # what `_summarise_each` looks at row by row
 
 
 class _Candidate:
@@ -233,6 +240,22 @@ class AlertHook:
         self._queued = False
 
     def _summarise(self, rows: Sequence[InsertedRow], cutoff: datetime) -> _Batch:
+        """The batch by project and budget month, with its refusals (402), rate-limited calls
+        (429) and rows in closed hours. The common batch, in one month and the open hours with
+        neither status, is summed from its projects alone: row by row, this ran for every row
+        of every batch at about 3,300 instructions a row."""
+        started = list(map(_STARTED_AT, rows))
+        first, last = min(started), max(started)
+        if first >= cutoff and _ODD_STATUSES.isdisjoint(map(_STATUS, rows)):
+            start, end = self.month_bounds(first)
+            if last < end:
+                batch = _Batch()
+                for project_id in dict.fromkeys(map(_PROJECT_ID, rows)):  # in the rows' order
+                    batch.months[(project_id, start)] = _Touched(start, end)
+                return batch
+        return self._summarise_each(rows, cutoff)
+
+    def _summarise_each(self, rows: Sequence[InsertedRow], cutoff: datetime) -> _Batch:
         batch = _Batch()
         for row in rows:
             start, end = self.month_bounds(row.started_at)

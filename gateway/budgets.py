@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import os
 import secrets
 import time
@@ -406,6 +407,9 @@ RETURNING b.scope, b.scope_id, b.period
 """
 
 
+_ORIGIN = operator.attrgetter("origin")
+
+
 class TrackedSpendHook:
     """Ledger batch hook: tracked rows (`origin = 'track'`) count against the budgets of their
     project and its team, in the batch's transaction (a replayed row is not inserted twice,
@@ -421,8 +425,9 @@ class TrackedSpendHook:
 
     @classmethod
     def wants(cls, rows: Sequence[InsertedRow]) -> bool:
-        """Whether the batch holds a row to count (most hold only proxied ones)."""
-        return any(map(cls.counts, rows))
+        """Whether the batch holds a row to count (most hold only proxied ones, which the
+        origins alone show, without a call a row)."""
+        return "track" in map(_ORIGIN, rows) and any(map(cls.counts, rows))
 
     async def __call__(self, conn: asyncpg.Connection, rows: Sequence[InsertedRow]) -> None:
         spend: dict[tuple[int, date], Decimal] = {}

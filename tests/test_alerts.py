@@ -325,3 +325,42 @@ async def test_the_hooks_plan_setting_ends_with_its_batch(pool: asyncpg.Pool) ->
             during = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
         after = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
     assert (before, during, after) == ("auto", "force_generic_plan", "auto")
+
+
+def _inserted_row(project_id: int, at: datetime, status: int = 200,
+                  error_code: str | None = None) -> InsertedRow:
+    return InsertedRow(uuid.uuid4(), project_id, "openai", "gpt-4o-mini", "/v1/chat/completions",
+                       status, error_code, 10, 5, Decimal("0.001"), at, {}, "proxy")
+
+
+@pytest.mark.parametrize("case", ["plain", "refused", "rate_limited", "late", "two_months",
+                                  "zone_month"])
+def test_a_batch_summed_by_projects_equals_one_summed_row_by_row(case: str) -> None:
+    """`_summarise` sums the common batch from its projects alone; whatever the batch, its
+    summary is the one a row-by-row pass makes (the refusals, the 429s, the late rows and the
+    budget months all counted)."""
+    tz = ZoneInfo("America/New_York") if case == "zone_month" else UTC_ZONE
+    hook = AlertHook(WebhookSettings(), tz, clock=lambda: NOW)
+    cutoff = NOW.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    rows = [_inserted_row(p, NOW - timedelta(minutes=m)) for p in (3, 1, 2) for m in (1, 5, 9)]
+    if case == "refused":
+        rows.append(_inserted_row(1, NOW, 402, "budget_exceeded"))
+    elif case == "rate_limited":
+        rows.append(_inserted_row(2, NOW, 429, "rate_limit_exceeded"))
+    elif case == "late":
+        rows.append(_inserted_row(3, cutoff - timedelta(minutes=1)))
+    elif case == "two_months":
+        rows.append(_inserted_row(1, NOW.replace(day=1) - timedelta(days=2)))
+    elif case == "zone_month":  # 04:30 UTC on the 1st is still last month in New York
+        first = NOW.replace(day=1, hour=5, minute=30)
+        cutoff = first - timedelta(hours=2)
+        rows = [_inserted_row(1, first), _inserted_row(2, first - timedelta(hours=1))]
+    summary = hook._summarise(rows, cutoff)
+    assert summary == AlertHook(WebhookSettings(), tz)._summarise_each(rows, cutoff)
+    assert list(summary.months) == list(dict.fromkeys(
+        (r.project_id, hook.month_bounds(r.started_at)[0]) for r in rows))
+    if case == "plain":
+        assert not summary.late and not summary.rate_limited
+        assert all(t.refused == 0 for t in summary.months.values())
+    if case == "zone_month":  # the two rows fall in two budget months of New York
+        assert len({start for _, start in summary.months}) == 2
