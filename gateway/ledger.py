@@ -404,7 +404,7 @@ class Ledger:
         probe_at = 0.0  # while PostgreSQL is down: when to try it again
         while True:
             if not self._closing:
-                # A timeout scope, not `wait_for`: in Python 3.11 that makes a task a wait.
+                # A timeout scope: `wait_for` would wrap each wait in a task (Python 3.11).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval):
                         await self._wake.wait()
