@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,64 @@ async def resolve_dsn(settings: DatabaseSettings) -> tuple[str, EmbeddedPostgres
     return dsn, embedded
 
 
+# timestamptz is encoded and decoded here rather than by asyncpg's built-in codec, which for
+# each value compares it with two naive "infinity" datetimes (an aware datetime asks its
+# tzinfo for the offset to be compared with a naive one), converts it with `astimezone` and
+# reads a timedelta's three fields: 7,100 instructions a value against 3,700 here, and each
+# usage row the ledger copies holds two (bench/README.md, stop 29). The values are asyncpg's
+# (tests/test_db_codecs.py holds the two to each other): an aware datetime exactly, a naive one
+# as local time and a date as local midnight, `datetime.max` and `.min` (naive, or aware and
+# the same instant in UTC) as PostgreSQL's infinities, which decode as those naive datetimes.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_INT64 = struct.Struct("!q")
+_INFINITY, _MINUS_INFINITY = 2**63 - 1, -(2**63)
+_MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - _PG_EPOCH) // _MICROSECOND
+_MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - _PG_EPOCH) // _MICROSECOND
+
+
+def _encode_timestamptz(value: Any) -> bytes:
+    if type(value) is datetime and value.tzinfo is not None:  # the gateway's own: aware
+        try:
+            micros = (value - _PG_EPOCH) // _MICROSECOND
+        except TypeError:  # a tzinfo whose utcoffset() is None: naive, in effect
+            micros = _other_micros(value)
+    else:
+        micros = _other_micros(value)
+    if micros >= _MAX_MICROS or micros <= _MIN_MICROS:
+        if not _MIN_MICROS <= micros <= _MAX_MICROS:  # asyncpg's `astimezone` overflows
+            raise OverflowError("date value out of range")
+        micros = _INFINITY if micros == _MAX_MICROS else _MINUS_INFINITY
+    return _INT64.pack(micros)
+
+
+def _other_micros(value: Any) -> int:
+    """Microseconds since 2000 UTC of anything else asyncpg takes for a timestamptz."""
+    if isinstance(value, datetime):
+        if value == datetime.max:  # naive (an aware datetime is never equal to a naive one)
+            return _MAX_MICROS
+        if value == datetime.min:
+            return _MIN_MICROS
+        value = value.astimezone(UTC)  # a naive datetime is local time
+    elif isinstance(value, date):
+        local = datetime.now(UTC).astimezone().utcoffset()
+        assert local is not None
+        value = datetime(value.year, value.month, value.day, tzinfo=timezone(local))
+    else:
+        raise TypeError("expected a datetime.date or datetime.datetime instance, got "
+                        f"{type(value).__name__!r}")
+    return (value - _PG_EPOCH) // _MICROSECOND
+
+
+def _decode_timestamptz(data: bytes) -> datetime:
+    micros: int = _INT64.unpack(data)[0]
+    if micros == _INFINITY:
+        return datetime.max
+    if micros == _MINUS_INFINITY:
+        return datetime.min
+    return _PG_EPOCH + timedelta(microseconds=micros)
+
+
 def _encode_jsonb(value: Any) -> bytes:
     return b"\x01" + orjson.dumps(value)
 
@@ -70,6 +130,8 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     # Binary jsonb codec so COPY (binary) and ordinary queries both use orjson.
     await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary",
                               encoder=_encode_jsonb, decoder=_decode_jsonb)
+    await conn.set_type_codec("timestamptz", schema="pg_catalog", format="binary",
+                              encoder=_encode_timestamptz, decoder=_decode_timestamptz)
 
 
 async def create_pool(dsn: str, settings: DatabaseSettings) -> asyncpg.Pool:
