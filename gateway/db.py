@@ -84,10 +84,13 @@ def _encode_timestamptz(value: Any) -> bytes:
             micros = _other_micros(value)
     else:
         micros = _other_micros(value)
-    if micros >= _MAX_MICROS or micros <= _MIN_MICROS:
-        if not _MIN_MICROS <= micros <= _MAX_MICROS:  # asyncpg's `astimezone` overflows
+    if not _MIN_MICROS < micros < _MAX_MICROS:
+        if micros == _MAX_MICROS:
+            micros = _INFINITY
+        elif micros == _MIN_MICROS:
+            micros = _MINUS_INFINITY
+        else:  # past datetime.max or .min in UTC: asyncpg's `astimezone` overflows there
             raise OverflowError("date value out of range")
-        micros = _INFINITY if micros == _MAX_MICROS else _MINUS_INFINITY
     return _INT64.pack(micros)
 
 
