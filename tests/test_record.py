@@ -74,7 +74,8 @@ def test_the_chat_request_of_the_openai_entry_names_its_fields() -> None:
                     max_content_chars=ValidationSettings().max_content_chars)
     chat = validate_openai({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                             "stream": True, "stream_options": {"include_usage": True},
-                            "max_tokens": 9, "metadata": {"k": "v"}}, limits)
+                            "max_tokens": 9, "metadata": {"k": "v"}}, limits,
+                           provider="the-provider")
     assert (chat.entry, chat.provider, chat.model, chat.stream, chat.include_usage,
-            chat.max_output_tokens, chat.metadata) == ("openai", "openai", "m", True, True, 9,
-                                                       {"k": "v"})
+            chat.max_output_tokens, chat.metadata) == ("openai", "the-provider", "m", True, True,
+                                                       9, {"k": "v"})
